@@ -1,0 +1,50 @@
+"""``python -m producer``: run one producer process against ``REDIS_URL``."""
+
+import asyncio
+import logging
+import signal
+import sys
+
+import uvloop
+from redis.asyncio import Redis
+
+from producer.generator import load_generator
+from producer.settings import ProducerSettings
+from producer.worker import Worker
+from wire.env import SettingsError
+
+log = logging.getLogger("producer")
+
+
+async def _main(settings: ProducerSettings) -> None:
+    assert settings.redis_url is not None
+    redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    worker = Worker(redis, settings, load_generator(settings.generator, settings.pacing))
+    task = asyncio.create_task(worker.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    log.info("producer %s consuming jobs (concurrency %d)", settings.name, settings.concurrency)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            raise
+    finally:
+        await redis.aclose()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = ProducerSettings.from_env()
+    except SettingsError as exc:
+        sys.exit(f"producer: {exc}")
+    if settings.redis_url is None:
+        sys.exit("producer: REDIS_URL must be set (without Redis, `python -m server` runs its own producer)")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_main(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The producer's publish path: each chunk is appended to the history and published in one script.
+
+Every call is idempotent (deltas carry their index, finishing checks the active answer), so a call
+whose reply was lost to a Redis hiccup is simply retried: nothing is doubled, nothing skipped.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from typing import TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from wire import scripts
+from wire.env import Retention
+from wire.events import FinishReason, assistant_status, delta_data, done_data
+from wire.keys import ConversationKeys
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Appended(Enum):
+    OK = 1
+    DUPLICATE = 0
+    NOT_OURS = -1
+    CANCEL_REQUESTED = -2
+
+
+class Publisher:
+    def __init__(self, redis: "Redis", retention: Retention, *, retry_seconds: float) -> None:
+        self._retention = retention
+        self._retry_seconds = retry_seconds
+        self._start = redis.register_script(scripts.START)
+        self._delta = redis.register_script(scripts.DELTA)
+        self._finish = redis.register_script(scripts.FINISH)
+
+    def _call(self, keys: ConversationKeys, *args: str | int) -> tuple[list[str], list[str | int]]:
+        r = self._retention
+        return list(keys.all), scripts.conversation_argv(keys.channel, r.max_events, r.ttl_seconds, *args)
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        deadline = time.monotonic() + self._retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("publishing failed (%r); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def start(self, conversation_id: str, response_id: str, owner: str) -> str:
+        """'ok', 'gone', 'cancelled' (finished as cancelled) or 'taken' (see ``wire.scripts.START``)."""
+        keys, argv = self._call(
+            ConversationKeys(conversation_id), response_id, owner, done_data(response_id, FinishReason.CANCELLED)
+        )
+        result = await self._retrying(lambda: self._start(keys=keys, args=argv))
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def delta(self, conversation_id: str, response_id: str, owner: str, index: int, text: str) -> Appended:
+        ts = int(time.time() * 1000)
+        keys, argv = self._call(
+            ConversationKeys(conversation_id),
+            response_id,
+            owner,
+            index,
+            text,
+            delta_data(response_id, index, text, ts),
+        )
+        result = await self._retrying(lambda: self._delta(keys=keys, args=argv))
+        return Appended(int(result[0]))
+
+    async def finish(self, conversation_id: str, response_id: str, owner: str, reason: FinishReason) -> bool:
+        """Store the answer and publish ``done``; ``owner=''`` finishes an abandoned answer."""
+        keys, argv = self._call(
+            ConversationKeys(conversation_id),
+            response_id,
+            owner,
+            str(reason),
+            assistant_status(reason),
+            done_data(response_id, reason),
+        )
+        result = await self._retrying(lambda: self._finish(keys=keys, args=argv))
+        return result is not None

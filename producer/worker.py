@@ -1,0 +1,200 @@
+"""The producer's job loop: a Redis Stream consumer group shared by every producer.
+
+A job is read with XREADGROUP, generated, published, and acknowledged (XACK + XDEL) only when its
+answer is finished, so a producer that dies mid-answer leaves the job pending. Live producers keep
+their own jobs fresh (XCLAIM to themselves); a job idle past ``claim_idle_seconds`` is taken over by
+another producer: generated from scratch if it never started, else finished as ``failed`` (a model
+cannot resume another process's half answer), keeping the text streamed so far.
+"""
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from producer.generator import Generator
+from producer.publisher import Appended, Publisher
+from producer.settings import ProducerSettings
+from wire.events import FinishReason, Job
+from wire.keys import JOBS_GROUP, JOBS_STREAM
+
+log = logging.getLogger(__name__)
+
+_READ_BLOCK_MS = 2000
+
+
+class Worker:
+    def __init__(self, redis: "Redis", settings: ProducerSettings, generator: Generator) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._generator = generator
+        self._publisher = Publisher(redis, settings.retention, retry_seconds=settings.publish_retry_seconds)
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._in_flight: dict[bytes, asyncio.Task[None]] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self.jobs_done = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def run(self) -> None:
+        """Consume jobs until cancelled; cancellation stops every answer in flight (left pending)."""
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            group.create_task(self._keep_claims(), name="producer-claims")
+            backoff = 0.1
+            group_ready = False
+            while True:
+                try:
+                    if not group_ready:
+                        await self._ensure_group()
+                        group_ready = True
+                    await self._read_jobs()
+                    backoff = 0.1
+                except (RedisError, OSError) as exc:
+                    # NOGROUP after a Redis restart that lost the group: create it again.
+                    group_ready = False
+                    log.warning("reading jobs failed (%r); retrying in %.1fs", exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(JOBS_STREAM, JOBS_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _read_jobs(self) -> None:
+        await self._slots.acquire()
+        free = 1
+        while free < 32 and not self._slots.locked():
+            await self._slots.acquire()
+            free += 1
+        try:
+            reply: Any = await self._redis.xreadgroup(
+                JOBS_GROUP, self._settings.name, {JOBS_STREAM: ">"}, count=free, block=_READ_BLOCK_MS
+            )
+        except BaseException:
+            for _ in range(free):
+                self._slots.release()
+            raise
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # fakeredis (the embedded broker) swallows the cancellation of a blocking read; honour it.
+            # Anything read stays pending in the group and is recovered like any unfinished job.
+            for _ in range(free):
+                self._slots.release()
+            raise asyncio.CancelledError
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = [
+            entry for _, stream_entries in reply or [] for entry in stream_entries
+        ]
+        for _ in range(free - len(entries)):
+            self._slots.release()
+        for entry_id, fields in entries:
+            self._launch(entry_id, fields, recovered=False)
+
+    def _launch(self, entry_id: bytes, fields: dict[bytes, bytes], *, recovered: bool) -> None:
+        assert self._group is not None, "jobs run inside run()'s task group"
+        task = self._group.create_task(self._handle(entry_id, fields, recovered=recovered), name=f"job-{entry_id!r}")
+        self._in_flight[entry_id] = task
+
+    async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes], *, recovered: bool) -> None:
+        try:
+            job = Job.from_fields(fields)
+        except ValueError:
+            log.error("dropping malformed job %r", entry_id)
+            await self._ack(entry_id)
+            return
+        try:
+            await self._answer(job, recovered=recovered)
+            await self._ack(entry_id)
+            self.jobs_done += 1
+        except (RedisError, OSError) as exc:
+            # Left pending: this producer keeps it fresh while alive, another one recovers it after.
+            log.error("job for response %s failed on Redis (%r); left for recovery", job.response_id, exc)
+        except Exception:
+            log.exception("generator failed for response %s", job.response_id)
+            with contextlib.suppress(RedisError, OSError):
+                await self._publisher.finish(
+                    job.conversation_id, job.response_id, self._settings.name, FinishReason.FAILED
+                )
+                await self._ack(entry_id)
+        finally:
+            self._in_flight.pop(entry_id, None)
+            self._slots.release()
+
+    async def _answer(self, job: Job, *, recovered: bool) -> None:
+        owner = self._settings.name
+        started = await self._publisher.start(job.conversation_id, job.response_id, owner)
+        if started == "taken" and recovered:
+            log.warning("response %s was abandoned mid-answer; finishing it as failed", job.response_id)
+            await self._publisher.finish(job.conversation_id, job.response_id, "", FinishReason.FAILED)
+            return
+        if started != "ok":
+            return  # finished already, cancelled while queued, or superseded
+        index = 0
+        reason = FinishReason.STOP
+        chunks = self._generator.generate(job.prompt, job.max_tokens)
+        try:
+            async for text in chunks:
+                if index >= job.max_tokens:
+                    reason = FinishReason.LENGTH
+                    break
+                if not text:
+                    continue
+                outcome = await self._publisher.delta(job.conversation_id, job.response_id, owner, index, text)
+                if outcome is Appended.NOT_OURS:
+                    return
+                if outcome is Appended.CANCEL_REQUESTED:
+                    reason = FinishReason.CANCELLED
+                    break
+                index += 1
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await self._publisher.finish(job.conversation_id, job.response_id, owner, reason)
+
+    async def _ack(self, entry_id: bytes) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(JOBS_STREAM, JOBS_GROUP, entry_id)
+            pipe.xdel(JOBS_STREAM, entry_id)
+            await pipe.execute()
+
+    async def _keep_claims(self) -> None:
+        """Refresh this producer's jobs, and take over jobs whose producer died."""
+        interval = self._settings.claim_idle_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                mine: list[int | bytes | str | memoryview] = list(self._in_flight)
+                if mine:
+                    await self._redis.xclaim(JOBS_STREAM, JOBS_GROUP, self._settings.name, 0, mine, justid=True)
+                await self._recover_abandoned()
+            except (RedisError, OSError) as exc:
+                log.warning("refreshing job claims failed: %r", exc)
+
+    async def _recover_abandoned(self) -> None:
+        idle_ms = int(self._settings.claim_idle_seconds * 1000)
+        start: bytes | str = "0-0"
+        while not self._slots.locked():
+            reply = await self._redis.xautoclaim(
+                JOBS_STREAM, JOBS_GROUP, self._settings.name, idle_ms, start_id=start, count=1
+            )
+            start, claimed = reply[0], reply[1]
+            for entry_id, fields in claimed:
+                if entry_id in self._in_flight:
+                    continue
+                if not fields:  # the entry was deleted: nothing to do but acknowledge it
+                    await self._ack(entry_id)
+                    continue
+                await self._slots.acquire()
+                log.info("recovering abandoned job %r", entry_id)
+                self._launch(entry_id, fields, recovered=True)
+            if start in (b"0-0", "0-0"):
+                return

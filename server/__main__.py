@@ -1,0 +1,71 @@
+"""``python -m server --host H --port P``: run one relay node (embedded broker without REDIS_URL)."""
+
+import argparse
+import logging
+import resource
+import sys
+
+import uvloop
+from aiohttp import web
+from redis.asyncio import Redis
+
+from wire.env import SettingsError
+
+
+def _raise_open_files_limit() -> None:
+    """Thousands of SSE clients need thousands of descriptors: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from producer.settings import ProducerSettings
+    from server.app import create_app
+    from server.settings import Settings
+
+    try:
+        settings = Settings.from_env()
+        producer_settings = ProducerSettings.from_env() if settings.embedded else None
+    except SettingsError as exc:
+        sys.exit(f"server: {exc}")
+    _raise_open_files_limit()
+
+    if settings.redis_url is None:
+        from server.embedded import create_embedded_app
+
+        assert producer_settings is not None
+        app = create_embedded_app(settings, producer_settings)
+        logging.getLogger("server").info("no REDIS_URL: running the embedded broker and producer in this process")
+    else:
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+            health_check_interval=30,
+        )
+        app = create_app(settings, redis)
+        app.on_cleanup.append(lambda _app: redis.aclose())
+
+    loop = uvloop.new_event_loop()
+    web.run_app(
+        app,
+        host=args.host,
+        port=args.port,
+        loop=loop,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=5,
+        print=lambda text: logging.getLogger("server").info("%s", text.strip()),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""``create_app``: a node's aiohttp application, with its Redis client injected."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from server import api, health
+from server.context import HUB, REDIS, SETTINGS, STORE
+from server.errors import json_errors
+from server.http_policy import cors, security_headers
+from server.hub import Hub
+from server.settings import Settings
+from server.sse_endpoint import stream_events
+from server.store import ConversationStore
+
+log = logging.getLogger(__name__)
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+
+
+def create_app(settings: Settings, redis: "Redis") -> web.Application:
+    app = web.Application(middlewares=[json_errors, cors], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[REDIS] = redis
+    store = ConversationStore(redis, settings.retention)
+    app[STORE] = store
+    app[HUB] = Hub(
+        redis,
+        store,
+        grace_seconds=settings.unsubscribe_grace_seconds,
+        timeout_seconds=settings.redis_timeout_seconds,
+        replay_page=settings.replay_page_events,
+    )
+    app.cleanup_ctx.append(_run_hub)
+    app.on_shutdown.append(_end_streams)
+    app.on_response_prepare.append(security_headers)
+
+    app.router.add_post("/api/conversations", api.create_conversation)
+    app.router.add_get("/api/conversations/{conversation_id}", api.get_conversation)
+    app.router.add_post("/api/conversations/{conversation_id}/messages", api.post_message)
+    app.router.add_post("/api/conversations/{conversation_id}/cancel", api.cancel_answer)
+    app.router.add_get("/api/conversations/{conversation_id}/events", stream_events)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    if (WEB_ROOT / "index.html").exists():
+        app.router.add_get("/", _index)
+        app.router.add_get("/c/{conversation_id}", _index)
+        app.router.add_static("/static/", WEB_ROOT, append_version=True)
+    return app
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(WEB_ROOT / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _end_streams(app: web.Application) -> None:
+    app[HUB].close_all()
+
+
+async def _run_hub(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[HUB].run(), name="hub")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

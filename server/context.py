@@ -1,0 +1,13 @@
+"""Typed keys of the state a node keeps on its aiohttp application (no module-level state)."""
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from server.hub import Hub
+from server.settings import Settings
+from server.store import ConversationStore
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", Redis)
+STORE = web.AppKey("store", ConversationStore)
+HUB = web.AppKey("hub", Hub)

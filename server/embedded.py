@@ -1,0 +1,35 @@
+"""The embedded default: with no ``REDIS_URL``, one process holds an in-memory Redis and a producer.
+
+The in-memory broker is fakeredis, which runs the same commands and the same Lua scripts as Redis,
+so the node and the producer use exactly the code paths they use against a real Redis.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from fakeredis import FakeServer
+from fakeredis.aioredis import FakeRedis
+
+from producer.generator import load_generator
+from producer.settings import ProducerSettings
+from producer.worker import Worker
+from server.app import create_app
+from server.settings import Settings
+
+
+def create_embedded_app(settings: Settings, producer_settings: ProducerSettings) -> web.Application:
+    broker = FakeServer()
+    app = create_app(settings, FakeRedis(server=broker))
+
+    async def run_producer(app: web.Application) -> AsyncIterator[None]:
+        redis = FakeRedis(server=broker)
+        worker = Worker(redis, producer_settings, load_generator(producer_settings.generator, producer_settings.pacing))
+        task = asyncio.create_task(worker.run(), name="embedded-producer")
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await redis.aclose()
+
+    app.cleanup_ctx.append(run_producer)
+    return app

@@ -1,0 +1,146 @@
+"""The node's Redis operations on conversations: post, cancel, snapshot and history replay."""
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from wire import scripts
+from wire.env import Retention
+from wire.events import (
+    START_ID,
+    FinishReason,
+    Job,
+    Message,
+    Phase,
+    ResetReason,
+    done_data,
+    user_message_data,
+    user_message_record,
+)
+from wire.keys import JOBS_STREAM, ConversationKeys
+from wire.sse import frame_from_entry
+
+
+def new_id() -> str:
+    """Unguessable, URL- and SSE-safe identifier."""
+    return secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    message_id: str
+    response_id: str
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """An answer is still generating: a new message must wait (409)."""
+
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """History after a cursor: ``frames`` as (event id, SSE frame), oldest first."""
+
+    frames: list[tuple[bytes, bytes]]
+    head: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The cursor cannot be honoured; the client must reload the snapshot. ``head`` is the newest id."""
+
+    reason: ResetReason
+    head: str
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class ConversationStore:
+    def __init__(self, redis: "Redis", retention: Retention) -> None:
+        self._redis = redis
+        self._retention = retention
+        self._post = redis.register_script(scripts.POST_MESSAGE)
+        self._cancel = redis.register_script(scripts.CANCEL)
+        self._replay = redis.register_script(scripts.REPLAY)
+        self._snapshot = redis.register_script(scripts.SNAPSHOT)
+
+    def _argv(self, keys: ConversationKeys, *rest: str | int) -> list[str | int]:
+        r = self._retention
+        return scripts.conversation_argv(keys.channel, r.max_events, r.ttl_seconds, *rest)
+
+    async def post_message(self, conversation_id: str, content: str, max_tokens: int) -> Posted | Busy:
+        keys = ConversationKeys(conversation_id)
+        message_id, response_id = new_id(), new_id()
+        job = Job(conversation_id, response_id, message_id, content, max_tokens)
+        job_fields = [item for pair in job.to_fields().items() for item in pair]
+        ok, value = await self._post(
+            keys=[*keys.all, JOBS_STREAM],
+            args=self._argv(
+                keys,
+                response_id,
+                user_message_record(message_id, content),
+                user_message_data(message_id, content, response_id),
+                self._retention.jobs_max,
+                *job_fields,
+            ),
+        )
+        if not ok:
+            return Busy(_text(value))
+        return Posted(message_id, response_id, _text(value))
+
+    async def active_response(self, conversation_id: str) -> str | None:
+        value = await self._redis.hget(ConversationKeys(conversation_id).state, "active")
+        return None if value is None else _text(value)
+
+    async def cancel(self, conversation_id: str, response_id: str) -> str:
+        """'cancelled', 'requested' (the producer finishes it) or 'gone' (not the active answer)."""
+        keys = ConversationKeys(conversation_id)
+        result = await self._cancel(
+            keys=list(keys.all),
+            args=self._argv(keys, response_id, done_data(response_id, FinishReason.CANCELLED)),
+        )
+        return _text(result)
+
+    async def replay(self, conversation_id: str, cursor: str, count: int) -> Page | Reset:
+        """At most ``count`` events after ``cursor`` (``START_ID``: from the start)."""
+        keys = ConversationKeys(conversation_id)
+        status, head, body = await self._replay(keys=[keys.state, keys.events], args=[cursor, count])
+        if status == b"reset":
+            return Reset(ResetReason(_text(body)), _text(head))
+        frames = []
+        for event_id, fields in body:
+            values = dict(zip(fields[::2], fields[1::2], strict=True))
+            frames.append((event_id, frame_from_entry(event_id, values[b"t"], values[b"d"])))
+        return Page(frames, _text(head))
+
+    async def snapshot(self, conversation_id: str) -> dict[str, Any]:
+        """The history API's body: finished messages, the answer in progress, and its last event id."""
+        keys = ConversationKeys(conversation_id)
+        stored, active, phase, draft, head = await self._snapshot(keys=list(keys.all), args=[])
+        messages: list[Message] = [json.loads(m) for m in stored]
+        if active is not None:
+            messages.append(
+                Message(
+                    id=_text(active),
+                    role="assistant",
+                    content=_text(draft or b""),
+                    status=_text(phase or Phase.QUEUED.value),
+                )
+            )
+        return {
+            "id": conversation_id,
+            "messages": messages,
+            "last_event_id": _text(head) if head else START_ID,
+            "active_response_id": _text(active) if active is not None else None,
+        }
+
+    async def ping(self) -> None:
+        await self._redis.ping()

@@ -1,0 +1,298 @@
+"""The node's HTTP API end to end, in process: embedded broker (fakeredis) and echo producer."""
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from producer.generator import Pacing
+from tests.conftest import fast_producer, node_settings
+from tests.sse_client import assert_strictly_increasing, read_events
+
+TRICKY = '  leading spaces\nline two\r\nCRLF line\rlone CR\n\n🚀 emoji, naïve café, 日本語 </script> "quotes" \\ back'
+
+
+async def create(client: Any) -> tuple[str, dict[str, str]]:
+    resp = await client.post("/api/conversations")
+    assert resp.status == 201
+    body = await resp.json()
+    return body["id"], {"Authorization": f"Bearer {body['token']}"}
+
+
+async def post(client: Any, cid: str, auth: dict[str, str], content: str, **extra: Any) -> dict[str, Any]:
+    resp = await client.post(f"/api/conversations/{cid}/messages", json={"content": content, **extra}, headers=auth)
+    assert resp.status == 202, await resp.text()
+    return dict(await resp.json())
+
+
+async def test_create_returns_id_token_and_a_scoped_httponly_cookie(client_factory: Any) -> None:
+    client = await client_factory()
+    resp = await client.post("/api/conversations")
+    assert resp.status == 201
+    body = await resp.json()
+    assert len(body["id"]) >= 16 and body["token"].startswith("v1.")
+    cookie = resp.headers["Set-Cookie"]
+    assert f"Path=/api/conversations/{body['id']}" in cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    other = await (await client.post("/api/conversations")).json()
+    assert other["id"] != body["id"] and other["token"] != body["token"]
+
+
+async def test_answer_streams_byte_exact_and_matches_history(client_factory: Any) -> None:
+    client = await client_factory()
+    cid, auth = await create(client)
+    events = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    assert events.status == 200
+    assert events.headers["Content-Type"] == "text/event-stream"
+    assert events.headers["Cache-Control"] == "no-cache"
+    assert events.headers["X-Accel-Buffering"] == "no"
+    assert "Content-Encoding" not in events.headers
+    posted = await post(client, cid, auth, TRICKY)
+    received = await read_events(events)
+    assert received.retry_ms == 1000
+    assert [e.type for e in received.events][0] == "user_message"
+    assert received.events[-1].type == "done"
+    assert_strictly_increasing(received.ids)
+    deltas = received.of_type("delta")
+    assert [d["index"] for d in deltas] == list(range(len(deltas)))
+    assert all(isinstance(d["ts"], int) for d in deltas)
+    assert received.text(posted["response_id"]) == TRICKY
+    history = await (await client.get(f"/api/conversations/{cid}", headers=auth)).json()
+    assert [m["role"] for m in history["messages"]] == ["user", "assistant"]
+    assert history["messages"][0]["content"] == TRICKY
+    assert history["messages"][1] | {"content": ""} == {
+        "id": posted["response_id"],
+        "role": "assistant",
+        "content": "",
+        "status": "complete",
+        "finish_reason": "stop",
+    }
+    assert history["messages"][1]["content"] == TRICKY
+    assert history["last_event_id"] == received.ids[-1]
+    events.close()
+
+
+async def test_no_cursor_replays_everything_then_goes_live(client_factory: Any) -> None:
+    client = await client_factory()
+    cid, auth = await create(client)
+    first = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    await post(client, cid, auth, "one two three")
+    live = await read_events(first)
+    late = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    replayed = await read_events(late)
+    assert [(e.type, e.data, e.last_event_id) for e in replayed.events] == [
+        (e.type, e.data, e.last_event_id) for e in live.events
+    ]
+    posted = await post(client, cid, auth, "four five")
+    second = await read_events(late)
+    assert second.text(posted["response_id"]) == "four five"
+    assert_strictly_increasing(replayed.ids + second.ids)
+
+
+async def test_resume_with_last_event_id_loses_and_doubles_nothing(client_factory: Any) -> None:
+    slow = fast_producer(pacing=Pacing(ttft_seconds=0.01, tokens_per_second=100, jitter=0))
+    client = await client_factory(producer=slow)
+    cid, auth = await create(client)
+    text = " ".join(f"w{i}" for i in range(40))
+    first = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    posted = await post(client, cid, auth, text)
+    head = await read_events(first, count=8)
+    first.close()
+    cursor = head.ids[-1]
+    await asyncio.sleep(0.1)  # more is published while no one listens
+    resumed = await client.get(f"/api/conversations/{cid}/events", headers={**auth, "Last-Event-ID": cursor})
+    tail = await read_events(resumed)
+    assert tail.events[0].last_event_id > cursor or len(tail.ids[0]) > len(cursor)
+    assert_strictly_increasing(head.ids + tail.ids)
+    assert head.text() + tail.text() == text
+    assert tail.of_type("done")[0]["response_id"] == posted["response_id"]
+
+
+async def test_cursor_in_query_and_header_wins(client_factory: Any) -> None:
+    client = await client_factory()
+    cid, auth = await create(client)
+    await post(client, cid, auth, "a b c d")
+    full = await read_events(await client.get(f"/api/conversations/{cid}/events", headers=auth))
+    third = full.ids[2]
+    by_query = await read_events(
+        await client.get(f"/api/conversations/{cid}/events", params={"last_event_id": third}, headers=auth)
+    )
+    assert by_query.ids == full.ids[3:]
+    both = await read_events(
+        await client.get(
+            f"/api/conversations/{cid}/events",
+            params={"last_event_id": full.ids[0]},
+            headers={**auth, "Last-Event-ID": third},
+        )
+    )
+    assert both.ids == full.ids[3:]
+
+
+async def test_unknown_cursor_gets_an_explicit_reset(client_factory: Any) -> None:
+    client = await client_factory()
+    cid, auth = await create(client)
+    await post(client, cid, auth, "hello there")
+    full = await read_events(await client.get(f"/api/conversations/{cid}/events", headers=auth))
+    resp = await client.get(f"/api/conversations/{cid}/events", headers={**auth, "Last-Event-ID": "1-0"})
+    reset = await read_events(resp, until=lambda e: e.type == "reset")
+    assert reset.events[-1].type == "reset"
+    assert json.loads(reset.events[-1].data) == {"reason": "unknown_cursor"}
+    assert reset.events[-1].last_event_id == full.ids[-1]
+    posted = await post(client, cid, auth, "after reset")
+    after = await read_events(resp)
+    assert after.text(posted["response_id"]) == "after reset"
+
+
+async def test_bad_cursor_is_a_400(client_factory: Any) -> None:
+    client = await client_factory()
+    cid, auth = await create(client)
+    for bad in ["abc", "1-2-3", "-1", "1-", "99999999999999999999999-0"]:
+        resp = await client.get(f"/api/conversations/{cid}/events", headers={**auth, "Last-Event-ID": bad})
+        assert resp.status == 400, bad
+        assert (await resp.json())["error"] == "bad_cursor"
+
+
+async def test_tokens_are_required_and_reveal_nothing(client_factory: Any) -> None:
+    client = await client_factory()
+    cid, auth = await create(client)
+    other, other_auth = await create(client)
+    client.session.cookie_jar.clear()
+    for method, suffix in [("GET", ""), ("GET", "/events"), ("POST", "/messages"), ("POST", "/cancel")]:
+        path = f"/api/conversations/{cid}{suffix}"
+        missing = await client.request(method, path)
+        assert missing.status == 401, path
+        assert (await missing.json())["error"] == "unauthorized"
+        wrong = await client.request(method, path, headers=other_auth)
+        assert wrong.status == 404, path
+        garbage = await client.request(method, path, headers={"Authorization": "Bearer v1.nope"})
+        assert garbage.status == 404
+        assert await garbage.json() == await wrong.json()
+    resp = await client.get("/api/conversations/short", headers=auth)
+    assert resp.status == 404
+
+
+async def test_cookie_authenticates_eventsource_but_not_cross_site_posts(client_factory: Any) -> None:
+    client = await client_factory()
+    resp = await client.post("/api/conversations")
+    cid = (await resp.json())["id"]
+    events = await client.get(f"/api/conversations/{cid}/events")  # the cookie alone
+    assert events.status == 200
+    events.close()
+    same = await client.post(f"/api/conversations/{cid}/messages", json={"content": "hi"})
+    assert same.status == 202
+    evil = await client.post(f"/api/conversations/{cid}/cancel", json={}, headers={"Origin": "https://evil.example"})
+    assert evil.status == 403
+
+
+async def test_bad_input_gets_clean_4xx(client_factory: Any) -> None:
+    client = await client_factory(settings=node_settings(max_body_bytes=2048, max_message_chars=100))
+    cid, auth = await create(client)
+    path = f"/api/conversations/{cid}/messages"
+    cases: list[tuple[Any, int, str]] = [
+        (b"{not json", 400, "bad_json"),
+        (b"[1, 2]", 400, "bad_json"),
+        (b"", 400, "bad_request"),
+        (b"\xff\xfe", 400, "bad_json"),
+        (json.dumps({}).encode(), 400, "bad_field"),
+        (json.dumps({"content": ""}).encode(), 400, "bad_field"),
+        (json.dumps({"content": "   "}).encode(), 400, "bad_field"),
+        (json.dumps({"content": 5}).encode(), 400, "bad_field"),
+        (json.dumps({"content": "x" * 101}).encode(), 400, "bad_field"),
+        (json.dumps({"content": "a\u0000b"}).encode(), 400, "bad_field"),
+        (json.dumps({"content": "hi", "max_tokens": True}).encode(), 400, "bad_field"),
+        (json.dumps({"content": "hi", "max_tokens": 0}).encode(), 400, "bad_field"),
+        (json.dumps({"content": "hi", "max_tokens": "5"}).encode(), 400, "bad_field"),
+        (json.dumps({"content": "hi", "max_tokens": 10**9}).encode(), 400, "bad_field"),
+        (b"x" * 4096, 413, "payload_too_large"),
+    ]
+    for body, status, code in cases:
+        resp = await client.post(path, data=body, headers={**auth, "Content-Type": "application/json"})
+        assert resp.status == status, (body[:40], await resp.text())
+        assert resp.headers["Content-Type"].startswith("application/json")
+        assert (await resp.json())["error"] == code, body[:40]
+    resp = await client.put(path, headers=auth)
+    assert resp.status == 405 and (await resp.json())["error"] == "method_not_allowed"
+    history = await (await client.get(f"/api/conversations/{cid}", headers=auth)).json()
+    assert history["messages"] == []  # nothing was half-stored
+
+
+async def test_one_answer_at_a_time_409(client_factory: Any) -> None:
+    slow = fast_producer(pacing=Pacing(ttft_seconds=0.5, tokens_per_second=50, jitter=0))
+    client = await client_factory(producer=slow)
+    cid, auth = await create(client)
+    posted = await post(client, cid, auth, "first")
+    resp = await client.post(f"/api/conversations/{cid}/messages", json={"content": "second"}, headers=auth)
+    assert resp.status == 409
+    body = await resp.json()
+    assert body["error"] == "busy" and body["response_id"] == posted["response_id"]
+
+
+@pytest.mark.parametrize("when", ["queued", "generating"])
+async def test_cancel_ends_the_answer_with_done_cancelled(client_factory: Any, when: str) -> None:
+    pacing = Pacing(ttft_seconds=0.3 if when == "queued" else 0.01, tokens_per_second=40, jitter=0)
+    client = await client_factory(producer=fast_producer(pacing=pacing))
+    cid, auth = await create(client)
+    events = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    posted = await post(client, cid, auth, " ".join(["word"] * 200))
+    if when == "generating":
+        await read_events(events, until=lambda e: e.type == "delta")
+    resp = await client.post(f"/api/conversations/{cid}/cancel", json={}, headers=auth)
+    assert resp.status == 202
+    received = await read_events(events)
+    done = received.of_type("done")[-1]
+    assert done == {"response_id": posted["response_id"], "finish_reason": "cancelled"}
+    history = await (await client.get(f"/api/conversations/{cid}", headers=auth)).json()
+    answer = history["messages"][-1]
+    assert answer["status"] == "cancelled" and answer["finish_reason"] == "cancelled"
+    assert len(answer["content"]) < len(" ".join(["word"] * 200))
+    again = await client.post(f"/api/conversations/{cid}/cancel", json={}, headers=auth)
+    assert again.status == 409
+    # and the conversation goes on
+    await post(client, cid, auth, "next")
+
+
+async def test_max_tokens_finishes_with_length(client_factory: Any) -> None:
+    client = await client_factory()
+    cid, auth = await create(client)
+    events = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    await post(client, cid, auth, "a b c d e f g h", max_tokens=3)
+    received = await read_events(events)
+    assert received.text() == "a b c"
+    assert received.of_type("done")[0]["finish_reason"] == "length"
+
+
+async def test_health_and_readiness(client_factory: Any) -> None:
+    client = await client_factory()
+    assert (await client.get("/healthz")).status == 200
+    for _ in range(50):
+        resp = await client.get("/readyz")
+        if resp.status == 200:
+            break
+        await asyncio.sleep(0.02)
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ready", "redis": True, "subscriber": True}
+
+
+async def test_no_wildcard_cors_and_explicit_origins(client_factory: Any) -> None:
+    client = await client_factory()
+    resp = await client.post("/api/conversations", headers={"Origin": "https://elsewhere.example"})
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    allowed = await client_factory(settings=node_settings(cors_origins=("https://app.example",)))
+    resp = await allowed.post("/api/conversations", headers={"Origin": "https://app.example"})
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    pre = await allowed.options(
+        "/api/conversations", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert pre.status == 204 and "Authorization" in pre.headers["Access-Control-Allow-Headers"]
+    refused = await allowed.options(
+        "/api/conversations", headers={"Origin": "https://x.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert refused.status == 403
+
+
+async def test_security_headers_on_every_response(client_factory: Any) -> None:
+    client = await client_factory()
+    resp = await client.get("/healthz")
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert "default-src 'self'" in resp.headers["Content-Security-Policy"]

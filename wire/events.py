@@ -1,0 +1,137 @@
+"""Event types, their JSON fields, event ids, generation jobs and stored messages.
+
+Event ids are the Redis Stream entry ids of the conversation's history (``<ms>-<seq>``): Redis
+assigns them, so they are strictly increasing per conversation and the same on every node.
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final, TypedDict
+
+
+class EventType(StrEnum):
+    USER_MESSAGE = "user_message"
+    DELTA = "delta"
+    DONE = "done"
+    RESET = "reset"
+    """Sent by a node, never stored: the client's cursor cannot be honoured; reload the snapshot."""
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class ResetReason(StrEnum):
+    UNKNOWN_CURSOR = "unknown_cursor"
+    """The cursor is not in the history: trimmed by retention, or from history Redis lost."""
+    TRIMMED = "trimmed"
+    """No cursor, and the start of the conversation's history is no longer retained."""
+
+
+class Phase(StrEnum):
+    """Where the active answer of a conversation is."""
+
+    QUEUED = "queued"
+    GENERATING = "generating"
+
+
+START_ID: Final = "0-0"
+"""The cursor before the first event: replay from the start."""
+
+_ID_RE: Final = re.compile(r"\A([0-9]{1,20})-([0-9]{1,20})\Z")
+
+EventId = tuple[int, int]
+
+
+def parse_event_id(text: str) -> EventId:
+    """Parse ``<ms>-<seq>`` into a tuple that orders like Redis orders stream ids."""
+    match = _ID_RE.match(text)
+    if match is None:
+        raise ValueError(f"not an event id: {text[:40]!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def format_event_id(event_id: EventId) -> str:
+    return f"{event_id[0]}-{event_id[1]}"
+
+
+def dumps(obj: object) -> str:
+    """Compact one-line JSON. CR, LF and NUL are always escaped, so the result is one SSE data line."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def user_message_data(message_id: str, content: str, response_id: str) -> str:
+    return dumps({"message_id": message_id, "content": content, "response_id": response_id})
+
+
+def delta_data(response_id: str, index: int, text: str, ts_ms: int) -> str:
+    """``ts`` is the producer's publish time in Unix milliseconds, for latency measurement."""
+    return dumps({"response_id": response_id, "index": index, "text": text, "ts": ts_ms})
+
+
+def done_data(response_id: str, finish_reason: FinishReason) -> str:
+    return dumps({"response_id": response_id, "finish_reason": str(finish_reason)})
+
+
+def reset_data(reason: ResetReason) -> str:
+    return dumps({"reason": str(reason)})
+
+
+class Message(TypedDict, total=False):
+    """A message of the history API. Assistant messages also carry ``finish_reason`` once done."""
+
+    id: str
+    role: str
+    content: str
+    status: str
+    finish_reason: str
+
+
+def user_message_record(message_id: str, content: str) -> str:
+    """The stored JSON of a user message."""
+    return dumps({"id": message_id, "role": "user", "content": content, "status": "complete"})
+
+
+def assistant_status(reason: FinishReason) -> str:
+    return "complete" if reason in (FinishReason.STOP, FinishReason.LENGTH) else str(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A generation job on the jobs stream."""
+
+    conversation_id: str
+    response_id: str
+    message_id: str
+    prompt: str
+    max_tokens: int
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "conversation_id": self.conversation_id,
+            "response_id": self.response_id,
+            "message_id": self.message_id,
+            "prompt": self.prompt,
+            "max_tokens": str(self.max_tokens),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: dict[Any, Any]) -> "Job":
+        def get(name: str) -> str:
+            value = fields.get(name, fields.get(name.encode()))
+            if value is None:
+                raise ValueError(f"job without {name}")
+            return value.decode() if isinstance(value, bytes) else str(value)
+
+        return cls(
+            conversation_id=get("conversation_id"),
+            response_id=get("response_id"),
+            message_id=get("message_id"),
+            prompt=get("prompt"),
+            max_tokens=int(get("max_tokens")),
+        )

@@ -1,0 +1,167 @@
+"""The Lua scripts that change a conversation: each is one atomic Redis round trip.
+
+Appending an event to the history stream and publishing its SSE frame happen in the same script,
+so the live path and every replay agree on ids and bytes (the frame is ``wire.sse.encode_event``'s
+output for one-line data). Retention is applied on every write: the stream is capped with
+``MAXLEN ~`` and all of the conversation's keys expire ``ttl`` seconds after its last event.
+
+Conversation scripts take ``KEYS = ConversationKeys.all`` (state, messages, draft, events) and
+``ARGV = channel, maxlen, ttl, ...`` followed by their own arguments, listed in each docstring.
+The state hash holds: ``active`` (response id), ``phase``, ``owner`` (producer running it),
+``next`` (next delta index), ``cancel`` ("1" once asked), ``first_id`` (first event ever).
+"""
+
+from typing import Final
+
+_PRELUDE: Final = r"""
+local unpack = unpack or table.unpack
+local STATE, MESSAGES, DRAFT, EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local CHANNEL, MAXLEN, TTL = ARGV[1], ARGV[2], ARGV[3]
+
+local function append_event(etype, data)
+  -- Appending is the first write of every script, so a refused event leaves nothing half done.
+  if string.find(data, '[\r\n]') then error('event data must be one line') end
+  local id = redis.call('XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 't', etype, 'd', data)
+  redis.call('HSETNX', STATE, 'first_id', id)
+  redis.call('PUBLISH', CHANNEL, 'id: ' .. id .. '\nevent: ' .. etype .. '\ndata: ' .. data .. '\n\n')
+  return id
+end
+
+local function touch()
+  for _, key in ipairs(KEYS) do
+    if key ~= KEYS[5] then redis.call('EXPIRE', key, TTL) end
+  end
+end
+
+local function finish(rid, reason, status, done)
+  local id = append_event('done', done)
+  local content = redis.call('GET', DRAFT) or ''
+  redis.call('RPUSH', MESSAGES, cjson.encode({
+    id = rid, role = 'assistant', content = content, status = status, finish_reason = reason}))
+  redis.call('HDEL', STATE, 'active', 'phase', 'owner', 'cancel', 'next')
+  redis.call('DEL', DRAFT)
+  touch()
+  return id
+end
+"""
+
+POST_MESSAGE: Final = (
+    _PRELUDE
+    + r"""
+-- KEYS[5] = jobs stream. ARGV: 4 response id, 5 user message record, 6 user_message event data,
+-- 7 jobs maxlen, 8.. job fields as name, value pairs.
+-- Returns {1, event id} or {0, active response id} while an answer is still generating.
+local active = redis.call('HGET', STATE, 'active')
+if active then return {0, active} end
+local id = append_event('user_message', ARGV[6])
+redis.call('RPUSH', MESSAGES, ARGV[5])
+redis.call('HSET', STATE, 'active', ARGV[4], 'phase', 'queued', 'next', 0)
+redis.call('HDEL', STATE, 'cancel', 'owner')
+redis.call('SET', DRAFT, '')
+touch()
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', unpack(ARGV, 8))
+return {1, id}
+"""
+)
+
+START: Final = (
+    _PRELUDE
+    + r"""
+-- ARGV: 4 response id, 5 owner, 6 done data for a cancelled answer.
+-- Returns 'ok' (now generating, owned by ARGV[5]), 'gone' (not the active answer any more),
+-- 'cancelled' (cancelled while queued: finished here), or 'taken' (another producer started it).
+if redis.call('HGET', STATE, 'active') ~= ARGV[4] then return 'gone' end
+if redis.call('HGET', STATE, 'cancel') then
+  finish(ARGV[4], 'cancelled', 'cancelled', ARGV[6])
+  return 'cancelled'
+end
+if redis.call('HGET', STATE, 'phase') ~= 'queued' then return 'taken' end
+redis.call('HSET', STATE, 'phase', 'generating', 'owner', ARGV[5])
+return 'ok'
+"""
+)
+
+DELTA: Final = (
+    _PRELUDE
+    + r"""
+-- ARGV: 4 response id, 5 owner, 6 delta index, 7 text, 8 delta event data.
+-- Returns {1, event id}; {0} if this index was appended already (a retry); {-1} if the answer
+-- is no longer this producer's; {-2} if a cancel was asked (the producer then finishes it).
+local st = redis.call('HMGET', STATE, 'active', 'owner', 'next', 'cancel')
+if st[1] ~= ARGV[4] or st[2] ~= ARGV[5] then return {-1} end
+if st[4] then return {-2} end
+local index, expected = tonumber(ARGV[6]), tonumber(st[3])
+if index < expected then return {0} end
+if index > expected then return redis.error_reply('delta index ' .. index .. ' skips ' .. expected) end
+local id = append_event('delta', ARGV[8])
+redis.call('APPEND', DRAFT, ARGV[7])
+redis.call('HSET', STATE, 'next', index + 1)
+touch()
+return {1, id}
+"""
+)
+
+FINISH: Final = (
+    _PRELUDE
+    + r"""
+-- ARGV: 4 response id, 5 owner ('' = whoever owns it: recovery of an abandoned answer),
+-- 6 finish reason, 7 message status, 8 done event data.
+-- Stores the assistant message (its content is the concatenation of the deltas) and publishes done.
+-- Returns the done event's id, or false if the answer is not active (finished already) or not ours.
+if redis.call('HGET', STATE, 'active') ~= ARGV[4] then return false end
+if ARGV[5] ~= '' and redis.call('HGET', STATE, 'owner') ~= ARGV[5] then return false end
+return finish(ARGV[4], ARGV[6], ARGV[7], ARGV[8])
+"""
+)
+
+CANCEL: Final = (
+    _PRELUDE
+    + r"""
+-- ARGV: 4 response id, 5 done data for a cancelled answer.
+-- Returns 'cancelled' (it was still queued: finished here), 'requested' (the producer running it
+-- will stop at its next chunk and finish it), or 'gone' (it is not the active answer).
+if redis.call('HGET', STATE, 'active') ~= ARGV[4] then return 'gone' end
+if redis.call('HGET', STATE, 'phase') == 'queued' then
+  finish(ARGV[4], 'cancelled', 'cancelled', ARGV[5])
+  return 'cancelled'
+end
+redis.call('HSET', STATE, 'cancel', '1')
+return 'requested'
+"""
+)
+
+REPLAY: Final = r"""
+-- KEYS: 1 state, 2 events. ARGV: 1 cursor (an event id; '0-0' = from the start), 2 page size.
+-- Returns {'ok', head id, entries after the cursor} or {'reset', head id, reason}: a cursor that
+-- is not in the history (trimmed, or from history Redis lost), or a start that was trimmed away,
+-- is never answered with a silent gap.
+local cursor, count = ARGV[1], ARGV[2]
+local head = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local head_id = head[1] and head[1][1] or '0-0'
+if cursor == '0-0' then
+  local first_id = redis.call('HGET', KEYS[1], 'first_id')
+  if first_id then
+    local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+    if not first[1] or first[1][1] ~= first_id then return {'reset', head_id, 'trimmed'} end
+  end
+  return {'ok', head_id, redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', count)}
+end
+if #redis.call('XRANGE', KEYS[2], cursor, cursor) == 0 then
+  return {'reset', head_id, 'unknown_cursor'}
+end
+return {'ok', head_id, redis.call('XRANGE', KEYS[2], '(' .. cursor, '+', 'COUNT', count)}
+"""
+
+SNAPSHOT: Final = r"""
+-- KEYS = ConversationKeys.all. Returns {finished messages, active response id, phase, draft,
+-- last event id}, read atomically: the snapshot is exactly the history up to that event id.
+local st = redis.call('HMGET', KEYS[1], 'active', 'phase')
+local head = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
+return {redis.call('LRANGE', KEYS[2], 0, -1), st[1], st[2], redis.call('GET', KEYS[3]),
+        head[1] and head[1][1] or '0-0'}
+"""
+
+
+def conversation_argv(channel: str, max_events: int, ttl_seconds: int, *rest: str | int) -> list[str | int]:
+    """The ARGV every conversation script starts with, then the script's own arguments."""
+    return [channel, max_events, ttl_seconds, *rest]
