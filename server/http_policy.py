@@ -27,7 +27,7 @@ async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response.headers["Access-Control-Allow-Headers"] = _ALLOW_HEADERS
         response.headers["Access-Control-Max-Age"] = "600"
     else:
-        if allowed:
+        if allowed and origin is not None:
             request[CORS_ORIGIN] = origin
         response = await handler(request)
     if allowed and origin is not None:

@@ -1,6 +1,7 @@
 """Test helpers: read an SSE response with the load tester's spec parser."""
 
 import asyncio
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,12 +39,12 @@ async def read_events(
     *,
     until: Callable[[SSEEvent], bool] = is_done,
     count: int | None = None,
-    timeout: float = 10.0,
+    within: float = 10.0,
 ) -> Received:
     """Read events until ``until`` matches (or ``count`` events, or the stream ends)."""
     parser = SSEParser()
     received = Received()
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         while True:
             chunk = await response.content.readany()
             if not chunk:
@@ -64,4 +65,4 @@ async def read_events(
 
 def assert_strictly_increasing(ids: list[str]) -> None:
     keys = [tuple(int(p) for p in i.split("-")) for i in ids]
-    assert all(a < b for a, b in zip(keys, keys[1:], strict=False)), ids
+    assert all(a < b for a, b in itertools.pairwise(keys)), ids

@@ -51,7 +51,7 @@ async def test_answer_streams_byte_exact_and_matches_history(client_factory: Any
     posted = await post(client, cid, auth, TRICKY)
     received = await read_events(events)
     assert received.retry_ms == 1000
-    assert [e.type for e in received.events][0] == "user_message"
+    assert received.events[0].type == "user_message"
     assert received.events[-1].type == "done"
     assert_strictly_increasing(received.ids)
     deltas = received.of_type("delta")
@@ -156,7 +156,7 @@ async def test_bad_cursor_is_a_400(client_factory: Any) -> None:
 async def test_tokens_are_required_and_reveal_nothing(client_factory: Any) -> None:
     client = await client_factory()
     cid, auth = await create(client)
-    other, other_auth = await create(client)
+    _, other_auth = await create(client)
     client.session.cookie_jar.clear()
     for method, suffix in [("GET", ""), ("GET", "/events"), ("POST", "/messages"), ("POST", "/cancel")]:
         path = f"/api/conversations/{cid}{suffix}"
