@@ -1,7 +1,7 @@
 """An incremental Server-Sent Events parser, to the letter of the WHATWG HTML spec (9.2.6).
 
 Feed it bytes as they arrive; it yields dispatched events. Lines end with CRLF, LF or CR (a CR at
-the end of a chunk may be the first half of a CRLF, so it waits for the next byte). A leading BOM is
+the end of a chunk ends the line at once, and an LF opening the next chunk is then skipped). A leading BOM is
 dropped, comments are ignored, an ``id`` containing NUL is ignored, ``retry`` takes only digits, and
 an event with an empty data buffer is not dispatched (but its id still becomes the last event id).
 """
@@ -22,6 +22,7 @@ class SSEParser:
     def __init__(self) -> None:
         self._buffer = b""
         self._started = False
+        self._skip_lf = False
         self._data: list[str] = []
         self._event_type = ""
         self.last_event_id = ""
@@ -39,6 +40,10 @@ class SSEParser:
                 buffer = buffer[3:]
         start = 0
         length = len(buffer)
+        if self._skip_lf and length:
+            self._skip_lf = False
+            if buffer[0:1] == b"\n":
+                start = 1
         while start < length:
             cr = buffer.find(b"\r", start)
             lf = buffer.find(b"\n", start)
@@ -46,7 +51,7 @@ class SSEParser:
                 break
             if cr != -1 and (lf == -1 or cr < lf):
                 if cr + 1 == length:
-                    break  # maybe the CR of a CRLF split across chunks
+                    self._skip_lf = True  # the LF of a CRLF may open the next chunk
                 end, after = cr, cr + 2 if buffer[cr + 1 : cr + 2] == b"\n" else cr + 1
             else:
                 end, after = lf, lf + 1

@@ -1,0 +1,227 @@
+"""The subscription hub on fakeredis: reference counts, grace period, bounded clients, gap filling."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+from fakeredis.aioredis import FakeRedis
+
+from server.hub import Hub
+from server.listener import Listener, http_chunk
+from server.store import ConversationStore
+from wire import scripts
+from wire.env import Retention
+from wire.events import delta_data
+from wire.keys import ConversationKeys
+from wire.sse import encode_event
+
+CID = "conversation-0000000001"
+
+
+class FakeTransport:
+    """Records writes; ``stalled`` ones never drain, like a client that stopped reading."""
+
+    def __init__(self, *, stalled: bool = False) -> None:
+        self.data = bytearray()
+        self.stalled = stalled
+        self.unsent = 0
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        if self.stalled:
+            self.unsent += len(data)
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def make_listener(transport: FakeTransport, *, max_buffer: int = 1 << 20, max_pending: int = 100) -> Listener:
+    closed: list[bool] = []
+    return Listener(
+        transport,  # type: ignore[arg-type]
+        chunked=True,
+        max_buffer=max_buffer,
+        max_pending=max_pending,
+        on_close=lambda: closed.append(True),
+    )
+
+
+@pytest.fixture
+async def hub(fake_redis: FakeRedis) -> AsyncIterator[Hub]:
+    store = ConversationStore(fake_redis, Retention())
+    hub = Hub(fake_redis, store, grace_seconds=0.2, timeout_seconds=2, replay_page=3)
+    task = asyncio.create_task(hub.run())
+    for _ in range(100):
+        if hub.ready:
+            break
+        await asyncio.sleep(0.01)
+    yield hub
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+class Producer:
+    """Appends deltas through the real script, as the producer does."""
+
+    def __init__(self, redis: FakeRedis, conversation_id: str = CID) -> None:
+        self.keys = ConversationKeys(conversation_id)
+        self.redis = redis
+        self.index = 0
+        self.script = redis.register_script(scripts.DELTA)
+
+    async def start(self) -> None:
+        await self.redis.hset(self.keys.state, mapping={"active": "r", "owner": "p", "next": 0})
+
+    async def delta(self, text: str) -> str:
+        args = scripts.conversation_argv(
+            self.keys.channel, 1000, 3600, "r", "p", self.index, text, delta_data("r", self.index, text, 0)
+        )
+        ok, event_id = await self.script(keys=list(self.keys.all), args=args)
+        assert ok == 1
+        self.index += 1
+        return str(event_id.decode())
+
+
+async def numsub(redis: FakeRedis, conversation_id: str = CID) -> int:
+    channel = ConversationKeys(conversation_id).channel
+    [(_, count)] = await redis.pubsub_numsub(channel)
+    return int(count)
+
+
+async def eventually(predicate: Any, within: float = 2.0) -> None:
+    async with asyncio.timeout(within):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_many_listeners_share_one_subscription(hub: Hub, fake_redis: FakeRedis) -> None:
+    producer = Producer(fake_redis)
+    await producer.start()
+    transports = [FakeTransport() for _ in range(50)]
+    listeners = [make_listener(t) for t in transports]
+    async with AsyncExitStack() as stack:
+        for listener in listeners:
+            await stack.enter_async_context(hub.attach(CID, listener))
+            listener.go_live()
+        assert await numsub(fake_redis) == 1
+        assert hub.channel_count == 1 and hub.listener_count(CID) == 50
+        first = await producer.delta("hello")
+        second = await producer.delta(" world")
+        expected = http_chunk(encode_event(first, "delta", delta_data("r", 0, "hello", 0))) + http_chunk(
+            encode_event(second, "delta", delta_data("r", 1, " world", 0))
+        )
+        await eventually(lambda: all(len(t.data) == len(expected) for t in transports))
+        assert all(bytes(t.data) == expected for t in transports)
+    assert hub.listener_count(CID) == 0
+
+
+async def test_last_listener_unsubscribes_after_the_grace_period(hub: Hub, fake_redis: FakeRedis) -> None:
+    async with hub.attach(CID, make_listener(FakeTransport())):
+        assert await numsub(fake_redis) == 1
+    assert hub.subscribed(CID)  # still, during the grace period
+    await asyncio.sleep(0.05)
+    assert await numsub(fake_redis) == 1
+    await eventually(lambda: hub.channel_count == 0)
+    assert await numsub(fake_redis) == 0
+
+
+async def test_returning_within_grace_keeps_the_subscription(hub: Hub, fake_redis: FakeRedis) -> None:
+    async with hub.attach(CID, make_listener(FakeTransport())):
+        pass
+    await asyncio.sleep(0.1)
+    async with hub.attach(CID, make_listener(FakeTransport())):
+        await asyncio.sleep(0.3)  # longer than the grace period
+        assert hub.subscribed(CID) and await numsub(fake_redis) == 1
+    await eventually(lambda: hub.channel_count == 0)
+
+
+async def test_churn_never_leaves_a_subscription_or_task_behind(hub: Hub, fake_redis: FakeRedis) -> None:
+    baseline = {t for t in asyncio.all_tasks() if not t.done()}
+
+    async def visit(i: int) -> None:
+        async with hub.attach(f"conversation-churn-{i % 5:06d}", make_listener(FakeTransport())):
+            await asyncio.sleep(0.001 * (i % 7))
+
+    await asyncio.gather(*(visit(i) for i in range(200)))
+    await eventually(lambda: hub.channel_count == 0, within=3)
+    for i in range(5):
+        assert await numsub(fake_redis, f"conversation-churn-{i:06d}") == 0
+    await asyncio.sleep(0.01)
+    leftover = {t for t in asyncio.all_tasks() if not t.done()} - baseline
+    ours = [t for t in leftover if "/server/" in t.get_coro().cr_code.co_filename]
+    assert ours == [] and not hub._tasks
+
+
+async def test_slow_client_is_cut_off_without_holding_up_others(hub: Hub, fake_redis: FakeRedis) -> None:
+    producer = Producer(fake_redis)
+    await producer.start()
+    slow_transport, fast_transport = FakeTransport(stalled=True), FakeTransport()
+    slow, fast = make_listener(slow_transport, max_buffer=600), make_listener(fast_transport)
+    async with hub.attach(CID, slow), hub.attach(CID, fast):
+        slow.go_live()
+        fast.go_live()
+        for i in range(20):
+            await producer.delta(f"chunk {i} " + "x" * 50)
+        await eventually(lambda: fast_transport.data.count(b"event: delta") == 20)
+        assert slow_transport.aborted and slow.closed
+        assert 0 < slow_transport.data.count(b"event: delta") < 20
+        assert not fast_transport.aborted
+
+
+async def test_catching_up_buffer_is_bounded(hub: Hub, fake_redis: FakeRedis) -> None:
+    producer = Producer(fake_redis)
+    await producer.start()
+    listener = make_listener(FakeTransport(), max_pending=5)
+    async with hub.attach(CID, listener):
+        for i in range(12):
+            await producer.delta(str(i))
+        await eventually(lambda: listener.overflowed)
+        assert listener.pending is not None and len(listener.pending) <= 5
+
+
+async def test_go_live_sends_buffered_frames_after_the_position_only(hub: Hub, fake_redis: FakeRedis) -> None:
+    producer = Producer(fake_redis)
+    await producer.start()
+    transport = FakeTransport()
+    listener = make_listener(transport)
+    async with hub.attach(CID, listener):
+        ids = [await producer.delta(str(i)) for i in range(4)]
+        await eventually(lambda: listener.pending is not None and len(listener.pending) == 4)
+        listener.position = tuple(int(p) for p in ids[1].split("-"))  # type: ignore[assignment]
+        listener.go_live()
+        later = await producer.delta("4")
+        await eventually(lambda: transport.data.count(b"event: delta") == 3)
+    sent = [line.split(b" ")[1].decode() for line in bytes(transport.data).split(b"\n") if line.startswith(b"id: ")]
+    assert sent == [ids[2], ids[3], later]
+
+
+async def test_gap_is_filled_after_the_pubsub_connection_drops(hub: Hub, fake_redis: FakeRedis) -> None:
+    producer = Producer(fake_redis)
+    await producer.start()
+    transport = FakeTransport()
+    listener = make_listener(transport)
+    async with hub.attach(CID, listener):
+        listener.go_live()
+        ids = [await producer.delta("a")]
+        await eventually(lambda: transport.data.count(b"event: delta") == 1)
+        connects = hub.reconnects
+        conn = hub._conn
+        assert conn is not None
+        await conn.disconnect()
+        # published while the hub is not subscribed: only the history has these
+        ids += [await producer.delta(c) for c in "bcdefgh"]
+        await eventually(lambda: hub.reconnects > connects and hub.ready)
+        ids += [await producer.delta(c) for c in "ij"]
+        await eventually(lambda: transport.data.count(b"event: delta") == 10, within=5)
+    sent = [line.split(b" ")[1].decode() for line in bytes(transport.data).split(b"\n") if line.startswith(b"id: ")]
+    assert sent == ids
+    assert b"".join(bytes(transport.data).split(b"data: ")[1:]).count(b'"text"') == 10

@@ -1,0 +1,88 @@
+"""SSE framing: exact bytes, no way to inject a field, and the Lua-built frames match Python's."""
+
+import pytest
+from fakeredis.aioredis import FakeRedis
+
+from loadtest.sse_parser import SSEParser
+from wire import scripts
+from wire.events import delta_data
+from wire.keys import ConversationKeys
+from wire.sse import encode_comment, encode_event, encode_retry, frame_event_id, frame_from_entry
+
+
+def test_event_bytes_are_exact() -> None:
+    assert encode_event("5-0", "delta", '{"a":1}') == b'id: 5-0\nevent: delta\ndata: {"a":1}\n\n'
+
+
+def test_multiline_data_becomes_several_data_lines() -> None:
+    assert encode_event("1-0", "t", "a\nb\r\nc\rd") == b"id: 1-0\nevent: t\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+    assert encode_event("1-0", "t", "") == b"id: 1-0\nevent: t\ndata: \n\n"
+
+
+@pytest.mark.parametrize("bad_id", ["1\n2", "1\r2", "1\x002", "x\r\nevent: evil"])
+def test_ids_cannot_carry_line_breaks_or_nul(bad_id: str) -> None:
+    with pytest.raises(ValueError):
+        encode_event(bad_id, "t", "d")
+
+
+@pytest.mark.parametrize("bad_type", ["a\nb", "a\rb", "delta\n\ndata: evil"])
+def test_types_cannot_carry_line_breaks(bad_type: str) -> None:
+    with pytest.raises(ValueError):
+        encode_event("1-0", bad_type, "d")
+
+
+def test_injected_fields_in_data_stay_data() -> None:
+    frame = encode_event("1-0", "delta", "x\n\nid: 999-0\nevent: done\ndata: evil")
+    events = list(SSEParser().feed(frame))
+    assert len(events) == 1
+    assert events[0].type == "delta" and events[0].last_event_id == "1-0"
+    assert events[0].data == "x\n\nid: 999-0\nevent: done\ndata: evil"
+
+
+def test_retry_and_comments() -> None:
+    assert encode_retry(1500) == b"retry: 1500\n\n"
+    with pytest.raises(ValueError):
+        encode_retry(-1)
+    assert encode_comment() == b":\n\n"
+    assert encode_comment("a\nb") == b":a\n:b\n\n"
+
+
+def test_frame_event_id() -> None:
+    assert frame_event_id(b"id: 17-3\nevent: x\ndata: y\n\n") == b"17-3"
+    with pytest.raises(ValueError):
+        frame_event_id(b"event: x\n\n")
+
+
+async def test_published_frame_equals_python_encoding_and_replayed_frame(fake_redis: FakeRedis) -> None:
+    keys = ConversationKeys("c" * 22)
+    await fake_redis.hset(keys.state, mapping={"active": "r1", "owner": "p", "next": 0})
+    pubsub = fake_redis.pubsub()
+    await pubsub.subscribe(keys.channel)
+    await pubsub.get_message(timeout=1)
+    text = '  🚀 naïve\r\n"quoted" \\ </script>\u2028'
+    data = delta_data("r1", 0, text, 123)
+    delta = fake_redis.register_script(scripts.DELTA)
+    ok, event_id = await delta(
+        keys=list(keys.all), args=scripts.conversation_argv(keys.channel, 1000, 3600, "r1", "p", 0, text, data)
+    )
+    assert ok == 1
+    message = await pubsub.get_message(timeout=1)
+    assert message is not None
+    published = message["data"]
+    assert published == encode_event(event_id.decode(), "delta", data)
+    [(stored_id, fields)] = await fake_redis.xrange(keys.events)
+    assert frame_from_entry(stored_id, fields[b"t"], fields[b"d"]) == published
+    assert await fake_redis.get(keys.draft) == text.encode()
+    await pubsub.aclose()
+
+
+async def test_scripts_refuse_multiline_data_before_writing(fake_redis: FakeRedis) -> None:
+    keys = ConversationKeys("d" * 22)
+    await fake_redis.hset(keys.state, mapping={"active": "r1", "owner": "p", "next": 0})
+    delta = fake_redis.register_script(scripts.DELTA)
+    with pytest.raises(Exception, match="one line"):
+        await delta(
+            keys=list(keys.all),
+            args=scripts.conversation_argv(keys.channel, 1000, 3600, "r1", "p", 0, "x", "a\nevent: evil"),
+        )
+    assert await fake_redis.exists(keys.events, keys.draft) == 0
