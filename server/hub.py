@@ -38,6 +38,7 @@ _BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 2.0
 _HEALTH_INTERVAL = 5.0
 """Seconds of silence after which the hub pings Redis; three silent intervals mean a dead link."""
 _MAX_SYNC_BUFFER = 100_000
+_GAP_FILL_ATTEMPTS = 4
 
 
 class HubUnavailable(Exception):
@@ -137,6 +138,7 @@ class Hub:
         watchdog = asyncio.create_task(self._watchdog(), name="hub-watchdog")
         try:
             while True:
+                self._received = 0
                 try:
                     await self._connect_and_read()
                 except (RedisError, OSError) as exc:
@@ -144,10 +146,10 @@ class Hub:
                 except Exception:
                     log.exception("pub/sub reader failed; reconnecting in %.2fs", backoff)
                 self._on_disconnect()
+                if self._received:
+                    backoff = _BACKOFF_FIRST  # it worked for a while: retry at once
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
-                if self._received:
-                    backoff = _BACKOFF_FIRST
         finally:
             watchdog.cancel()
             for task in list(self._tasks):
@@ -161,6 +163,9 @@ class Hub:
     # -- the connection -----------------------------------------------------------------------
 
     async def _connect_and_read(self) -> None:
+        # Commands go out with check_health=False: redis-py's health check would read the reply
+        # itself, racing this loop for the subscription confirmations (the watchdog does that job).
+        # push_request=True: under RESP3 pub/sub traffic arrives as push messages.
         conn: AbstractConnection = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         try:
             await conn.connect()  # type: ignore[no-untyped-call]
@@ -169,16 +174,15 @@ class Hub:
                 if channel.forwarded is not None or any(listener.live for listener in channel.listeners):
                     channel.syncing = []
             if resubscribe:
-                await conn.send_command("SUBSCRIBE", *resubscribe)
+                await conn.send_command("SUBSCRIBE", *resubscribe, check_health=False)
             self._conn = conn
-            self._received = 0
             self._connected.set()
             if self._connects:
                 self.reconnects += 1
                 log.info("pub/sub reconnected; re-subscribed %d channels", len(resubscribe))
             self._connects += 1
             while True:
-                message = await conn.read_response(timeout=math.inf)
+                message = await conn.read_response(timeout=math.inf, push_request=True)
                 self._received += 1
                 self._dispatch(message)
         finally:
@@ -228,7 +232,7 @@ class Hub:
                 await conn.disconnect(nowait=True)
             elif silent >= 1:
                 with contextlib.suppress(RedisError, OSError):
-                    await conn.send_command("PING")
+                    await conn.send_command("PING", check_health=False)
 
     def _on_disconnect(self) -> None:
         for channel in self._channels.values():
@@ -249,7 +253,7 @@ class Hub:
                 future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 channel.waiter = (kind, future)
                 try:
-                    await conn.send_command(kind.upper(), channel.name)
+                    await conn.send_command(kind.upper(), channel.name, check_health=False)
                     await future
                 finally:
                     channel.waiter = None
@@ -288,27 +292,33 @@ class Hub:
         """Forward what was published while the connection was down, then the held frames."""
         live_positions = [listener.position for listener in channel.listeners if listener.live]
         start = channel.forwarded or (min(live_positions) if live_positions else None)
-        try:
-            if start is not None:
-                cursor = format_event_id(start)
-                conversation_id = conversation_id_from_channel(channel.name)
-                while channel.syncing is not None:
+        if start is not None:
+            cursor = format_event_id(start)
+            conversation_id = conversation_id_from_channel(channel.name)
+            attempt = 0
+            while channel.syncing is not None:
+                try:
                     page = await asyncio.wait_for(
                         self._store.replay(conversation_id, cursor, self._replay_page), self._timeout
                     )
-                    if not isinstance(page, Page):
-                        log.warning("history of %r lost across the reconnect; clients reload", channel.name)
+                except (TimeoutError, RedisError, OSError) as exc:
+                    # Right after a Redis restart the command pool may still hold dead connections.
+                    attempt += 1
+                    if attempt > _GAP_FILL_ATTEMPTS:
+                        log.warning("gap fill of %r failed (%r); clients resume by themselves", channel.name, exc)
                         self._abandon(channel)
                         return
-                    for _, frame in page.frames:
-                        self._forward(channel, frame)
-                    if len(page.frames) < self._replay_page:
-                        break
-                    cursor = page.frames[-1][0].decode()
-        except (TimeoutError, RedisError, OSError) as exc:
-            log.warning("gap fill of %r failed (%r); clients resume by themselves", channel.name, exc)
-            self._abandon(channel)
-            return
+                    await asyncio.sleep(_BACKOFF_FIRST * 2**attempt)
+                    continue
+                if not isinstance(page, Page):
+                    log.warning("history of %r lost across the reconnect; clients reload", channel.name)
+                    self._abandon(channel)
+                    return
+                for _, frame in page.frames:
+                    self._forward(channel, frame)
+                if len(page.frames) < self._replay_page:
+                    break
+                cursor = page.frames[-1][0].decode()
         held, channel.syncing = channel.syncing, None
         for frame in held or ():
             self._forward(channel, frame)

@@ -46,7 +46,10 @@ async def read_events(
     received = Received()
     async with asyncio.timeout(within):
         while True:
-            chunk = await response.content.readany()
+            try:
+                chunk = await response.content.readany()
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+                chunk = b""  # the connection broke, as EventSource would see it
             if not chunk:
                 received.closed = True
                 break
@@ -66,3 +69,36 @@ async def read_events(
 def assert_strictly_increasing(ids: list[str]) -> None:
     keys = [tuple(int(p) for p in i.split("-")) for i in ids]
     assert all(a < b for a, b in itertools.pairwise(keys)), ids
+
+
+async def follow(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    *,
+    cursor: str | None = None,
+    within: float = 30.0,
+) -> tuple[Received, int]:
+    """Read until ``done`` like EventSource: reconnect with ``Last-Event-ID`` whenever the stream breaks.
+
+    Returns everything received and how many reconnects it took.
+    """
+    received = Received()
+    reconnects = -1
+    async with asyncio.timeout(within):
+        while not received.of_type("done"):
+            reconnects += 1
+            request_headers = dict(headers) if cursor is None else {**headers, "Last-Event-ID": cursor}
+            try:
+                async with session.get(url, headers=request_headers) as resp:
+                    if resp.status != 200:
+                        await asyncio.sleep(0.1)
+                        continue
+                    part = await read_events(resp, within=within)
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+                continue
+            received.events += part.events
+            if part.events:
+                cursor = part.events[-1].last_event_id
+    return received, reconnects

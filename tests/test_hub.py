@@ -99,7 +99,7 @@ async def numsub(redis: FakeRedis, conversation_id: str = CID) -> int:
 
 async def eventually(predicate: Any, within: float = 2.0) -> None:
     async with asyncio.timeout(within):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - polling a plain condition in a test
             await asyncio.sleep(0.01)
 
 
