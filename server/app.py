@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 
 from server import api, health
 from server.context import HUB, REDIS, SETTINGS, STORE
-from server.errors import json_errors
-from server.http_policy import cors, security_headers
+from server.errors import STREAMING_ROUTE, json_errors
+from server.http_policy import apply_headers, preflight
 from server.hub import Hub
 from server.settings import Settings
 from server.sse_endpoint import stream_events
@@ -23,7 +23,7 @@ WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 
 def create_app(settings: Settings, redis: "Redis") -> web.Application:
-    app = web.Application(middlewares=[json_errors, cors], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[REDIS] = redis
     store = ConversationStore(redis, settings.retention)
@@ -34,18 +34,20 @@ def create_app(settings: Settings, redis: "Redis") -> web.Application:
         grace_seconds=settings.unsubscribe_grace_seconds,
         timeout_seconds=settings.redis_timeout_seconds,
         replay_page=settings.replay_page_events,
+        heartbeat_seconds=settings.heartbeat_seconds,
     )
     app.cleanup_ctx.append(_run_hub)
     app.on_shutdown.append(_end_streams)
-    app.on_response_prepare.append(security_headers)
+    app.on_response_prepare.append(apply_headers)
 
     app.router.add_post("/api/conversations", api.create_conversation)
     app.router.add_get("/api/conversations/{conversation_id}", api.get_conversation)
     app.router.add_post("/api/conversations/{conversation_id}/messages", api.post_message)
     app.router.add_post("/api/conversations/{conversation_id}/cancel", api.cancel_answer)
-    app.router.add_get("/api/conversations/{conversation_id}/events", stream_events)
+    app.router.add_get("/api/conversations/{conversation_id}/events", stream_events, name=STREAMING_ROUTE)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_route("OPTIONS", "/{path:.*}", preflight)
     if (WEB_ROOT / "index.html").exists():
         app.router.add_get("/", _index)
         app.router.add_get("/c/{conversation_id}", _index)

@@ -40,8 +40,23 @@ class JSONError(web.HTTPException):
         super().__init__(text=json.dumps(body), content_type="application/json", headers=headers)
 
 
+STREAMING_ROUTE = "events"
+"""Name of the route that is passed straight through (see ``json_errors``)."""
+
+
 @web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+def json_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Turn every error into the JSON error document.
+
+    A plain function returning the awaitable, so the long-lived event stream (whose handler raises
+    only ``JSONError``s before it starts streaming) keeps no middleware frame alive for hours.
+    """
+    if request.match_info.route.name == STREAMING_ROUTE:
+        return handler(request)
+    return _guarded(request, handler)
+
+
+async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except JSONError:

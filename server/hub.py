@@ -3,7 +3,8 @@
 Channels are reference-counted: the first local client of a conversation subscribes (and waits for
 Redis to confirm, so nothing published after its history read can be missed), the last one leaves a
 grace period before the unsubscribe, so a reloading tab does not churn SUBSCRIBE/UNSUBSCRIBE. A
-per-channel lock serialises subscribe and unsubscribe, so confirmations always match their request.
+per-channel lock (kept only while in use) serialises subscribe and unsubscribe, so confirmations
+always match their request.
 
 Each frame arrives already encoded (the publishing script built it); the hub parses its id once,
 frames it as an HTTP chunk once, and hands the same bytes to every client (``Listener.deliver``).
@@ -30,7 +31,7 @@ from server.listener import Listener, http_chunk
 from server.store import ConversationStore, Page
 from wire.events import EventId, format_event_id, parse_event_id
 from wire.keys import ConversationKeys, conversation_id_from_channel
-from wire.sse import frame_event_id
+from wire.sse import HEARTBEAT, frame_event_id
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,11 @@ class HubUnavailable(Exception):
 class Channel:
     """One conversation's subscription on this node and its local clients."""
 
-    __slots__ = ("forwarded", "grace", "listeners", "lock", "name", "subscribed", "syncing", "waiter")
+    __slots__ = ("forwarded", "grace", "listeners", "name", "subscribed", "syncing", "waiter")
 
     def __init__(self, name: bytes) -> None:
         self.name = name
         self.listeners: set[Listener] = set()
-        self.lock = asyncio.Lock()
         self.subscribed = False
         """Redis confirmed the subscription on the current connection."""
         self.waiter: tuple[bytes, asyncio.Future[None]] | None = None
@@ -74,13 +74,16 @@ class Hub:
         grace_seconds: float,
         timeout_seconds: float,
         replay_page: int,
+        heartbeat_seconds: float,
     ) -> None:
         self._redis = redis
         self._store = store
         self._grace = grace_seconds
         self._timeout = timeout_seconds
         self._replay_page = replay_page
+        self._heartbeat_seconds = heartbeat_seconds
         self._channels: dict[bytes, Channel] = {}
+        self._locks: dict[bytes, tuple[asyncio.Lock, list[int]]] = {}
         self._conn: AbstractConnection | None = None
         self._connected = asyncio.Event()
         self._received = 0
@@ -113,9 +116,12 @@ class Hub:
             for listener in list(channel.listeners):
                 listener.close()
 
-    @contextlib.asynccontextmanager
-    async def attach(self, conversation_id: str, listener: Listener) -> AsyncIterator[None]:
-        """Register ``listener`` (catching up) on the conversation's channel, subscribed and confirmed."""
+    async def attach(self, conversation_id: str, listener: Listener) -> Channel:
+        """Register ``listener`` (catching up) on the conversation's channel, subscribed and confirmed.
+
+        The caller must ``detach`` it when done (a plain pair, not a context manager: one less
+        object and frame kept alive per connection).
+        """
         name = ConversationKeys(conversation_id).channel.encode()
         channel = self._channels.get(name)
         if channel is None:
@@ -125,17 +131,19 @@ class Hub:
             channel.grace = None
         channel.listeners.add(listener)
         try:
-            async with channel.lock:
+            async with self._lock(name):
                 if not channel.subscribed:
                     await self._request(channel, b"subscribe")
-            yield
-        finally:
-            self._detach(channel, listener)
+        except BaseException:
+            self.detach(channel, listener)
+            raise
+        return channel
 
     async def run(self) -> None:
         """Own the pub/sub connection for the node's lifetime: connect, read, reconnect."""
         backoff = _BACKOFF_FIRST
         watchdog = asyncio.create_task(self._watchdog(), name="hub-watchdog")
+        heartbeat = asyncio.create_task(self._heartbeat(), name="hub-heartbeat")
         try:
             while True:
                 self._received = 0
@@ -152,9 +160,10 @@ class Hub:
                 backoff = min(backoff * 2, _BACKOFF_MAX)
         finally:
             watchdog.cancel()
+            heartbeat.cancel()
             for task in list(self._tasks):
                 task.cancel()
-            await asyncio.gather(watchdog, *self._tasks, return_exceptions=True)
+            await asyncio.gather(watchdog, heartbeat, *self._tasks, return_exceptions=True)
             self._on_disconnect()
             for channel in self._channels.values():
                 if channel.grace is not None:
@@ -212,6 +221,16 @@ class Hub:
             if channel.subscribed and channel.syncing is not None:
                 self._spawn(self._fill_gap(channel), f"fill-gap-{channel.name!r}")
         # b"pong" answers the watchdog's PING: counted as traffic, nothing else to do.
+
+    async def _heartbeat(self) -> None:
+        """One loop for the node's heartbeats: a comment to every live client each interval."""
+        chunk = http_chunk(HEARTBEAT)
+        while True:
+            await asyncio.sleep(self._heartbeat_seconds)
+            for channel in list(self._channels.values()):
+                for listener in list(channel.listeners):
+                    if listener.live:
+                        listener.send(HEARTBEAT, chunk)
 
     async def _watchdog(self) -> None:
         """Ping a silent connection; drop one that stays silent (a half-open TCP link never errors)."""
@@ -325,7 +344,7 @@ class Hub:
 
     # -- leaving ------------------------------------------------------------------------------
 
-    def _detach(self, channel: Channel, listener: Listener) -> None:
+    def detach(self, channel: Channel, listener: Listener) -> None:
         channel.listeners.discard(listener)
         if not channel.listeners and channel.grace is None:
             loop = asyncio.get_running_loop()
@@ -337,7 +356,7 @@ class Hub:
             self._spawn(self._unsubscribe(channel), f"unsubscribe-{channel.name!r}")
 
     async def _unsubscribe(self, channel: Channel) -> None:
-        async with channel.lock:
+        async with self._lock(channel.name):
             if channel.listeners:
                 return
             if channel.subscribed:
@@ -347,6 +366,19 @@ class Hub:
                     pass  # the connection is gone, and with it the subscription
             if not channel.listeners and self._channels.get(channel.name) is channel:
                 del self._channels[channel.name]
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, name: bytes) -> AsyncIterator[None]:
+        """The channel's subscribe/unsubscribe lock, kept only while someone holds or awaits it."""
+        lock, users = self._locks.get(name) or self._locks.setdefault(name, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[name]
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)

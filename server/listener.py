@@ -80,6 +80,10 @@ class Listener:
             self.skip_until = None
         self._write(chunk if self.chunked else frame)
 
+    def send(self, frame: bytes, chunk: bytes) -> None:
+        """Write a frame that is not an event (a heartbeat) to a live client."""
+        self._write(chunk if self.chunked else frame)
+
     def go_live(self) -> None:
         """Send the buffered live frames newer than ``position``, then take frames as they come.
 

@@ -15,7 +15,6 @@ Flow of one connection (replay, then live, with no gap and no duplicate):
 import logging
 
 from aiohttp import web
-from aiohttp_sse import EventSourceResponse
 from redis.exceptions import RedisError
 
 from server.auth import authorize
@@ -23,13 +22,12 @@ from server.context import HUB, SETTINGS, STORE
 from server.errors import JSONError
 from server.hub import HubUnavailable
 from server.listener import Listener
+from server.sse_response import RelayResponse
 from server.store import ConversationStore, Page
 from wire.events import START_ID, EventType, format_event_id, parse_event_id, reset_data
 from wire.sse import encode_event, encode_retry
 
 log = logging.getLogger(__name__)
-
-_RESPONSE_HEADERS = {"X-Content-Type-Options": "nosniff"}
 
 
 def requested_cursor(request: web.Request) -> str:
@@ -51,7 +49,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     cursor = requested_cursor(request)
     hub, store = request.app[HUB], request.app[STORE]
 
-    response = EventSourceResponse(headers=_RESPONSE_HEADERS, ping_interval=settings.heartbeat_seconds)
+    response = RelayResponse()
     writer = await response.prepare(request)
     transport = request.transport
     if writer is None or transport is None:
@@ -65,11 +63,14 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         on_close=response.stop_streaming,
     )
     try:
-        async with hub.attach(conversation_id, listener):
+        channel = await hub.attach(conversation_id, listener)
+        try:
             await _catch_up(response, listener, store, conversation_id, cursor, settings.replay_page_events)
             if not listener.closed:
                 listener.go_live()
-                await response.wait()
+                await response.ended
+        finally:
+            hub.detach(channel, listener)
     except (HubUnavailable, RedisError, OSError, TimeoutError) as exc:
         # The client reconnects with its cursor once the node can serve it again.
         log.warning("stream of a conversation ended early: %r", exc)
@@ -77,7 +78,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 
 
 async def _catch_up(
-    response: EventSourceResponse,
+    response: RelayResponse,
     listener: Listener,
     store: ConversationStore,
     conversation_id: str,

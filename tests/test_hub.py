@@ -2,7 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -55,10 +55,19 @@ def make_listener(transport: FakeTransport, *, max_buffer: int = 1 << 20, max_pe
     )
 
 
+@asynccontextmanager
+async def attached(hub: Hub, conversation_id: str, listener: Listener) -> AsyncIterator[None]:
+    channel = await hub.attach(conversation_id, listener)
+    try:
+        yield
+    finally:
+        hub.detach(channel, listener)
+
+
 @pytest.fixture
 async def hub(fake_redis: FakeRedis) -> AsyncIterator[Hub]:
     store = ConversationStore(fake_redis, Retention())
-    hub = Hub(fake_redis, store, grace_seconds=0.2, timeout_seconds=2, replay_page=3)
+    hub = Hub(fake_redis, store, grace_seconds=0.2, timeout_seconds=2, replay_page=3, heartbeat_seconds=0.1)
     task = asyncio.create_task(hub.run())
     for _ in range(100):
         if hub.ready:
@@ -110,7 +119,7 @@ async def test_many_listeners_share_one_subscription(hub: Hub, fake_redis: FakeR
     listeners = [make_listener(t) for t in transports]
     async with AsyncExitStack() as stack:
         for listener in listeners:
-            await stack.enter_async_context(hub.attach(CID, listener))
+            await stack.enter_async_context(attached(hub, CID, listener))
             listener.go_live()
         assert await numsub(fake_redis) == 1
         assert hub.channel_count == 1 and hub.listener_count(CID) == 50
@@ -125,7 +134,7 @@ async def test_many_listeners_share_one_subscription(hub: Hub, fake_redis: FakeR
 
 
 async def test_last_listener_unsubscribes_after_the_grace_period(hub: Hub, fake_redis: FakeRedis) -> None:
-    async with hub.attach(CID, make_listener(FakeTransport())):
+    async with attached(hub, CID, make_listener(FakeTransport())):
         assert await numsub(fake_redis) == 1
     assert hub.subscribed(CID)  # still, during the grace period
     await asyncio.sleep(0.05)
@@ -135,10 +144,10 @@ async def test_last_listener_unsubscribes_after_the_grace_period(hub: Hub, fake_
 
 
 async def test_returning_within_grace_keeps_the_subscription(hub: Hub, fake_redis: FakeRedis) -> None:
-    async with hub.attach(CID, make_listener(FakeTransport())):
+    async with attached(hub, CID, make_listener(FakeTransport())):
         pass
     await asyncio.sleep(0.1)
-    async with hub.attach(CID, make_listener(FakeTransport())):
+    async with attached(hub, CID, make_listener(FakeTransport())):
         await asyncio.sleep(0.3)  # longer than the grace period
         assert hub.subscribed(CID) and await numsub(fake_redis) == 1
     await eventually(lambda: hub.channel_count == 0)
@@ -148,7 +157,7 @@ async def test_churn_never_leaves_a_subscription_or_task_behind(hub: Hub, fake_r
     baseline = {t for t in asyncio.all_tasks() if not t.done()}
 
     async def visit(i: int) -> None:
-        async with hub.attach(f"conversation-churn-{i % 5:06d}", make_listener(FakeTransport())):
+        async with attached(hub, f"conversation-churn-{i % 5:06d}", make_listener(FakeTransport())):
             await asyncio.sleep(0.001 * (i % 7))
 
     await asyncio.gather(*(visit(i) for i in range(200)))
@@ -158,7 +167,7 @@ async def test_churn_never_leaves_a_subscription_or_task_behind(hub: Hub, fake_r
     await asyncio.sleep(0.01)
     leftover = {t for t in asyncio.all_tasks() if not t.done()} - baseline
     ours = [t for t in leftover if "/server/" in t.get_coro().cr_code.co_filename]
-    assert ours == [] and not hub._tasks
+    assert ours == [] and not hub._tasks and not hub._locks
 
 
 async def test_slow_client_is_cut_off_without_holding_up_others(hub: Hub, fake_redis: FakeRedis) -> None:
@@ -166,7 +175,7 @@ async def test_slow_client_is_cut_off_without_holding_up_others(hub: Hub, fake_r
     await producer.start()
     slow_transport, fast_transport = FakeTransport(stalled=True), FakeTransport()
     slow, fast = make_listener(slow_transport, max_buffer=600), make_listener(fast_transport)
-    async with hub.attach(CID, slow), hub.attach(CID, fast):
+    async with attached(hub, CID, slow), attached(hub, CID, fast):
         slow.go_live()
         fast.go_live()
         for i in range(20):
@@ -181,7 +190,7 @@ async def test_catching_up_buffer_is_bounded(hub: Hub, fake_redis: FakeRedis) ->
     producer = Producer(fake_redis)
     await producer.start()
     listener = make_listener(FakeTransport(), max_pending=5)
-    async with hub.attach(CID, listener):
+    async with attached(hub, CID, listener):
         for i in range(12):
             await producer.delta(str(i))
         await eventually(lambda: listener.overflowed)
@@ -193,7 +202,7 @@ async def test_go_live_sends_buffered_frames_after_the_position_only(hub: Hub, f
     await producer.start()
     transport = FakeTransport()
     listener = make_listener(transport)
-    async with hub.attach(CID, listener):
+    async with attached(hub, CID, listener):
         ids = [await producer.delta(str(i)) for i in range(4)]
         await eventually(lambda: listener.pending is not None and len(listener.pending) == 4)
         listener.position = tuple(int(p) for p in ids[1].split("-"))  # type: ignore[assignment]
@@ -209,7 +218,7 @@ async def test_gap_is_filled_after_the_pubsub_connection_drops(hub: Hub, fake_re
     await producer.start()
     transport = FakeTransport()
     listener = make_listener(transport)
-    async with hub.attach(CID, listener):
+    async with attached(hub, CID, listener):
         listener.go_live()
         ids = [await producer.delta("a")]
         await eventually(lambda: transport.data.count(b"event: delta") == 1)
@@ -225,3 +234,11 @@ async def test_gap_is_filled_after_the_pubsub_connection_drops(hub: Hub, fake_re
     sent = [line.split(b" ")[1].decode() for line in bytes(transport.data).split(b"\n") if line.startswith(b"id: ")]
     assert sent == ids
     assert b"".join(bytes(transport.data).split(b"data: ")[1:]).count(b'"text"') == 10
+
+
+async def test_live_clients_get_heartbeats_from_the_hub(hub: Hub) -> None:
+    transport = FakeTransport()
+    listener = make_listener(transport)
+    async with attached(hub, CID, listener):
+        listener.go_live()
+        await eventually(lambda: transport.data.count(http_chunk(b":\n\n")) >= 2)
