@@ -1,0 +1,334 @@
+"""A load-test run: create conversations, hold the tabs in worker processes, drive messages, verify.
+
+The driver (this process) creates the conversations, posts messages and follows each conversation on
+one stream of its own to know when an answer is done (and to time the first token). The tabs live in
+``--workers`` processes, so the client is not the bottleneck; each reports its chunks, latencies and
+anomalies, and the digests of every answer it saw finish, which the driver checks against the
+history API.
+"""
+
+import asyncio
+import ipaddress
+import json
+import multiprocessing
+import os
+import queue
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import uvloop
+
+from loadtest.client import Tab
+from loadtest.sse_parser import SSEParser
+from loadtest.stats import Series
+
+SCENARIOS = ("steady", "broadcast", "idle")
+
+
+@dataclass(frozen=True)
+class Config:
+    urls: tuple[str, ...]
+    clients: int
+    conversations: int
+    duration: float
+    scenario: str = "steady"
+    workers: int = 1
+    ramp_up: float = 2.0
+    think_time: float = 0.0
+    max_tokens: int = 200
+    prompt: str = "Explain how streaming answers reach many browser tabs"
+    drain_timeout: float = 30.0
+    allow_remote: bool = False
+
+
+def check_target(url: str, allow_remote: bool) -> None:
+    host = urlsplit(url).hostname or ""
+    if allow_remote:
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SystemExit(f"loadtest: {url} is not a loopback address; pass --allow-remote to target it")
+
+
+def raise_open_files_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# -- worker processes -------------------------------------------------------------------------
+
+
+def worker_main(
+    assignments: list[tuple[str, str, str]], ramp_up: float, progress: Any, results: Any, stop: Any
+) -> None:
+    raise_open_files_limit()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_worker(assignments, ramp_up, progress, results, stop))
+
+
+async def _worker(
+    assignments: list[tuple[str, str, str]], ramp_up: float, progress: Any, results: Any, stop: Any
+) -> None:
+    latency = Series()
+    tabs = [Tab(cid, token, url) for cid, token, url in assignments]
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    started = time.process_time()
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks = []
+        gap = ramp_up / max(1, len(tabs))
+        for tab in tabs:
+            tasks.append(asyncio.create_task(tab.run(session, latency)))
+            if gap:
+                await asyncio.sleep(gap)
+        loop = asyncio.get_running_loop()
+        last_count = 0
+        while not await loop.run_in_executor(None, stop.wait, 1.0):
+            recent = list(latency.samples[last_count:]) if latency.stride == 1 else []
+            last_count = len(latency.samples)
+            recent.sort()
+            progress.put(
+                {
+                    "connected": sum(t.connected for t in tabs),
+                    "chunks": sum(t.chunks for t in tabs),
+                    "p99": recent[int(len(recent) * 0.99)] if recent else None,
+                }
+            )
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    results.put(
+        {
+            "tabs": [t.summary() for t in tabs],
+            "latency": latency.to_json(),
+            "cpu_seconds": time.process_time() - started,
+        }
+    )
+
+
+# -- the driver -------------------------------------------------------------------------------
+
+
+class Driver:
+    def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.session = session
+        self.ttft = Series()
+        self.posted = 0
+        self.answers_done = 0
+        self.post_errors = 0
+        self.active: set[str] = set()
+
+    async def create(self, url: str) -> tuple[str, str]:
+        async with self.session.post(f"{url}/api/conversations") as resp:
+            resp.raise_for_status()
+            body = await resp.json()
+            return body["id"], body["token"]
+
+    async def converse(self, url: str, cid: str, token: str, until: float) -> None:
+        """Post, wait for done, think, repeat until ``until``; time post → first delta."""
+        auth = {"Authorization": f"Bearer {token}"}
+        async with self.session.get(
+            f"{url}/api/conversations/{cid}/events", headers=auth, timeout=aiohttp.ClientTimeout(total=None)
+        ) as stream:
+            parser = SSEParser()
+            n = 0
+            while time.monotonic() < until:
+                n += 1
+                posted_at = time.monotonic()
+                body = {"content": f"{self.config.prompt} (#{n})", "max_tokens": self.config.max_tokens}
+                async with self.session.post(
+                    f"{url}/api/conversations/{cid}/messages", json=body, headers=auth
+                ) as resp:
+                    if resp.status != 202:
+                        self.post_errors += 1
+                        await asyncio.sleep(0.5)
+                        continue
+                    response_id = (await resp.json())["response_id"]
+                self.posted += 1
+                self.active.add(cid)
+                first = True
+                done = False
+                while not done:
+                    chunk = await stream.content.readany()
+                    if not chunk:
+                        raise ConnectionError("driver stream ended")
+                    for event in parser.feed(chunk):
+                        data = json.loads(event.data)
+                        if data.get("response_id") != response_id:
+                            continue
+                        if event.type == "delta" and first:
+                            first = False
+                            self.ttft.add((time.monotonic() - posted_at) * 1000)
+                        elif event.type == "done":
+                            done = True
+                self.answers_done += 1
+                self.active.discard(cid)
+                if self.config.think_time:
+                    await asyncio.sleep(self.config.think_time)
+
+    async def history_digests(self, url: str, cid: str, token: str) -> dict[str, str]:
+        import hashlib
+
+        async with self.session.get(
+            f"{url}/api/conversations/{cid}", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            resp.raise_for_status()
+            messages = (await resp.json())["messages"]
+        return {
+            m["id"]: hashlib.sha256(m["content"].encode()).hexdigest()
+            for m in messages
+            if m["role"] == "assistant" and m.get("finish_reason")
+        }
+
+
+async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
+    for url in config.urls:
+        check_target(url, config.allow_remote)
+    raise_open_files_limit()
+    ctx = multiprocessing.get_context("spawn")
+    progress, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+    wall_start = time.monotonic()
+    cpu_start = time.process_time()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        driver = Driver(config, session)
+        conversations = [
+            (config.urls[i % len(config.urls)], *await driver.create(config.urls[i % len(config.urls)]))
+            for i in range(config.conversations)
+        ]
+        assignments: list[list[tuple[str, str, str]]] = [[] for _ in range(config.workers)]
+        for i in range(config.clients):
+            _, cid, token = conversations[i % len(conversations)]
+            url = config.urls[i % len(config.urls)]  # tabs of one conversation spread over the nodes
+            assignments[i % config.workers].append((cid, token, url))
+        procs = [
+            ctx.Process(target=worker_main, args=(a, config.ramp_up, progress, results, stop), daemon=True)
+            for a in assignments
+        ]
+        for proc in procs:
+            proc.start()
+        await asyncio.sleep(config.ramp_up + 0.5)
+        measure_start = time.monotonic()
+        until = measure_start + config.duration
+        drivers = []
+        if config.scenario != "idle":
+            drivers = [
+                asyncio.create_task(driver.converse(url, cid, token, until)) for url, cid, token in conversations
+            ]
+        reporter = asyncio.create_task(_report(progress, len(procs), until, live))
+        try:
+            await asyncio.sleep(config.duration)
+            if drivers:
+                await asyncio.wait(drivers, timeout=config.drain_timeout)
+        finally:
+            for task in drivers:
+                task.cancel()
+            driver_errors = [
+                r
+                for r in await asyncio.gather(*drivers, return_exceptions=True)
+                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)
+            ]
+            await asyncio.sleep(0.5)  # the last chunks reach every tab
+            stop.set()
+            worker_results = [
+                await asyncio.get_running_loop().run_in_executor(None, results.get, True, 60) for _ in procs
+            ]
+            reporter.cancel()
+            for proc in procs:
+                proc.join(10)
+        measured = time.monotonic() - measure_start
+        history = {cid: await driver.history_digests(url, cid, token) for url, cid, token in conversations}
+    return _summarise(
+        config, driver, worker_results, history, measured, wall_start, cpu_start, [repr(e) for e in driver_errors]
+    )
+
+
+async def _report(progress: Any, workers: int, until: float, live: bool) -> None:
+    latest: dict[int, dict[str, Any]] = {}
+    count = 0
+    while True:
+        try:
+            while True:
+                update = progress.get_nowait()
+                latest[count % workers] = update
+                count += 1
+        except queue.Empty:
+            pass
+        if live and latest:
+            connected = sum(u["connected"] for u in latest.values())
+            chunks = sum(u["chunks"] for u in latest.values())
+            p99s = [u["p99"] for u in latest.values() if u["p99"] is not None]
+            left = max(0, until - time.monotonic())
+            p99 = f"{max(p99s):7.1f} ms" if p99s else "      -"
+            print(
+                f"\r  connected {connected:6d}  chunks {chunks:10d}  p99(last s) {p99}  {left:5.0f}s left ",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        await asyncio.sleep(1)
+
+
+def _summarise(
+    config: Config,
+    driver: Driver,
+    worker_results: list[dict[str, Any]],
+    history: dict[str, dict[str, str]],
+    measured: float,
+    wall_start: float,
+    cpu_start: float,
+    driver_errors: list[str],
+) -> dict[str, Any]:
+    latency = Series()
+    tabs: list[dict[str, Any]] = []
+    client_cpu = time.process_time() - cpu_start
+    for result in worker_results:
+        latency.extend(Series.from_json(result["latency"]))
+        tabs.extend(result["tabs"])
+        client_cpu += result["cpu_seconds"]
+    mismatched = 0
+    verified = 0
+    for tab in tabs:
+        stored = history.get(tab["conversation_id"], {})
+        for rid, digest in tab["answers"].items():
+            verified += 1
+            if stored.get(rid) != digest:
+                mismatched += 1
+    totals = {
+        k: sum(t[k] for t in tabs)
+        for k in ("chunks", "bytes", "lost", "duplicated", "reordered", "resets", "reconnects", "connect_errors")
+    }
+    ok = all(totals[k] == 0 for k in ("lost", "duplicated", "reordered", "resets")) and mismatched == 0
+    ok = ok and not driver_errors
+    return {
+        "config": asdict(config),
+        "ok": ok,
+        "measured_seconds": round(measured, 2),
+        "wall_seconds": round(time.monotonic() - wall_start, 2),
+        "answers_posted": driver.posted,
+        "answers_done": driver.answers_done,
+        "post_errors": driver.post_errors,
+        "driver_errors": driver_errors,
+        "answers_verified": verified,
+        "answers_mismatched": mismatched,
+        **totals,
+        "chunks_per_second": round(totals["chunks"] / measured, 1) if measured else None,
+        "bytes_per_second": round(totals["bytes"] / measured, 1) if measured else None,
+        "latency_ms": latency.summary(),
+        "latency_histogram_ms": {"edges": HIST_EDGES, "counts": latency.histogram(HIST_EDGES)},
+        "ttft_ms": driver.ttft.summary(),
+        "client_cpu_seconds": round(client_cpu, 2),
+        "client_cpu_percent_of_one_core": round(100 * client_cpu / max(measured, 1e-9), 1),
+        "cores": os.cpu_count(),
+    }
+
+
+HIST_EDGES = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000]
