@@ -308,6 +308,8 @@ def _summarise(
     }
     ok = all(totals[k] == 0 for k in ("lost", "duplicated", "reordered", "resets")) and mismatched == 0
     ok = ok and not driver_errors
+    if config.scenario != "idle":  # traffic that never finished is a failure too, not a quiet success
+        ok = ok and driver.posted > 0 and driver.answers_done == driver.posted
     return {
         "config": asdict(config),
         "ok": ok,

@@ -10,6 +10,7 @@ cannot resume another process's half answer), keeping the text streamed so far.
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -75,6 +76,7 @@ class Worker:
         while free < 32 and not self._slots.locked():
             await self._slots.acquire()
             free += 1
+        asked = time.monotonic()
         try:
             reply: Any = await self._redis.xreadgroup(
                 JOBS_GROUP, self._settings.name, {JOBS_STREAM: ">"}, count=free, block=_READ_BLOCK_MS
@@ -95,6 +97,10 @@ class Worker:
         ]
         for _ in range(free - len(entries)):
             self._slots.release()
+        if not entries and time.monotonic() - asked < _READ_BLOCK_MS / 1000 / 2:
+            # A blocking read that came back empty at once (fakeredis, the embedded broker, does
+            # after the first job) must not turn this loop into a busy loop.
+            await asyncio.sleep(0.05)
         for entry_id, fields in entries:
             self._launch(entry_id, fields, recovered=False)
 
