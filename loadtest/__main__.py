@@ -62,7 +62,8 @@ def format_summary(result: dict[str, Any]) -> str:
         (
             "answers",
             f"posted {result['answers_posted']}, done {result['answers_done']}, "
-            f"verified {result['answers_verified']} tab-answers, mismatched {result['answers_mismatched']}",
+            f"verified {result['answers_verified']} tab-answers, mismatched {result['answers_mismatched']}, "
+            f"missing {result['answers_missing']}",
         ),
         ("lost / doubled / reordered", f"{result['lost']} / {result['duplicated']} / {result['reordered']}"),
         (

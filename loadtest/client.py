@@ -1,13 +1,13 @@
 """One simulated browser tab: an SSE connection that checks every chunk and reconnects like EventSource."""
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-import aiohttp
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 from loadtest.sse_parser import SSEParser
 from loadtest.stats import Series
@@ -84,39 +84,99 @@ class Tab:
             "answers": self.digests(),
         }
 
-    async def run(self, session: aiohttp.ClientSession, latency: Series) -> None:
+    async def run(self, latency: Series) -> None:
         """Follow the stream until cancelled; reconnect with the cursor on any break, with backoff."""
-        url = f"{self.base_url}/api/conversations/{self.conversation_id}/events"
+        split = urlsplit(self.base_url)
+        host, port = split.hostname or "127.0.0.1", split.port or 80
+        loop = asyncio.get_running_loop()
         backoff = 0.1
         first = True
         while True:
-            headers = {"Authorization": f"Bearer {self.token}"}
-            if self.last_event_id:
-                headers["Last-Event-ID"] = self.last_event_id
             if not first:
                 self.reconnects += 1
             first = False
+            ended: asyncio.Future[bool] = loop.create_future()
+            request = (
+                f"GET {split.path}/api/conversations/{self.conversation_id}/events HTTP/1.1\r\n"
+                f"Host: {split.netloc}\r\nAccept: text/event-stream\r\nAuthorization: Bearer {self.token}\r\n"
+                + (f"Last-Event-ID: {self.last_event_id}\r\n" if self.last_event_id else "")
+                + "\r\n"
+            ).encode()
+            transport = None
             try:
-                async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=None)) as resp:
-                    if resp.status != 200:
-                        self.connect_errors += 1
-                    else:
-                        self.connected = True
-                        backoff = 0.1
-                        await self._read(resp, latency)
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                if not self.connected:
-                    self.connect_errors += 1
+                transport, _ = await loop.create_connection(
+                    functools.partial(_StreamProtocol, self, latency, request, ended), host, port
+                )
+                if await ended:
+                    backoff = 0.1
+            except OSError:
+                self.connect_errors += 1
             finally:
                 self.connected = False
+                if transport is not None:
+                    transport.close()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    async def _read(self, resp: aiohttp.ClientResponse, latency: Series) -> None:
-        parser = SSEParser()
-        reader = resp.content
-        while chunk := await reader.readany():
-            self.bytes += len(chunk)
-            for event in parser.feed(chunk):
-                self.on_event(event.type, event.data, event.last_event_id, latency)
-                self.last_event_id = event.last_event_id
+
+class _StreamProtocol(asyncio.Protocol):
+    """An SSE response read straight off the socket: no task wake-up per event, so one client process
+    can follow thousands of streams. Decodes HTTP/1.1 chunked framing, then the spec parser takes over.
+    """
+
+    def __init__(self, tab: Tab, latency: Series, request: bytes, ended: "asyncio.Future[bool]") -> None:
+        self.tab, self.latency, self.request, self.ended = tab, latency, request, ended
+        self.head = b""
+        self.body = b""
+        self.in_body = False
+        self.chunked = False
+        self.parser = SSEParser()
+        self.ok = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_body:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end == -1:
+                return
+            head, data = self.head[:end], self.head[end + 4 :]
+            status = head.split(b" ", 2)[1] if head.startswith(b"HTTP/1.") else b""
+            if status != b"200":
+                self.tab.connect_errors += 1
+                self.transport.close()
+                return
+            self.ok = self.tab.connected = True
+            self.chunked = b"transfer-encoding: chunked" in head.lower()
+            self.in_body = True
+        self.tab.bytes += len(data)
+        if not self.chunked:
+            self._feed(data)
+            return
+        body = self.body + data if self.body else data
+        pos, size_end = 0, body.find(b"\r\n")
+        while size_end != -1:
+            size = int(body[pos:size_end], 16)
+            if size == 0:
+                self.transport.close()
+                break
+            start = size_end + 2
+            if start + size + 2 > len(body):
+                break
+            self._feed(body[start : start + size])
+            pos = start + size + 2
+            size_end = body.find(b"\r\n", pos)
+        self.body = body[pos:]
+
+    def _feed(self, payload: bytes) -> None:
+        tab, latency = self.tab, self.latency
+        for event in self.parser.feed(payload):
+            tab.on_event(event.type, event.data, event.last_event_id, latency)
+            tab.last_event_id = event.last_event_id
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ended.done():
+            self.ended.set_result(self.ok)

@@ -80,31 +80,28 @@ async def _worker(
 ) -> None:
     latency = Series()
     tabs = [Tab(cid, token, url) for cid, token, url in assignments]
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
     started = time.process_time()
-    async with aiohttp.ClientSession(connector=connector) as session:
-        tasks = []
-        gap = ramp_up / max(1, len(tabs))
-        for tab in tabs:
-            tasks.append(asyncio.create_task(tab.run(session, latency)))
-            if gap:
-                await asyncio.sleep(gap)
-        loop = asyncio.get_running_loop()
-        last_count = 0
-        while not await loop.run_in_executor(None, stop.wait, 1.0):
-            recent = list(latency.samples[last_count:]) if latency.stride == 1 else []
-            last_count = len(latency.samples)
-            recent.sort()
-            progress.put(
-                {
-                    "connected": sum(t.connected for t in tabs),
-                    "chunks": sum(t.chunks for t in tabs),
-                    "p99": recent[int(len(recent) * 0.99)] if recent else None,
-                }
-            )
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    tasks = []
+    gap = ramp_up / max(1, len(tabs))
+    for tab in tabs:
+        tasks.append(asyncio.create_task(tab.run(latency)))
+        if gap:
+            await asyncio.sleep(gap)
+    loop = asyncio.get_running_loop()
+    last_count = 0
+    while not await loop.run_in_executor(None, stop.wait, 1.0):
+        recent = sorted(latency.samples[last_count:]) if latency.stride == 1 else []
+        last_count = len(latency.samples)
+        progress.put(
+            {
+                "connected": sum(t.connected for t in tabs),
+                "chunks": sum(t.chunks for t in tabs),
+                "p99": recent[int(len(recent) * 0.99)] if recent else None,
+            }
+        )
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     results.put(
         {
             "tabs": [t.summary() for t in tabs],
@@ -294,19 +291,19 @@ def _summarise(
         latency.extend(Series.from_json(result["latency"]))
         tabs.extend(result["tabs"])
         client_cpu += result["cpu_seconds"]
-    mismatched = 0
-    verified = 0
+    mismatched = verified = missing = 0
     for tab in tabs:
         stored = history.get(tab["conversation_id"], {})
         for rid, digest in tab["answers"].items():
             verified += 1
             if stored.get(rid) != digest:
                 mismatched += 1
+        missing += len(stored.keys() - tab["answers"].keys())  # every tab was there from the start
     totals = {
         k: sum(t[k] for t in tabs)
         for k in ("chunks", "bytes", "lost", "duplicated", "reordered", "resets", "reconnects", "connect_errors")
     }
-    ok = all(totals[k] == 0 for k in ("lost", "duplicated", "reordered", "resets")) and mismatched == 0
+    ok = all(totals[k] == 0 for k in ("lost", "duplicated", "reordered", "resets")) and mismatched == missing == 0
     ok = ok and not driver_errors
     if config.scenario != "idle":  # traffic that never finished is a failure too, not a quiet success
         ok = ok and driver.posted > 0 and driver.answers_done == driver.posted
@@ -321,6 +318,7 @@ def _summarise(
         "driver_errors": driver_errors,
         "answers_verified": verified,
         "answers_mismatched": mismatched,
+        "answers_missing": missing,
         **totals,
         "chunks_per_second": round(totals["chunks"] / measured, 1) if measured else None,
         "bytes_per_second": round(totals["bytes"] / measured, 1) if measured else None,

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from producer.batcher import ScriptBatcher
 from wire import scripts
 from wire.env import Retention
 from wire.events import FinishReason, assistant_status, delta_data, done_data
@@ -37,7 +38,7 @@ class Publisher:
         self._retention = retention
         self._retry_seconds = retry_seconds
         self._start = redis.register_script(scripts.START)
-        self._delta = redis.register_script(scripts.DELTA)
+        self._delta = ScriptBatcher(redis, scripts.DELTA)
         self._finish = redis.register_script(scripts.FINISH)
 
     def _call(self, keys: ConversationKeys, *args: str | int) -> tuple[list[str], list[str | int]]:
