@@ -122,7 +122,6 @@ class Driver:
         self.posted = 0
         self.answers_done = 0
         self.post_errors = 0
-        self.active: set[str] = set()
 
     async def create(self, url: str) -> tuple[str, str]:
         async with self.session.post(f"{url}/api/conversations") as resp:
@@ -133,10 +132,8 @@ class Driver:
     async def converse(self, url: str, cid: str, token: str, until: float) -> None:
         """Post, wait for done, think, repeat until ``until``; time post → first delta."""
         auth = {"Authorization": f"Bearer {token}"}
-        async with self.session.get(
-            f"{url}/api/conversations/{cid}/events", headers=auth, timeout=aiohttp.ClientTimeout(total=None)
-        ) as stream:
-            parser = SSEParser()
+        follower = _Follower(self.session, f"{url}/api/conversations/{cid}/events", auth)
+        try:
             n = 0
             while time.monotonic() < until:
                 n += 1
@@ -151,26 +148,21 @@ class Driver:
                         continue
                     response_id = (await resp.json())["response_id"]
                 self.posted += 1
-                self.active.add(cid)
                 first = True
-                done = False
-                while not done:
-                    chunk = await stream.content.readany()
-                    if not chunk:
-                        raise ConnectionError("driver stream ended")
-                    for event in parser.feed(chunk):
-                        data = json.loads(event.data)
-                        if data.get("response_id") != response_id:
-                            continue
-                        if event.type == "delta" and first:
-                            first = False
-                            self.ttft.add((time.monotonic() - posted_at) * 1000)
-                        elif event.type == "done":
-                            done = True
+                while True:
+                    event_type, data = await follower.next_event()
+                    if data.get("response_id") != response_id:
+                        continue
+                    if event_type == "delta" and first:
+                        first = False
+                        self.ttft.add((time.monotonic() - posted_at) * 1000)
+                    elif event_type == "done":
+                        break
                 self.answers_done += 1
-                self.active.discard(cid)
                 if self.config.think_time:
                     await asyncio.sleep(self.config.think_time)
+        finally:
+            await follower.close()
 
     async def history_digests(self, url: str, cid: str, token: str) -> dict[str, str]:
         import hashlib
@@ -185,6 +177,41 @@ class Driver:
             for m in messages
             if m["role"] == "assistant" and m.get("finish_reason")
         }
+
+
+class _Follower:
+    """The driver's own view of a conversation: events in order, resuming by cursor if a stream breaks."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, auth: dict[str, str]) -> None:
+        self.session, self.url, self.auth = session, url, auth
+        self.response: aiohttp.ClientResponse | None = None
+        self.parser = SSEParser()
+        self.backlog: list[tuple[str, dict[str, Any]]] = []
+
+    async def next_event(self) -> tuple[str, dict[str, Any]]:
+        while not self.backlog:
+            if self.response is None:
+                headers = dict(self.auth)
+                if self.parser.last_event_id:
+                    headers["Last-Event-ID"] = self.parser.last_event_id
+                self.response = await self.session.get(
+                    self.url, headers=headers, timeout=aiohttp.ClientTimeout(total=None)
+                )
+            try:
+                chunk = await self.response.content.readany()
+            except aiohttp.ClientError:
+                chunk = b""
+            if not chunk:
+                self.response.close()
+                self.response = None
+                await asyncio.sleep(0.2)
+                continue
+            self.backlog += [(e.type, json.loads(e.data)) for e in self.parser.feed(chunk)]
+        return self.backlog.pop(0)
+
+    async def close(self) -> None:
+        if self.response is not None:
+            self.response.close()
 
 
 async def run(config: Config, *, live: bool = True) -> dict[str, Any]:

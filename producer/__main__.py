@@ -6,7 +6,7 @@ import signal
 import sys
 
 import uvloop
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from producer.generator import load_generator
 from producer.settings import ProducerSettings
@@ -18,7 +18,14 @@ log = logging.getLogger("producer")
 
 async def _main(settings: ProducerSettings) -> None:
     assert settings.redis_url is not None
-    redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=10,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+    )
+    redis = Redis(connection_pool=pool)
     worker = Worker(redis, settings, load_generator(settings.generator, settings.pacing))
     task = asyncio.create_task(worker.run())
     loop = asyncio.get_running_loop()

@@ -16,12 +16,14 @@ class ProducerSettings:
     """REDIS_URL (required when the producer runs on its own)."""
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     """STREAMFAN_PRODUCER_NAME: this producer's consumer name in the jobs group."""
-    concurrency: int = 256
+    concurrency: int = 1000
     """STREAMFAN_PRODUCER_CONCURRENCY: answers generated at once by this process."""
     claim_idle_seconds: float = 30.0
     """STREAMFAN_JOB_CLAIM_SECONDS: a job nobody has touched this long belonged to a dead producer."""
     publish_retry_seconds: float = 30.0
     """STREAMFAN_PUBLISH_RETRY_SECONDS: how long a chunk is retried while Redis is unreachable."""
+    redis_max_connections: int = 64
+    """STREAMFAN_REDIS_MAX_CONNECTIONS: connections to Redis; more callers wait for one."""
     generator: str = "simulated"
     """STREAMFAN_GENERATOR: 'simulated', 'echo', or 'package.module:factory'."""
     pacing: Pacing = field(default_factory=Pacing)
@@ -50,6 +52,9 @@ class ProducerSettings:
             ),
             publish_retry_seconds=env_float(
                 env, "STREAMFAN_PUBLISH_RETRY_SECONDS", defaults.publish_retry_seconds, low=0.1, high=86_400
+            ),
+            redis_max_connections=env_int(
+                env, "STREAMFAN_REDIS_MAX_CONNECTIONS", defaults.redis_max_connections, low=2, high=100_000
             ),
             generator=generator,
             pacing=pacing,

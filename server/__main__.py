@@ -7,7 +7,7 @@ import sys
 
 import uvloop
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from wire.env import SettingsError
 
@@ -45,12 +45,16 @@ def main(argv: list[str] | None = None) -> None:
         app = create_embedded_app(settings, producer_settings)
         logging.getLogger("server").info("no REDIS_URL: running the embedded broker and producer in this process")
     else:
-        redis = Redis.from_url(
+        # A blocking pool: a burst of replays waits for a connection instead of failing.
+        pool = BlockingConnectionPool.from_url(
             settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_timeout_seconds,
             socket_timeout=settings.redis_timeout_seconds,
             socket_connect_timeout=settings.redis_timeout_seconds,
             health_check_interval=30,
         )
+        redis = Redis(connection_pool=pool)
         app = create_app(settings, redis)
         app.on_cleanup.append(lambda _app: redis.aclose())
 

@@ -35,6 +35,8 @@ class Settings:
     """STREAMFAN_UNSUBSCRIBE_GRACE_SECONDS: how long a channel stays subscribed after its last client."""
     redis_timeout_seconds: float = 5.0
     """STREAMFAN_REDIS_TIMEOUT_SECONDS: bound on any Redis call and on waiting for a subscription."""
+    redis_max_connections: int = 64
+    """STREAMFAN_REDIS_MAX_CONNECTIONS: command connections to Redis; more callers wait for one."""
     max_body_bytes: int = 64 * 1024
     """STREAMFAN_MAX_BODY_BYTES: larger request bodies get 413."""
     max_message_chars: int = 16_000
@@ -91,6 +93,9 @@ class Settings:
             ),
             redis_timeout_seconds=env_float(
                 env, "STREAMFAN_REDIS_TIMEOUT_SECONDS", d.redis_timeout_seconds, low=0.1, high=300
+            ),
+            redis_max_connections=env_int(
+                env, "STREAMFAN_REDIS_MAX_CONNECTIONS", d.redis_max_connections, low=2, high=100_000
             ),
             max_body_bytes=env_int(env, "STREAMFAN_MAX_BODY_BYTES", d.max_body_bytes, low=1024, high=1 << 30),
             max_message_chars=env_int(env, "STREAMFAN_MAX_MESSAGE_CHARS", d.max_message_chars, low=1, high=10**7),
