@@ -4,9 +4,11 @@ Bad values fail at start with the variable's name, never later with a confusing 
 """
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Self
+from typing import Self, TypeVar
+
+N = TypeVar("N", int, float)
 
 
 class SettingsError(ValueError):
@@ -17,30 +19,27 @@ def env_str(env: Mapping[str, str], name: str, default: str) -> str:
     return env.get(name, default)
 
 
-def env_int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+def _env_number(
+    env: Mapping[str, str], name: str, default: N, parse: Callable[[str], N], what: str, low: N, high: N
+) -> N:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = int(raw.strip())
+        value = parse(raw.strip())
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+        raise SettingsError(f"{name}={raw!r} is not {what}") from None
     if not low <= value <= high:
         raise SettingsError(f"{name}={value} is outside {low}..{high}")
     return value
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    return _env_number(env, name, default, int, "a whole number", low, high)
 
 
 def env_float(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name}={value} is outside {low}..{high}")
-    return value
+    return _env_number(env, name, default, float, "a number", low, high)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,48 @@
+"""Settings come from the environment, and bad values stop the process with the variable's name."""
+
+import pytest
+
+from producer.settings import ProducerSettings
+from server.settings import Settings
+from wire.env import SettingsError
+
+
+def test_defaults_without_redis_are_embedded() -> None:
+    settings = Settings.from_env({})
+    assert settings.embedded and settings.heartbeat_seconds == 15 and settings.retention.max_events == 10_000
+
+
+def test_redis_requires_a_shared_secret() -> None:
+    with pytest.raises(SettingsError, match="STREAMFAN_SECRET"):
+        Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0"})
+    with pytest.raises(SettingsError, match="at least 16"):
+        Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "STREAMFAN_SECRET": "short"})
+    ok = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "STREAMFAN_SECRET": "x" * 16})
+    assert ok.secret == b"x" * 16 and not ok.embedded
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("STREAMFAN_HEARTBEAT_SECONDS", "abc", "is not a number"),
+        ("STREAMFAN_HEARTBEAT_SECONDS", "60", "outside"),
+        ("STREAMFAN_RETRY_MS", "1.5", "is not a whole number"),
+        ("STREAMFAN_HISTORY_MAX_EVENTS", "5", "outside"),
+        ("STREAMFAN_CORS_ORIGINS", "*", "no wildcards"),
+        ("STREAMFAN_CORS_ORIGINS", "example.com", "not an origin"),
+        ("STREAMFAN_DEFAULT_MAX_TOKENS", "5000", "exceeds"),
+    ],
+)
+def test_bad_values_fail_loudly_with_the_name(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message) as caught:
+        Settings.from_env({name: value})
+    assert name in str(caught.value)
+
+
+def test_producer_settings() -> None:
+    settings = ProducerSettings.from_env({"STREAMFAN_SIM_TTFT_MS": "150", "STREAMFAN_GENERATOR": "echo"})
+    assert settings.pacing.ttft_seconds == 0.15 and settings.generator == "echo"
+    with pytest.raises(SettingsError, match="STREAMFAN_GENERATOR"):
+        ProducerSettings.from_env({"STREAMFAN_GENERATOR": "nonsense"})
+    with pytest.raises(SettingsError, match="STREAMFAN_SIM_JITTER"):
+        ProducerSettings.from_env({"STREAMFAN_SIM_JITTER": "2"})
