@@ -296,3 +296,46 @@ async def test_security_headers_on_every_response(client_factory: Any) -> None:
     resp = await client.get("/healthz")
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
     assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+
+
+async def test_chat_page_and_its_assets_are_served_under_a_strict_csp(client_factory: Any) -> None:
+    client = await client_factory()
+    for path in ["/", "/c/abcdefghijklmnopqrstuv"]:
+        resp = await client.get(path)
+        assert resp.status == 200 and resp.content_type == "text/html"
+        assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+        assert "<script" in (await resp.text()) and "https://" not in (await resp.text())
+    script = await client.get("/static/app.js")
+    assert script.status == 200 and "EventSource" in await script.text()
+
+
+async def test_history_beyond_retention_gets_reset_never_a_silent_gap(client_factory: Any) -> None:
+    from wire.env import Retention
+
+    settings = node_settings(retention=Retention(max_events=100))
+    producer = fast_producer(
+        pacing=Pacing(ttft_seconds=0.0, tokens_per_second=5000, jitter=0), retention=Retention(max_events=100)
+    )
+    client = await client_factory(settings=settings, producer=producer)
+    cid, auth = await create(client)
+    first = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    await post(client, cid, auth, " ".join(f"w{i}" for i in range(400)), max_tokens=1000)
+    everything = await read_events(first, within=20)
+    oldest = everything.ids[0]
+    # no cursor: the start is gone, so the client is told to reload
+    fresh = await read_events(
+        await client.get(f"/api/conversations/{cid}/events", headers=auth), until=lambda e: e.type == "reset"
+    )
+    assert fresh.events[0].type == "reset" and json.loads(fresh.events[0].data) == {"reason": "trimmed"}
+    assert fresh.events[0].last_event_id == everything.ids[-1]
+    # a cursor that retention dropped
+    stale = await read_events(
+        await client.get(f"/api/conversations/{cid}/events", headers={**auth, "Last-Event-ID": oldest}),
+        until=lambda e: e.type == "reset",
+    )
+    assert [e.type for e in stale.events] == ["reset"]
+    assert json.loads(stale.events[0].data) == {"reason": "unknown_cursor"}
+    # the snapshot still has the whole answer, and says where the stream continues
+    history = await (await client.get(f"/api/conversations/{cid}", headers=auth)).json()
+    assert history["messages"][-1]["content"] == everything.text()
+    assert history["last_event_id"] == everything.ids[-1]
