@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from server import api, health
 from server.context import HUB, REDIS, SETTINGS, STORE
 from server.errors import STREAMING_ROUTE, json_errors
-from server.http_policy import apply_headers, preflight
+from server.http_policy import apply_headers
 from server.hub import Hub
 from server.settings import Settings
 from server.sse_endpoint import stream_events
@@ -47,7 +47,6 @@ def create_app(settings: Settings, redis: "Redis") -> web.Application:
     app.router.add_get("/api/conversations/{conversation_id}/events", stream_events, name=STREAMING_ROUTE)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
-    app.router.add_route("OPTIONS", "/{path:.*}", preflight)
     if (WEB_ROOT / "index.html").exists():
         app.router.add_get("/", _index)
         app.router.add_get("/c/{conversation_id}", _index)

@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from server.http_policy import preflight
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -46,13 +48,15 @@ STREAMING_ROUTE = "events"
 
 @web.middleware
 def json_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
-    """Turn every error into the JSON error document.
+    """Turn every error into the JSON error document (and answer CORS preflights).
 
     A plain function returning the awaitable, so the long-lived event stream (whose handler raises
     only ``JSONError``s before it starts streaming) keeps no middleware frame alive for hours.
     """
     if request.match_info.route.name == STREAMING_ROUTE:
         return handler(request)
+    if request.method == "OPTIONS":  # CORS preflights, for any path, without an OPTIONS route each
+        return preflight(request)
     return _guarded(request, handler)
 
 

@@ -213,6 +213,8 @@ async def test_bad_input_gets_clean_4xx(client_factory: Any) -> None:
         assert (await resp.json())["error"] == code, body[:40]
     resp = await client.put(path, headers=auth)
     assert resp.status == 405 and (await resp.json())["error"] == "method_not_allowed"
+    resp = await client.get("/favicon.ico")
+    assert resp.status == 404 and (await resp.json())["error"] == "not_found"
     history = await (await client.get(f"/api/conversations/{cid}", headers=auth)).json()
     assert history["messages"] == []  # nothing was half-stored
 
