@@ -78,7 +78,14 @@ class Listener:
             if event_id <= skip:
                 return
             self.skip_until = None
-        self._write(chunk if self.chunked else frame)
+        # _write, inlined: this line runs once per client per event.
+        transport = self._transport
+        if transport.is_closing():
+            self.close()
+            return
+        transport.write(chunk if self.chunked else frame)
+        if transport.get_write_buffer_size() > self.max_buffer:
+            self.cut_off()
 
     def send(self, frame: bytes, chunk: bytes) -> None:
         """Write a frame that is not an event (a heartbeat) to a live client."""
@@ -105,11 +112,14 @@ class Listener:
             return
         transport.write(data)
         if transport.get_write_buffer_size() > self.max_buffer:
-            log.info("cutting off a slow client (%d bytes unsent)", transport.get_write_buffer_size())
             self.cut_off()
 
     def cut_off(self) -> None:
         """Drop the connection now; the client resumes from its last event id."""
+        log.info(
+            "cutting off a client (%d bytes unsent); it resumes from its cursor",
+            self._transport.get_write_buffer_size(),
+        )
         self._transport.abort()
         self.close()
 
