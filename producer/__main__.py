@@ -27,16 +27,12 @@ async def _main(settings: ProducerSettings) -> None:
     )
     redis = Redis(connection_pool=pool)
     worker = Worker(redis, settings, load_generator(settings.generator, settings.pacing))
-    task = asyncio.create_task(worker.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, worker.shutdown)
     log.info("producer %s consuming jobs (concurrency %d)", settings.name, settings.concurrency)
     try:
-        await task
-    except asyncio.CancelledError:
-        if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
-            raise
+        await worker.run()
     finally:
         await redis.aclose()
 

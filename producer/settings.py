@@ -22,6 +22,8 @@ class ProducerSettings:
     """STREAMFAN_JOB_CLAIM_SECONDS: a job nobody has touched this long belonged to a dead producer."""
     publish_retry_seconds: float = 30.0
     """STREAMFAN_PUBLISH_RETRY_SECONDS: how long a chunk is retried while Redis is unreachable."""
+    drain_seconds: float = 20.0
+    """STREAMFAN_PRODUCER_DRAIN_SECONDS: on SIGTERM, how long answers in flight may finish."""
     redis_max_connections: int = 64
     """STREAMFAN_REDIS_MAX_CONNECTIONS: connections to Redis; more callers wait for one."""
     generator: str = "simulated"
@@ -53,6 +55,7 @@ class ProducerSettings:
             publish_retry_seconds=env_float(
                 env, "STREAMFAN_PUBLISH_RETRY_SECONDS", defaults.publish_retry_seconds, low=0.1, high=86_400
             ),
+            drain_seconds=env_float(env, "STREAMFAN_PRODUCER_DRAIN_SECONDS", defaults.drain_seconds, low=0, high=3600),
             redis_max_connections=env_int(
                 env, "STREAMFAN_REDIS_MAX_CONNECTIONS", defaults.redis_max_connections, low=2, high=100_000
             ),

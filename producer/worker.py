@@ -36,6 +36,7 @@ class Worker:
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._in_flight: dict[bytes, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
+        self._stopping = asyncio.Event()
         self.jobs_done = 0
 
     @property
@@ -43,25 +44,41 @@ class Worker:
         return len(self._in_flight)
 
     async def run(self) -> None:
-        """Consume jobs until cancelled; cancellation stops every answer in flight (left pending)."""
+        """Consume jobs until ``shutdown`` (or cancellation, which leaves answers to be recovered)."""
         async with asyncio.TaskGroup() as group:
             self._group = group
-            group.create_task(self._keep_claims(), name="producer-claims")
-            backoff = 0.1
-            group_ready = False
-            while True:
-                try:
-                    if not group_ready:
-                        await self._ensure_group()
-                        group_ready = True
-                    await self._read_jobs()
-                    backoff = 0.1
-                except (RedisError, OSError) as exc:
-                    # NOGROUP after a Redis restart that lost the group: create it again.
-                    group_ready = False
-                    log.warning("reading jobs failed (%r); retrying in %.1fs", exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+            claims = group.create_task(self._keep_claims(), name="producer-claims")
+            reader = group.create_task(self._read_loop(), name="producer-reader")
+            await self._stopping.wait()
+            reader.cancel()
+            pending = list(self._in_flight.values())
+            if pending:
+                log.info("draining %d answers for up to %.1fs", len(pending), self._settings.drain_seconds)
+                await asyncio.wait(pending, timeout=self._settings.drain_seconds)
+            for task in list(self._in_flight.values()):
+                task.cancel()  # each finishes its answer as failed on the way out
+            claims.cancel()
+
+    def shutdown(self) -> None:
+        """Stop taking jobs; let answers in flight finish for ``drain_seconds``, then fail the rest."""
+        self._stopping.set()
+
+    async def _read_loop(self) -> None:
+        backoff = 0.1
+        group_ready = False
+        while True:
+            try:
+                if not group_ready:
+                    await self._ensure_group()
+                    group_ready = True
+                await self._read_jobs()
+                backoff = 0.1
+            except (RedisError, OSError) as exc:
+                # NOGROUP after a Redis restart that lost the group: create it again.
+                group_ready = False
+                log.warning("reading jobs failed (%r); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     async def _ensure_group(self) -> None:
         try:
@@ -125,14 +142,23 @@ class Worker:
             log.error("job for response %s failed on Redis (%r); left for recovery", job.response_id, exc)
         except Exception:
             log.exception("generator failed for response %s", job.response_id)
-            with contextlib.suppress(RedisError, OSError):
+            await self._fail(entry_id, job)
+        except asyncio.CancelledError:
+            if self._stopping.is_set():  # shutting down: say so now rather than after the claim timeout
+                await self._fail(entry_id, job)
+            raise
+        finally:
+            self._in_flight.pop(entry_id, None)
+            self._slots.release()
+
+    async def _fail(self, entry_id: bytes, job: Job) -> None:
+        """End the answer as ``failed`` (keeping the text so far) and acknowledge its job."""
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(5):
                 await self._publisher.finish(
                     job.conversation_id, job.response_id, self._settings.name, FinishReason.FAILED
                 )
                 await self._ack(entry_id)
-        finally:
-            self._in_flight.pop(entry_id, None)
-            self._slots.release()
 
     async def _answer(self, job: Job, *, recovered: bool) -> None:
         owner = self._settings.name

@@ -27,7 +27,12 @@ def create_embedded_app(settings: Settings, producer_settings: ProducerSettings)
         worker = Worker(redis, producer_settings, load_generator(producer_settings.generator, producer_settings.pacing))
         task = asyncio.create_task(worker.run(), name="embedded-producer")
         yield
-        task.cancel()
+        worker.shutdown()
+        try:
+            # A first look should stop promptly on Ctrl-C: answers get at most two seconds here.
+            await asyncio.wait_for(asyncio.shield(task), min(producer_settings.drain_seconds, 2.0))
+        except TimeoutError:
+            task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await redis.aclose()
 

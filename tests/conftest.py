@@ -37,6 +37,7 @@ def fast_producer(**overrides: Any) -> ProducerSettings:
         generator="echo",
         pacing=Pacing(ttft_seconds=0.01, tokens_per_second=400, jitter=0.0),
         claim_idle_seconds=5,
+        drain_seconds=0.2,
     )
     return replace(base, **overrides)
 

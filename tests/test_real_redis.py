@@ -293,3 +293,32 @@ async def test_redis_restart_mid_answer_loses_nothing(cluster: Cluster) -> None:
     assert_strictly_increasing(first.ids + rest_a.ids)
     assert_strictly_increasing(got_b.ids)
     assert (await cluster.history(cid, auth))["messages"][-1]["content"] == LONG
+
+
+@pytest.mark.parametrize(("drain", "finish_reason"), [("0.3", "failed"), ("30", "stop")])
+async def test_producer_sigterm_drains_then_fails_what_is_left(
+    redis_process: RedisProcess, spawn: Callable[..., Proc], drain: str, finish_reason: str
+) -> None:
+    node = spawn("server", {"REDIS_URL": redis_process.url})
+    producer = spawn(
+        "producer", {**producer_env(redis_process, tokens_per_second=100), "STREAMFAN_PRODUCER_DRAIN_SECONDS": drain}
+    )
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{node.url}/api/conversations") as resp:
+            body = await resp.json()
+        cid, auth = body["id"], {"Authorization": f"Bearer {body['token']}"}
+        stream = await session.get(f"{node.url}/api/conversations/{cid}/events", headers=auth)
+        async with session.post(
+            f"{node.url}/api/conversations/{cid}/messages", json={"content": LONG}, headers=auth
+        ) as resp:
+            assert resp.status == 202
+        await read_events(stream, count=10)
+        producer.popen.send_signal(signal.SIGTERM)
+        rest = await read_events(stream, within=10)  # not the 30 s claim timeout
+        stream.close()
+        assert rest.of_type("done")[0]["finish_reason"] == finish_reason
+        assert await asyncio.to_thread(producer.popen.wait, 10) == 0
+        async with session.get(f"{node.url}/api/conversations/{cid}", headers=auth) as resp:
+            answer = (await resp.json())["messages"][-1]
+        assert answer["finish_reason"] == finish_reason
+        assert (answer["content"] == LONG) == (finish_reason == "stop")
