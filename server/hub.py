@@ -42,6 +42,10 @@ _MAX_SYNC_BUFFER = 100_000
 _GAP_FILL_ATTEMPTS = 4
 
 
+def _channel_name(conversation_id: str) -> bytes:
+    return ConversationKeys(conversation_id).channel.encode()
+
+
 class HubUnavailable(Exception):
     """The hub could not subscribe in time (Redis unreachable)."""
 
@@ -103,11 +107,11 @@ class Hub:
         return len(self._channels)
 
     def subscribed(self, conversation_id: str) -> bool:
-        channel = self._channels.get(ConversationKeys(conversation_id).channel.encode())
+        channel = self._channels.get(_channel_name(conversation_id))
         return channel is not None and channel.subscribed
 
     def listener_count(self, conversation_id: str) -> int:
-        channel = self._channels.get(ConversationKeys(conversation_id).channel.encode())
+        channel = self._channels.get(_channel_name(conversation_id))
         return 0 if channel is None else len(channel.listeners)
 
     def close_all(self) -> None:
@@ -122,7 +126,7 @@ class Hub:
         The caller must ``detach`` it when done (a plain pair, not a context manager: one less
         object and frame kept alive per connection).
         """
-        name = ConversationKeys(conversation_id).channel.encode()
+        name = _channel_name(conversation_id)
         channel = self._channels.get(name)
         if channel is None:
             channel = self._channels[name] = Channel(name)

@@ -13,7 +13,7 @@ from server.listener import Listener, http_chunk
 from server.store import ConversationStore
 from wire import scripts
 from wire.env import Retention
-from wire.events import delta_data
+from wire.events import delta_data, parse_event_id
 from wire.keys import ConversationKeys
 from wire.sse import encode_event
 
@@ -42,6 +42,12 @@ class FakeTransport:
 
     def abort(self) -> None:
         self.aborted = True
+
+
+def sent_ids(transport: FakeTransport) -> list[str]:
+    """The ids of the event frames written to ``transport``, in order."""
+    lines = bytes(transport.data).split(b"\n")
+    return [line.removeprefix(b"id: ").decode() for line in lines if line.startswith(b"id: ")]
 
 
 def make_listener(transport: FakeTransport, *, max_buffer: int = 1 << 20, max_pending: int = 100) -> Listener:
@@ -205,12 +211,11 @@ async def test_go_live_sends_buffered_frames_after_the_position_only(hub: Hub, f
     async with attached(hub, CID, listener):
         ids = [await producer.delta(str(i)) for i in range(4)]
         await eventually(lambda: listener.pending is not None and len(listener.pending) == 4)
-        listener.position = tuple(int(p) for p in ids[1].split("-"))  # type: ignore[assignment]
+        listener.position = parse_event_id(ids[1])
         listener.go_live()
         later = await producer.delta("4")
         await eventually(lambda: transport.data.count(b"event: delta") == 3)
-    sent = [line.split(b" ")[1].decode() for line in bytes(transport.data).split(b"\n") if line.startswith(b"id: ")]
-    assert sent == [ids[2], ids[3], later]
+    assert sent_ids(transport) == [ids[2], ids[3], later]
 
 
 async def test_gap_is_filled_after_the_pubsub_connection_drops(hub: Hub, fake_redis: FakeRedis) -> None:
@@ -231,8 +236,7 @@ async def test_gap_is_filled_after_the_pubsub_connection_drops(hub: Hub, fake_re
         await eventually(lambda: hub.reconnects > connects and hub.ready)
         ids += [await producer.delta(c) for c in "ij"]
         await eventually(lambda: transport.data.count(b"event: delta") == 10, within=5)
-    sent = [line.split(b" ")[1].decode() for line in bytes(transport.data).split(b"\n") if line.startswith(b"id: ")]
-    assert sent == ids
+    assert sent_ids(transport) == ids
     assert b"".join(bytes(transport.data).split(b"data: ")[1:]).count(b'"text"') == 10
 
 
