@@ -9,6 +9,7 @@ import uvloop
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from producer.generator import load_generator
+from producer.metrics import serve_metrics
 from producer.settings import ProducerSettings
 from producer.worker import Worker
 from wire.env import SettingsError
@@ -32,7 +33,8 @@ async def _main(settings: ProducerSettings) -> None:
         loop.add_signal_handler(sig, worker.shutdown)
     log.info("producer %s consuming jobs (concurrency %d)", settings.name, settings.concurrency)
     try:
-        await worker.run()
+        async with serve_metrics(worker.metrics, settings.metrics_host, settings.metrics_port):
+            await worker.run()
     finally:
         await redis.aclose()
 

@@ -31,6 +31,10 @@ class ProducerSettings:
     pacing: Pacing = field(default_factory=Pacing)
     """STREAMFAN_SIM_TTFT_MS, STREAMFAN_SIM_TOKENS_PER_SECOND, STREAMFAN_SIM_JITTER, STREAMFAN_SIM_SEED."""
     retention: Retention = field(default_factory=Retention)
+    metrics_host: str = "127.0.0.1"
+    """STREAMFAN_PRODUCER_METRICS_HOST: where the metrics endpoint listens (0.0.0.0 in containers)."""
+    metrics_port: int = 0
+    """STREAMFAN_PRODUCER_METRICS_PORT: serves GET /metrics and /healthz; 0 turns it off."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
@@ -62,4 +66,6 @@ class ProducerSettings:
             generator=generator,
             pacing=pacing,
             retention=Retention.from_env(env),
+            metrics_host=env_str(env, "STREAMFAN_PRODUCER_METRICS_HOST", defaults.metrics_host),
+            metrics_port=env_int(env, "STREAMFAN_PRODUCER_METRICS_PORT", defaults.metrics_port, low=0, high=65535),
         )

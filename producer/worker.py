@@ -17,9 +17,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from producer.generator import Generator
+from producer.metrics import ProducerMetrics
 from producer.publisher import Appended, Publisher
 from producer.settings import ProducerSettings
-from wire.events import FinishReason, Job
+from wire.events import FinishReason, Job, parse_event_id
 from wire.keys import JOBS_GROUP, JOBS_STREAM
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,16 @@ _READ_BLOCK_MS = 2000
 
 
 class Worker:
-    def __init__(self, redis: "Redis", settings: ProducerSettings, generator: Generator) -> None:
+    def __init__(
+        self,
+        redis: "Redis",
+        settings: ProducerSettings,
+        generator: Generator,
+        metrics: ProducerMetrics | None = None,
+    ) -> None:
         self._redis = redis
+        self.metrics = metrics or ProducerMetrics()
+        self.metrics.bind(lambda: len(self._in_flight))
         self._settings = settings
         self._generator = generator
         self._publisher = Publisher(redis, settings.retention, retry_seconds=settings.publish_retry_seconds)
@@ -134,7 +143,7 @@ class Worker:
             await self._ack(entry_id)
             return
         try:
-            await self._answer(job, recovered=recovered)
+            await self._answer(job, _posted_at(entry_id), recovered=recovered)
             await self._ack(entry_id)
             self.jobs_done += 1
         except (RedisError, OSError) as exc:
@@ -159,18 +168,22 @@ class Worker:
                     job.conversation_id, job.response_id, self._settings.name, FinishReason.FAILED
                 )
                 await self._ack(entry_id)
+                self.metrics.jobs.inc_labels(FinishReason.FAILED.value)
 
-    async def _answer(self, job: Job, *, recovered: bool) -> None:
+    async def _answer(self, job: Job, posted_at: float | None, *, recovered: bool) -> None:
         owner = self._settings.name
         started = await self._publisher.start(job.conversation_id, job.response_id, owner)
         if started == "taken" and recovered:
             log.warning("response %s was abandoned mid-answer; finishing it as failed", job.response_id)
             await self._publisher.finish(job.conversation_id, job.response_id, "", FinishReason.FAILED)
+            self.metrics.jobs.inc_labels(FinishReason.FAILED.value)
             return
         if started != "ok":
             return  # finished already, cancelled while queued, or superseded
         index = 0
         reason = FinishReason.STOP
+        first_at = 0.0
+        metrics = self.metrics
         chunks = self._generator.generate(job.prompt, job.max_tokens)
         try:
             async for text in chunks:
@@ -185,12 +198,21 @@ class Worker:
                 if outcome is Appended.CANCEL_REQUESTED:
                     reason = FinishReason.CANCELLED
                     break
+                if index == 0:
+                    first_at = time.time()
+                    if posted_at is not None:
+                        metrics.time_to_first_token.observe(max(0.0, first_at - posted_at))
                 index += 1
+                metrics.tokens.value += 1
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
         await self._publisher.finish(job.conversation_id, job.response_id, owner, reason)
+        metrics.jobs.inc_labels(reason.value)
+        elapsed = time.time() - first_at
+        if index > 1 and elapsed > 0:
+            metrics.tokens_per_second.observe((index - 1) / elapsed)
 
     async def _ack(self, entry_id: bytes) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -230,3 +252,11 @@ class Worker:
                 self._launch(entry_id, fields, recovered=True)
             if start in (b"0-0", "0-0"):
                 return
+
+
+def _posted_at(entry_id: bytes) -> float | None:
+    """When the job was queued, by the Redis clock (a stream id starts with its milliseconds)."""
+    try:
+        return parse_event_id(entry_id.decode())[0] / 1000
+    except ValueError:
+        return None

@@ -1,7 +1,8 @@
-"""``python -m server --host H --port P``: run one relay node (embedded broker without REDIS_URL)."""
+"""``python -m server --host H --port P [--workers N]``: run a relay node (embedded broker without REDIS_URL)."""
 
 import argparse
 import logging
+import os
 import resource
 import sys
 
@@ -24,6 +25,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port with SO_REUSEPORT, each with its own Redis subscription; "
+        "0 means one per CPU (default: 1; needs REDIS_URL when above 1)",
+    )
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -37,6 +46,15 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         sys.exit(f"server: {exc}")
     _raise_open_files_limit()
+    workers = args.workers or os.cpu_count() or 1
+    if workers > 1:
+        if settings.embedded:
+            sys.exit("server: --workers above 1 needs REDIS_URL (each embedded broker would be its own world)")
+        from server.workers import supervise
+
+        child = [sys.executable, "-m", "server", "--host", args.host, "--port", str(args.port)]
+        child += ["--log-level", args.log_level, "--reuse-port"]
+        sys.exit(supervise(child, workers))
 
     if settings.redis_url is None:
         from server.embedded import create_embedded_app
@@ -66,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         loop=loop,
         handler_cancellation=True,
         access_log=None,
-        shutdown_timeout=5,
+        shutdown_timeout=settings.shutdown_seconds,
+        reuse_port=args.reuse_port or None,
         print=lambda text: logging.getLogger("server").info("%s", text.strip()),
     )
 

@@ -9,10 +9,11 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from server import api, health
-from server.context import HUB, REDIS, SETTINGS, STORE
+from server.context import HUB, METRICS, REDIS, SETTINGS, STORE
 from server.errors import STREAMING_ROUTE, json_errors
 from server.http_policy import apply_headers
 from server.hub import Hub
+from server.metrics import NodeMetrics
 from server.settings import Settings
 from server.sse_endpoint import stream_events
 from server.store import ConversationStore
@@ -28,14 +29,17 @@ def create_app(settings: Settings, redis: "Redis") -> web.Application:
     app[REDIS] = redis
     store = ConversationStore(redis, settings.retention)
     app[STORE] = store
-    app[HUB] = Hub(
+    metrics = app[METRICS] = NodeMetrics()
+    hub = app[HUB] = Hub(
         redis,
         store,
         grace_seconds=settings.unsubscribe_grace_seconds,
         timeout_seconds=settings.redis_timeout_seconds,
         replay_page=settings.replay_page_events,
         heartbeat_seconds=settings.heartbeat_seconds,
+        metrics=metrics,
     )
+    metrics.bind(hub)
     app.cleanup_ctx.append(_run_hub)
     app.on_shutdown.append(_end_streams)
     app.on_response_prepare.append(apply_headers)
@@ -47,6 +51,7 @@ def create_app(settings: Settings, redis: "Redis") -> web.Application:
     app.router.add_get("/api/conversations/{conversation_id}/events", stream_events, name=STREAMING_ROUTE)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", health.metrics)
     if (WEB_ROOT / "index.html").exists():
         app.router.add_get("/", _index)
         app.router.add_get("/c/{conversation_id}", _index)

@@ -75,4 +75,7 @@ def authorize(request: web.Request, secret: bytes, allowed_origins: tuple[str, .
 
 
 def _own_origin(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}"
+    # Behind a TLS-terminating balancer the page's origin is https although this hop is http. A
+    # cross-site form cannot set this header, so honouring it does not weaken the CSRF check.
+    scheme = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
+    return f"{scheme}://{request.host}"

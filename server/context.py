@@ -4,6 +4,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from server.hub import Hub
+from server.metrics import NodeMetrics
 from server.settings import Settings
 from server.store import ConversationStore
 
@@ -11,3 +12,4 @@ SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 STORE = web.AppKey("store", ConversationStore)
 HUB = web.AppKey("hub", Hub)
+METRICS = web.AppKey("metrics", NodeMetrics)

@@ -1,11 +1,12 @@
-"""Liveness and readiness: ``/healthz`` (the process serves) and ``/readyz`` (it can relay)."""
+"""Operations endpoints: ``/healthz`` (the process serves), ``/readyz`` (it can relay), ``/metrics``."""
 
 import asyncio
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from server.context import HUB, SETTINGS, STORE
+from server.context import HUB, METRICS, SETTINGS, STORE
+from wire.prometheus import CONTENT_TYPE
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -23,3 +24,8 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         pass
     ready = all(checks.values())
     return web.json_response({"status": "ready" if ready else "unavailable", **checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """Prometheus scrape target; the balancer keeps it private (see deploy/nginx)."""
+    return web.Response(body=request.app[METRICS].registry.render(), headers={"Content-Type": CONTENT_TYPE})

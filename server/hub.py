@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +29,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from server.listener import Listener, http_chunk
+from server.metrics import NodeMetrics
 from server.store import ConversationStore, Page
 from wire.events import EventId, format_event_id, parse_event_id
 from wire.keys import ConversationKeys, conversation_id_from_channel
@@ -79,8 +81,10 @@ class Hub:
         timeout_seconds: float,
         replay_page: int,
         heartbeat_seconds: float,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._redis = redis
+        self.metrics = metrics or NodeMetrics()
         self._store = store
         self._grace = grace_seconds
         self._timeout = timeout_seconds
@@ -105,6 +109,10 @@ class Hub:
     @property
     def channel_count(self) -> int:
         return len(self._channels)
+
+    @property
+    def connection_count(self) -> int:
+        return sum(len(channel.listeners) for channel in self._channels.values())
 
     def subscribed(self, conversation_id: str) -> bool:
         channel = self._channels.get(_channel_name(conversation_id))
@@ -192,6 +200,7 @@ class Hub:
             self._connected.set()
             if self._connects:
                 self.reconnects += 1
+                self.metrics.redis_reconnects.inc()
                 log.info("pub/sub reconnected; re-subscribed %d channels", len(resubscribe))
             self._connects += 1
             while True:
@@ -292,8 +301,13 @@ class Hub:
             return  # already forwarded while a gap was filled
         channel.forwarded = event_id
         chunk = http_chunk(frame)
-        for listener in channel.listeners:
+        listeners = channel.listeners
+        for listener in listeners:
             listener.deliver(event_id, frame, chunk)
+        metrics = self.metrics
+        metrics.delivered.value += len(listeners)
+        metrics.bytes_written.value += len(listeners) * len(chunk)
+        metrics.publish_to_write.observe(max(0.0, time.time() - event_id[0] / 1000))
 
     def _hold(self, channel: Channel, frame: bytes) -> None:
         held = channel.syncing

@@ -25,6 +25,7 @@ class Listener:
 
     __slots__ = (
         "_on_close",
+        "_on_slow",
         "_transport",
         "chunked",
         "closed",
@@ -44,9 +45,11 @@ class Listener:
         max_buffer: int,
         max_pending: int,
         on_close: Callable[[], None],
+        on_slow: Callable[[], None] | None = None,
     ) -> None:
         self._transport = transport
         self._on_close = on_close
+        self._on_slow = on_slow
         self.chunked = chunked
         self.max_buffer = max_buffer
         self.max_pending = max_pending
@@ -85,7 +88,7 @@ class Listener:
             return
         transport.write(chunk if self.chunked else frame)
         if transport.get_write_buffer_size() > self.max_buffer:
-            self.cut_off()
+            self._too_slow()
 
     def send(self, frame: bytes, chunk: bytes) -> None:
         """Write a frame that is not an event (a heartbeat) to a live client."""
@@ -112,7 +115,12 @@ class Listener:
             return
         transport.write(data)
         if transport.get_write_buffer_size() > self.max_buffer:
-            self.cut_off()
+            self._too_slow()
+
+    def _too_slow(self) -> None:
+        if self._on_slow is not None:
+            self._on_slow()
+        self.cut_off()
 
     def cut_off(self) -> None:
         """Drop the connection now; the client resumes from its last event id."""

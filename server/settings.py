@@ -45,6 +45,8 @@ class Settings:
     """STREAMFAN_MAX_TOKENS_LIMIT: highest ``max_tokens`` a message may ask for."""
     default_max_tokens: int = 400
     """STREAMFAN_DEFAULT_MAX_TOKENS: ``max_tokens`` when a message gives none."""
+    shutdown_seconds: float = 3.0
+    """STREAMFAN_SHUTDOWN_SECONDS: on SIGTERM, how long requests may finish after streams are ended."""
     cors_origins: tuple[str, ...] = ()
     """STREAMFAN_CORS_ORIGINS: comma-separated origins allowed cross-origin; none by default."""
 
@@ -101,5 +103,6 @@ class Settings:
             max_message_chars=env_int(env, "STREAMFAN_MAX_MESSAGE_CHARS", d.max_message_chars, low=1, high=10**7),
             max_tokens_limit=max_tokens_limit,
             default_max_tokens=default_max_tokens,
+            shutdown_seconds=env_float(env, "STREAMFAN_SHUTDOWN_SECONDS", d.shutdown_seconds, low=0, high=300),
             cors_origins=origins,
         )

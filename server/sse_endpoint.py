@@ -18,7 +18,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from server.auth import authorize
-from server.context import HUB, SETTINGS, STORE
+from server.context import HUB, METRICS, SETTINGS, STORE
 from server.errors import JSONError
 from server.hub import HubUnavailable
 from server.listener import Listener
@@ -47,7 +47,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     conversation_id = authorize(request, settings.secret, settings.cors_origins)
     cursor = requested_cursor(request)
-    hub, store = request.app[HUB], request.app[STORE]
+    hub, store, metrics = request.app[HUB], request.app[STORE], request.app[METRICS]
 
     response = RelayResponse()
     writer = await response.prepare(request)
@@ -61,11 +61,16 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         max_buffer=settings.client_buffer_bytes,
         max_pending=settings.catchup_buffer_events,
         on_close=response.stop_streaming,
+        on_slow=metrics.slow_clients.inc,
     )
+    metrics.connections.inc()
     try:
         channel = await hub.attach(conversation_id, listener)
         try:
-            await _catch_up(response, listener, store, conversation_id, cursor, settings.replay_page_events)
+            replayed = await _catch_up(response, listener, store, conversation_id, cursor, settings.replay_page_events)
+            if replayed:
+                metrics.replays.inc()
+                metrics.replay_events.observe(replayed)
             if not listener.closed:
                 listener.go_live()
                 await response.ended
@@ -84,8 +89,10 @@ async def _catch_up(
     conversation_id: str,
     cursor: str,
     page_size: int,
-) -> None:
+) -> int:
+    """Send the history after ``cursor``; returns how many events it sent."""
     resets = 0
+    sent = 0
     while not listener.closed:
         listener.overflowed = False
         page = await store.replay(conversation_id, cursor, page_size)
@@ -97,11 +104,13 @@ async def _catch_up(
             cursor = page.head
             listener.position = parse_event_id(cursor)
             if not listener.overflowed:
-                return
+                return sent
             continue
         if page.frames:
             await response.write(b"".join(frame for _, frame in page.frames))
             cursor = page.frames[-1][0].decode()
             listener.position = parse_event_id(cursor)
+            sent += len(page.frames)
         if len(page.frames) < page_size and not listener.overflowed:
-            return
+            return sent
+    return sent

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from loadtest.client import Tab
 from loadtest.stats import Series, percentile
-from tests.conftest import ROOT, Proc, RedisProcess
+from server.cluster import RedisServer
+from tests.conftest import ROOT, Proc
 
 
 def delta(rid: str, index: int, text: str) -> str:
@@ -79,7 +80,7 @@ def test_percentiles_are_nearest_rank() -> None:
 
 
 def test_short_run_against_real_nodes_is_lossless_and_writes_the_report(
-    redis_process: RedisProcess, spawn: Callable[..., Proc], tmp_path: Path
+    redis_process: RedisServer, spawn: Callable[..., Proc], tmp_path: Path
 ) -> None:
     env = {"REDIS_URL": redis_process.url}
     nodes = [spawn("server", env), spawn("server", env)]

@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 
 from loadtest.sse_parser import SSEParser
-from tests.conftest import Proc, RedisProcess
+from server.cluster import RedisServer
+from tests.conftest import Proc
 from tests.sse_client import Received, assert_strictly_increasing, follow, read_events
 
 TRICKY = '  leading spaces\nline two\r\nCRLF\rlone CR\n\n🚀 emoji — naïve café 日本語 </script> "q" \\'
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.timeout(90)
 
 @dataclass
 class Cluster:
-    redis: RedisProcess
+    redis: RedisServer
     nodes: list[Proc]
     producer: Proc
     spawn: Callable[..., Proc]
@@ -60,7 +61,7 @@ class Cluster:
         return resp
 
 
-def producer_env(redis: RedisProcess, tokens_per_second: int = 150) -> dict[str, str]:
+def producer_env(redis: RedisServer, tokens_per_second: int = 150) -> dict[str, str]:
     return {
         "REDIS_URL": redis.url,
         "STREAMFAN_GENERATOR": "echo",
@@ -72,7 +73,7 @@ def producer_env(redis: RedisProcess, tokens_per_second: int = 150) -> dict[str,
 
 
 @pytest.fixture
-async def cluster(redis_process: RedisProcess, spawn: Callable[..., Proc]) -> AsyncIterator[Cluster]:
+async def cluster(redis_process: RedisServer, spawn: Callable[..., Proc]) -> AsyncIterator[Cluster]:
     env = {"REDIS_URL": redis_process.url, "STREAMFAN_HEARTBEAT_SECONDS": "1"}
     nodes = [spawn("server", env), spawn("server", env)]
     producer = spawn("producer", producer_env(redis_process))
@@ -168,7 +169,7 @@ async def test_bad_input_gets_clean_4xx_from_a_real_node(cluster: Cluster) -> No
 
 
 async def test_slow_client_is_cut_off_without_slowing_others_then_resumes(
-    redis_process: RedisProcess, spawn: Callable[..., Proc]
+    redis_process: RedisServer, spawn: Callable[..., Proc]
 ) -> None:
     env = {
         "REDIS_URL": redis_process.url,
@@ -297,7 +298,7 @@ async def test_redis_restart_mid_answer_loses_nothing(cluster: Cluster) -> None:
 
 @pytest.mark.parametrize(("drain", "finish_reason"), [("0.3", "failed"), ("30", "stop")])
 async def test_producer_sigterm_drains_then_fails_what_is_left(
-    redis_process: RedisProcess, spawn: Callable[..., Proc], drain: str, finish_reason: str
+    redis_process: RedisServer, spawn: Callable[..., Proc], drain: str, finish_reason: str
 ) -> None:
     node = spawn("server", {"REDIS_URL": redis_process.url})
     producer = spawn(

@@ -1,0 +1,298 @@
+"""``python -m server.cluster``: the docker compose topology as local processes, without Docker.
+
+Starts a ``redis-server`` on a free loopback port, M producers, N relay nodes on their own ports and
+Debian's nginx in front, rendered from the same templates as compose (``deploy/nginx``). Ctrl-C or
+SIGTERM stops everything it started, by PID, in reverse order. The tests drive the same class.
+"""
+
+import argparse
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+log = logging.getLogger("server.cluster")
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX_TEMPLATES = ROOT / "deploy" / "nginx"
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float = 15.0, proc: "subprocess.Popen[bytes] | None" = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def render_template(text: str, values: Mapping[str, str]) -> str:
+    """``${NAME}`` replaced for the names given, everything else (nginx's own ``$vars``) untouched.
+
+    The same rule as the nginx image's envsubst step, which only substitutes defined variables.
+    """
+    return _VARIABLE.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def _binary(name: str, package: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if path is None:
+        raise RuntimeError(f"{name} is not installed (Debian package {package!r}; ./scripts/test.sh installs it)")
+    return path
+
+
+def _stop(proc: "subprocess.Popen[bytes]", sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class RedisServer:
+    """A redis-server on a free loopback port, append-only so a restart keeps the data."""
+
+    port: int = field(default_factory=free_port)
+    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="streamfan-redis-"))
+    fsync: str = "everysec"
+    """appendfsync: "always" when a test kills Redis and counts on every write surviving."""
+    proc: "subprocess.Popen[bytes] | None" = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [_binary("redis-server", "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "yes", "--appendfsync", self.fsync, "--dir", self.workdir]
+        args += ["--protected-mode", "no", "--loglevel", "warning", "--maxclients", "10000"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            _stop(self.proc, sig)
+        self.proc = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def cli(self, *args: str) -> str:
+        """Run one command on this server (tests use it to kill clients or inspect state)."""
+        import redis
+
+        client = redis.Redis(port=self.port, decode_responses=True)
+        try:
+            return str(client.execute_command(*args))  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+
+
+@dataclass
+class Member:
+    """A node or producer the cluster started."""
+
+    name: str
+    popen: "subprocess.Popen[bytes]"
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        _stop(self.popen, sig, timeout)
+
+
+@dataclass
+class LocalCluster:
+    """Redis, producers, nodes and nginx as processes on loopback, like ``docker-compose.yml``."""
+
+    nodes: int = 3
+    producers: int = 2
+    port: int = 0
+    """The balancer's port (0: a free one)."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Extra environment for nodes and producers (generator pacing, heartbeats...)."""
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="streamfan-cluster-")))
+    redis: RedisServer | None = None
+    members: list[Member] = field(default_factory=list)
+    nginx: "subprocess.Popen[bytes] | None" = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def node_members(self) -> list[Member]:
+        return [m for m in self.members if m.name.startswith("node")]
+
+    @property
+    def producer_members(self) -> list[Member]:
+        return [m for m in self.members if m.name.startswith("producer")]
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        self.redis = RedisServer(workdir=str(self.workdir / "redis"))
+        os.makedirs(self.redis.workdir, exist_ok=True)
+        self.redis.start()
+        secret = os.environ.get("STREAMFAN_SECRET") or secrets.token_hex(32)
+        common = {**os.environ, "REDIS_URL": self.redis.url, "STREAMFAN_SECRET": secret, "PYTHONUNBUFFERED": "1"}
+        common.update(self.env)
+        for i in range(self.producers):
+            port = free_port()
+            env = {
+                **common,
+                "STREAMFAN_PRODUCER_NAME": f"producer-{i + 1}",
+                "STREAMFAN_PRODUCER_METRICS_PORT": str(port),
+            }
+            self._spawn(f"producer-{i + 1}", [sys.executable, "-m", "producer"], env, port)
+        for i in range(self.nodes):
+            port = free_port()
+            args = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)]
+            self._spawn(f"node-{i + 1}", args, common, port)
+        for member in self.members:
+            wait_for_port(member.port, proc=member.popen)
+        self._start_nginx()
+
+    def _spawn(self, name: str, args: list[str], env: Mapping[str, str], port: int) -> None:
+        log_path = self.workdir / "logs" / f"{name}.log"
+        with log_path.open("ab") as out:
+            popen = subprocess.Popen(args, env=dict(env), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        self.members.append(Member(name, popen, port, log_path))
+
+    def _start_nginx(self) -> None:
+        if self.port == 0:
+            self.port = free_port()
+        runtime = self.workdir / "nginx"
+        runtime.mkdir(exist_ok=True)
+        os.chmod(self.workdir, 0o755)
+        os.chmod(runtime, 0o777)  # nginx's workers run as nobody when started as root
+        values = {
+            "NGINX_RUNTIME_DIR": str(runtime),
+            "NGINX_ERROR_LOG": str(self.workdir / "logs" / "nginx-error.log"),
+            "STREAMFAN_LISTEN": f"127.0.0.1:{self.port}",
+            "STREAMFAN_MAX_BODY": "64k",
+            "STREAMFAN_UPSTREAM_SERVERS": " ".join(
+                f"server 127.0.0.1:{m.port} max_fails=1 fail_timeout=5s;" for m in self.node_members
+            ),
+        }
+        for name in ("nginx.conf", "streamfan.conf"):
+            text = (NGINX_TEMPLATES / f"{name}.template").read_text()
+            (runtime / name).write_text(render_template(text, values))
+        conf = str(runtime / "nginx.conf")
+        nginx = _binary("nginx", "nginx")
+        check = subprocess.run([nginx, "-t", "-q", "-c", conf, "-g", "daemon off;"], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"nginx rejected the rendered config: {check.stderr.strip()}")
+        with (self.workdir / "logs" / "nginx.log").open("ab") as out:
+            self.nginx = subprocess.Popen(
+                [nginx, "-c", conf, "-g", "daemon off;"], stdout=out, stderr=subprocess.STDOUT, cwd=runtime
+            )
+        wait_for_port(self.port, proc=self.nginx)
+
+    def stop(self) -> None:
+        """Stop everything this cluster started, balancer first, Redis last."""
+        if self.nginx is not None:
+            _stop(self.nginx, signal.SIGQUIT)  # graceful: lets open requests end
+            self.nginx = None
+        for member in reversed(self.node_members):
+            member.stop()
+        for member in reversed(self.producer_members):
+            member.stop(timeout=30)
+        self.members.clear()
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def exited(self) -> list[str]:
+        """Members that died on their own."""
+        dead = [f"{m.name} ({m.popen.returncode})" for m in self.members if m.popen.poll() is not None]
+        if self.nginx is not None and self.nginx.poll() is not None:
+            dead.append(f"nginx ({self.nginx.returncode})")
+        return dead
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m server.cluster", description=__doc__)
+    parser.add_argument("--nodes", type=int, default=3, help="relay nodes (default: 3)")
+    parser.add_argument("--producers", type=int, default=2, help="producer processes (default: 2)")
+    parser.add_argument("--port", type=int, default=8000, help="nginx's port on 127.0.0.1 (default: 8000)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, Redis data) at exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not 1 <= args.nodes <= 64 or not 1 <= args.producers <= 64:
+        parser.error("--nodes and --producers must be between 1 and 64")
+
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    cluster = LocalCluster(nodes=args.nodes, producers=args.producers, port=args.port)
+    try:
+        cluster.start()
+        assert cluster.redis is not None
+        log.info("redis %s; logs in %s", cluster.redis.url, cluster.workdir / "logs")
+        for member in cluster.members:
+            log.info("%s pid %d on %s", member.name, member.popen.pid, member.url)
+        log.info("streamfan is up: open %s (Ctrl-C stops everything)", cluster.url)
+        reported: set[str] = set()
+        while not stopping:
+            time.sleep(0.5)
+            for dead in [] if stopping else set(cluster.exited()) - reported:
+                log.warning("%s exited; the others carry on", dead)
+                reported.add(dead)
+    finally:
+        log.info("stopping the cluster")
+        if args.keep:
+            cluster.stop()
+            log.info("kept %s", cluster.workdir)
+        else:
+            cluster.remove()
+
+
+if __name__ == "__main__":
+    main()

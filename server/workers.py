@@ -1,0 +1,51 @@
+"""``--workers N``: N node processes on one port (``SO_REUSEPORT``), each a full node of its own.
+
+Each worker holds its own pub/sub connection and serves ``/metrics`` for itself. The supervisor
+forwards SIGTERM/SIGINT, restarts a worker that dies on its own (with backoff), and exits once all
+have stopped.
+"""
+
+import logging
+import signal
+import subprocess
+import time
+from types import FrameType
+
+log = logging.getLogger("server.workers")
+
+_RESTART_BACKOFF_MAX = 10.0
+_STOP_TIMEOUT = 15.0
+
+
+def supervise(args: list[str], count: int) -> int:
+    stopping: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    workers = [subprocess.Popen(args) for _ in range(count)]
+    backoff = [0.5] * count
+    log.info("started %d workers: %s", count, ", ".join(str(w.pid) for w in workers))
+    while not stopping:
+        time.sleep(0.2)
+        for i, worker in enumerate(workers):
+            if worker.poll() is not None and not stopping:
+                log.warning("worker %d exited with %s; restarting in %.1fs", worker.pid, worker.returncode, backoff[i])
+                time.sleep(backoff[i])
+                backoff[i] = min(backoff[i] * 2, _RESTART_BACKOFF_MAX)
+                workers[i] = subprocess.Popen(args)
+    sig = signal.SIGTERM if stopping[0] == signal.SIGTERM else signal.SIGINT
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(sig)
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    for worker in workers:
+        try:
+            worker.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("worker %d did not stop in time; killing it", worker.pid)
+            worker.kill()
+            worker.wait()
+    return 0

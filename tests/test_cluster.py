@@ -1,0 +1,303 @@
+"""The compose topology as local processes: Redis, 2 producers, 3 nodes, and nginx in front."""
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from server.cluster import LocalCluster, free_port, render_template, wait_for_port
+from tests.conftest import ROOT, SECRET
+from tests.sse_client import Received, assert_strictly_increasing, follow, read_events
+
+pytestmark = pytest.mark.timeout(120)
+
+LONG = " ".join(f"word{i}" for i in range(120))
+PACING = {
+    "STREAMFAN_SIM_TTFT_MS": "50",
+    "STREAMFAN_SIM_TOKENS_PER_SECOND": "60",
+    "STREAMFAN_SIM_JITTER": "0",
+    "STREAMFAN_HEARTBEAT_SECONDS": "1",
+    "STREAMFAN_RETRY_MS": "200",
+}
+
+
+@pytest.fixture
+def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(nodes=3, producers=2, env={**PACING, "STREAMFAN_GENERATOR": "echo"}, workdir=tmp_path)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        for log in sorted((tmp_path / "logs").glob("*.log")):
+            if "Traceback" in log.read_text(errors="replace"):
+                print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def create(session: aiohttp.ClientSession, base: str) -> tuple[str, dict[str, str]]:
+    async with session.post(f"{base}/api/conversations") as resp:
+        assert resp.status == 201
+        body = await resp.json()
+    return body["id"], {"Authorization": f"Bearer {body['token']}"}
+
+
+async def post(session: aiohttp.ClientSession, base: str, cid: str, auth: dict[str, str], content: str) -> str:
+    url = f"{base}/api/conversations/{cid}/messages"
+    async with session.post(url, json={"content": content, "max_tokens": 400}, headers=auth) as resp:
+        assert resp.status == 202, await resp.text()
+        return str((await resp.json())["response_id"])
+
+
+async def stored_answer(session: aiohttp.ClientSession, base: str, cid: str, auth: dict[str, str]) -> str:
+    async with session.get(f"{base}/api/conversations/{cid}", headers=auth) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    return str(body["messages"][-1]["content"])
+
+
+def test_the_load_tester_through_nginx_loses_nothing(local_cluster: LocalCluster, tmp_path: Path) -> None:
+    report = tmp_path / "result.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "loadtest", "--url", local_cluster.url, "--clients", "90"),
+            *("--conversations", "30", "--duration", "4", "--ramp-up", "0.5", "--max-tokens", "40"),
+            *("--json", str(report), "--quiet"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(report.read_text())
+    assert result["ok"] and result["lost"] == result["duplicated"] == result["reordered"] == 0
+    assert result["answers_done"] >= 30 and result["answers_mismatched"] == 0 and result["connect_errors"] == 0
+
+
+async def test_metrics_on_every_node_and_producer_but_not_through_the_balancer(
+    local_cluster: LocalCluster, session: aiohttp.ClientSession
+) -> None:
+    cid, auth = await create(session, local_cluster.url)
+    resp = await session.get(f"{local_cluster.url}/api/conversations/{cid}/events", headers=auth)
+    await post(session, local_cluster.url, cid, auth, "count me")
+    await read_events(resp, within=10)
+    resp.close()
+
+    delivered = 0.0
+    for node in local_cluster.node_members:
+        async with session.get(f"{node.url}/metrics") as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = await r.text()
+        for name in ("streamfan_connections_open", "streamfan_publish_to_write_seconds_bucket", "streamfan_replays"):
+            assert name in text
+        delivered += _sample(text, "streamfan_events_delivered_total")
+    assert delivered >= 4  # user message, two words, done
+
+    tokens = 0.0
+    for producer in local_cluster.producer_members:
+        async with session.get(f"{producer.url}/metrics") as r:
+            assert r.status == 200
+            text = await r.text()
+        assert "streamfan_producer_jobs_in_flight" in text
+        tokens += _sample(text, "streamfan_producer_tokens_total")
+    assert tokens == 2
+
+    async with session.get(f"{local_cluster.url}/metrics") as r:
+        assert r.status == 404
+
+
+def _sample(text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match is not None, name
+    return float(match.group(1))
+
+
+async def test_the_stream_through_nginx_is_not_buffered(
+    local_cluster: LocalCluster, session: aiohttp.ClientSession
+) -> None:
+    cid, auth = await create(session, local_cluster.url)
+    resp = await session.get(f"{local_cluster.url}/api/conversations/{cid}/events", headers=auth)
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    assert "Content-Encoding" not in resp.headers
+    posted = time.monotonic()
+    await post(session, local_cluster.url, cid, auth, LONG)  # 120 words at 60/s: 2 s
+    first = await read_events(resp, until=lambda e: e.type == "delta", within=10)
+    first_at = time.monotonic()
+    rest = await read_events(resp, within=15)
+    done_at = time.monotonic()
+    resp.close()
+    assert first.of_type("delta") and rest.of_type("done")
+    assert first_at - posted < 1.0, "the first delta was held back"
+    assert done_at - first_at > 1.0, "the answer arrived in one piece"
+
+
+async def _follow_all(
+    session: aiohttp.ClientSession, cluster: LocalCluster, count: int
+) -> tuple[str, dict[str, str], list[asyncio.Task[tuple[Received, int]]]]:
+    cid, auth = await create(session, cluster.url)
+    url = f"{cluster.url}/api/conversations/{cid}/events"
+    tasks = [asyncio.create_task(follow(session, url, auth, within=40)) for _ in range(count)]
+    await asyncio.sleep(0.5)  # every follower connected, spread round-robin over the nodes
+    await post(session, cluster.url, cid, auth, LONG)
+    await asyncio.sleep(0.8)  # mid-answer
+    return cid, auth, tasks
+
+
+async def _check_exact(
+    session: aiohttp.ClientSession, cluster: LocalCluster, cid: str, auth: dict[str, str], results: list[Any]
+) -> int:
+    expected = await stored_answer(session, cluster.url, cid, auth)
+    assert expected == LONG
+    reconnects = 0
+    for received, tries in results:
+        assert received.text() == expected
+        assert_strictly_increasing(received.ids)
+        assert len(received.of_type("done")) == 1
+        reconnects += tries
+    return int(reconnects)
+
+
+async def test_a_node_killed_mid_answer_its_clients_resume_through_nginx(
+    local_cluster: LocalCluster, session: aiohttp.ClientSession
+) -> None:
+    cid, auth, tasks = await _follow_all(session, local_cluster, 9)
+    victim = local_cluster.node_members[0]
+    victim.stop(signal.SIGKILL)
+    results = await asyncio.gather(*tasks)
+    reconnects = await _check_exact(session, local_cluster, cid, auth, results)
+    assert reconnects >= 3, "the killed node's clients never reconnected: were any on it?"
+
+
+async def test_a_node_sent_sigterm_exits_quickly_and_its_clients_lose_nothing(
+    local_cluster: LocalCluster, session: aiohttp.ClientSession
+) -> None:
+    cid, auth, tasks = await _follow_all(session, local_cluster, 9)
+    victim = local_cluster.node_members[1]
+    started = time.monotonic()
+    victim.popen.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(victim.popen.wait, 10)
+    took = time.monotonic() - started
+    assert victim.popen.returncode == 0
+    assert took < 5.0, f"SIGTERM took {took:.1f}s"
+    results = await asyncio.gather(*tasks)
+    reconnects = await _check_exact(session, local_cluster, cid, auth, results)
+    assert reconnects >= 3
+
+
+def test_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:
+    cluster = LocalCluster(nodes=1, producers=1, env={**PACING, "STREAMFAN_GENERATOR": "echo"}, workdir=tmp_path)
+    cluster.start()
+    try:
+        assert cluster.redis is not None
+        port = free_port()
+        env = {**os.environ, "REDIS_URL": cluster.redis.url, "STREAMFAN_SECRET": SECRET.decode(), **PACING}
+        with (tmp_path / "workers.log").open("wb") as log:
+            supervisor = subprocess.Popen(
+                [sys.executable, "-m", "server", "--port", str(port), "--workers", "2"],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for_port(port, proc=supervisor)
+            deadline = time.monotonic() + 10
+            while len(children := _children(supervisor.pid)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len(children) == 2
+            assert asyncio.run(_one_answer(f"http://127.0.0.1:{port}")) == "two workers"
+        finally:
+            started = time.monotonic()
+            supervisor.send_signal(signal.SIGTERM)
+            supervisor.wait(15)
+        assert time.monotonic() - started < 8
+        assert all(not Path(f"/proc/{child}").exists() or "zombie" in _state(child) for child in children)
+    finally:
+        cluster.stop()
+
+
+async def _one_answer(base: str) -> str:
+    async with aiohttp.ClientSession() as session:
+        cid, auth = await create(session, base)
+        async with session.get(f"{base}/api/conversations/{cid}/events", headers=auth) as resp:
+            await post(session, base, cid, auth, "two workers")
+            return (await read_events(resp, within=10)).text()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"
+
+
+def test_the_nginx_templates_render_to_a_config_nginx_accepts(tmp_path: Path) -> None:
+    values = {
+        "NGINX_RUNTIME_DIR": str(tmp_path),
+        "NGINX_ERROR_LOG": str(tmp_path / "error.log"),
+        "STREAMFAN_LISTEN": "127.0.0.1:1",
+        "STREAMFAN_MAX_BODY": "64k",
+        "STREAMFAN_UPSTREAM_SERVERS": "server 127.0.0.1:2;",
+    }
+    for name in ("nginx.conf", "streamfan.conf"):
+        text = (ROOT / "deploy" / "nginx" / f"{name}.template").read_text()
+        rendered = render_template(text, values)
+        assert "${" not in rendered
+        (tmp_path / name).write_text(rendered)
+    site = (tmp_path / "streamfan.conf").read_text()
+    assert "$http_host" in site and "$proxy_add_x_forwarded_for" in site  # nginx's own variables survive
+    for directive in ("proxy_buffering off", "proxy_read_timeout 1h", "gzip off", "keepalive 64"):
+        assert directive in site
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    check = subprocess.run([nginx, "-t", "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_docker_compose_file_validates(tmp_path: Path) -> None:
+    compose = shutil.which("docker-compose")
+    assert compose is not None, "docker-compose is missing: ./scripts/test.sh installs it"
+    env = {**os.environ, "STREAMFAN_SECRET": "x" * 32}
+    (tmp_path / ".env").write_text("STREAMFAN_SECRET=" + "x" * 32 + "\n")
+    args = [compose, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml")]
+    args += ["--env-file", str(tmp_path / ".env")]
+    done = subprocess.run([*args, "config"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "replicas: 3" in done.stdout and "replicas: 2" in done.stdout
+    assert "condition: service_healthy" in done.stdout
+    profiles = subprocess.run([*args, "--profile", "loadtest", "config", "--services"], capture_output=True, text=True)
+    assert set(profiles.stdout.split()) == {"redis", "producer", "server", "balancer", "loadtest"}, profiles.stderr
+    # Without a secret it refuses, saying why.
+    bare = {k: v for k, v in os.environ.items() if k != "STREAMFAN_SECRET"}
+    (tmp_path / "empty.env").write_text("")
+    refused = subprocess.run(
+        [*args[:-2], "--env-file", str(tmp_path / "empty.env"), "config"],
+        capture_output=True,
+        text=True,
+        env=bare,
+        cwd=tmp_path,
+    )
+    assert refused.returncode != 0 and "STREAMFAN_SECRET" in refused.stderr
