@@ -4,12 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive for real: Redis, nginx (the local cluster's balancer), and
-# docker-compose (validates docker-compose.yml; no Docker daemon needed).
+# Debian packages the tests drive for real: Redis, nginx (the local cluster's balancer),
+# docker-compose (validates docker-compose.yml; no Docker daemon needed) and Chromium (the page's
+# end-to-end tests, driven by Playwright; no browser download), with an emoji font for screenshots.
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+[ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need_apt+=(fonts-noto-color-emoji)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -41,4 +44,5 @@ if [ "$status" -eq 5 ]; then
   echo "pytest collected no tests: failing" >&2
   exit 1
 fi
+[ -d test-artifacts ] && echo "==> screenshots of the chat page: $(pwd)/test-artifacts/"
 exit "$status"

@@ -123,6 +123,8 @@ class Member:
     popen: "subprocess.Popen[bytes]"
     port: int
     log: Path
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -194,7 +196,14 @@ class LocalCluster:
         log_path = self.workdir / "logs" / f"{name}.log"
         with log_path.open("ab") as out:
             popen = subprocess.Popen(args, env=dict(env), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        self.members.append(Member(name, popen, port, log_path))
+        self.members.append(Member(name, popen, port, log_path, args, dict(env)))
+
+    def restart(self, member: Member) -> None:
+        """Start a stopped member again, on the same port (a node coming back after a crash)."""
+        member.stop()
+        with member.log.open("ab") as out:
+            member.popen = subprocess.Popen(member.args, env=member.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        wait_for_port(member.port, proc=member.popen)
 
     def _start_nginx(self) -> None:
         if self.port == 0:
