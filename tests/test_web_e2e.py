@@ -392,3 +392,41 @@ def test_streamed_markdown_renders_the_same_as_all_at_once(cluster: LocalCluster
         documents,
     )
     assert all(same for same, _, _ in result), [r for r in result if not r[0]]
+
+
+def test_keyboard_scrolling_and_regenerate(cluster: LocalCluster, context: BrowserContext) -> None:
+    page = open_page(context, cluster.url + "/")
+    page.set_viewport_size({"width": 900, "height": 420})
+    page.focus("#input")
+    page.keyboard.type("line one")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("line two")
+    assert page.input_value("#input") == "line one\nline two"
+    # Enter while an input method is composing must not send.
+    page.dispatch_event("#input", "keydown", {"key": "Enter", "isComposing": True})
+    page.wait_for_timeout(300)
+    assert page.locator("article.msg").count() == 0
+    page.keyboard.press("Enter")
+    cid = conversation_id(page)
+    wait_finished(page)
+    assert rendered_text(page) == "line one\nline two"
+
+    # Reading back up while an answer streams: no yanking down, a "jump to latest" control instead.
+    send(page, LONG + "\n\n" + LONG)
+    page.wait_for_function(
+        "() => (document.querySelector('article.msg.assistant:last-of-type .md')?.innerText || '').includes('word40')"
+    )
+    page.locator("#log").evaluate("el => { el.scrollTop = 0; el.dispatchEvent(new Event('scroll')); }")
+    page.wait_for_selector("#jump:not([hidden])", timeout=10_000)
+    page.wait_for_timeout(500)
+    assert page.locator("#log").evaluate("el => el.scrollTop") == 0
+    page.keyboard.press("Escape")  # Esc stops the answer
+    wait_finished(page, "cancelled")
+    page.click("#jump")
+    assert page.locator("#log").evaluate("el => el.scrollHeight - el.scrollTop - el.clientHeight") < 48
+
+    # Regenerate asks the last question again: a new answer, complete.
+    page.locator("article.msg.assistant:last-of-type .regenerate").click()
+    page.wait_for_function("() => document.querySelectorAll('article.msg.assistant').length === 3")
+    wait_finished(page)
+    assert stored(page, cid)["messages"][-1]["content"] == LONG + "\n\n" + LONG
