@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Any
 
+from loadtest.plot import write_plot
 from loadtest.run import SCENARIOS, Config, run
 
 
@@ -26,13 +27,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=SCENARIOS,
         default="steady",
         help="steady: every conversation chats back to back; broadcast: one conversation, all tabs "
-        "(forces --conversations 1); idle: hold the streams, post nothing",
+        "(forces --conversations 1); idle: connection capacity, hold the streams (heartbeats only) and post "
+        "nothing; ramp: conversations start chatting in --steps equal steps, and the report gives the highest "
+        "delivered chunks/s at which p99 stayed under --p99-bound-ms with nothing lost",
     )
+    p.add_argument("--steps", type=int, default=5, help="ramp: number of load steps over --duration")
+    p.add_argument("--p99-bound-ms", type=float, default=50.0, help="ramp: the p99 a step must stay under")
     p.add_argument("--workers", type=int, default=1, help="client processes holding the tabs")
     p.add_argument("--ramp-up", type=float, default=2.0, help="seconds over which connections are opened")
     p.add_argument("--think-time", type=float, default=0.0, help="pause between an answer and the next message")
     p.add_argument("--max-tokens", type=int, default=200, help="max_tokens of each message")
-    p.add_argument("--json", metavar="PATH", help="write the full result as JSON here")
+    p.add_argument("--json", metavar="PATH", help="write the full result (with the per-second timeline) as JSON")
+    p.add_argument("--plot", metavar="PATH.svg", help="draw latency percentiles over time and the histogram (SVG)")
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="a local server process to sample memory of (before and after the tabs connect); repeatable",
+    )
     p.add_argument("--allow-remote", action="store_true", help="allow targets that are not loopback addresses")
     p.add_argument("--quiet", action="store_true", help="no live progress line")
     args = p.parse_args(argv)
@@ -40,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.conversations = 1
     if args.clients < 1 or args.conversations < 1 or args.workers < 1 or args.duration <= 0:
         p.error("--clients, --conversations, --workers must be >= 1 and --duration > 0")
+    if args.scenario == "ramp" and (not 1 <= args.steps <= 100 or args.duration / args.steps < 2):
+        p.error("--steps must be 1..100, with at least 2 seconds of --duration per step")
+    if args.clients > 100_000 or args.duration > 3600 or args.workers > 64:
+        p.error("bounded by design: at most 100000 clients, 3600 s and 64 workers")
+    if args.plot and not args.plot.endswith(".svg"):
+        p.error("--plot writes SVG: give a path ending in .svg")
     args.conversations = min(args.conversations, args.clients)
     return args
 
@@ -70,8 +89,31 @@ def format_summary(result: dict[str, Any]) -> str:
             "resets / reconnects / connect errors",
             f"{result['resets']} / {result['reconnects']} / {result['connect_errors']}",
         ),
+        ("connections held", str(result.get("connections_held", "-"))),
         ("client CPU", f"{result['client_cpu_seconds']} s ({result['client_cpu_percent_of_one_core']}% of a core)"),
     ]
+    memory = result.get("server_memory")
+    if memory:
+        rows.append(("server memory", f"{memory['kib_per_connection']} KiB per connection (RSS growth)"))
+    for step in result.get("ramp", []):
+        p99 = "-" if step["p99_ms"] is None else f"{step['p99_ms']:.1f} ms"
+        rows.append(
+            (
+                f"ramp step {step['step']}",
+                f"{step['conversations']} conversations  {step['chunks_per_second']} chunks/s  p99 ≤ {p99}  "
+                f"anomalies {step['anomalies']}{'  ✓' if step['sustained'] else ''}",
+            )
+        )
+    if "ramp" in result:
+        best = result.get("ramp_best")
+        rows.append(
+            (
+                "ramp: sustained",
+                f"{best['chunks_per_second']} chunks/s with p99 ≤ {best['p99_ms']:.1f} ms"
+                if best
+                else f"no step kept p99 under {result['config']['p99_bound_ms']} ms",
+            )
+        )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
@@ -89,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
         think_time=args.think_time,
         max_tokens=args.max_tokens,
         allow_remote=args.allow_remote,
+        steps=args.steps,
+        p99_bound_ms=args.p99_bound_ms,
+        server_pids=tuple(args.server_pid),
     )
     result = asyncio.run(run(config, live=not args.quiet and sys.stderr.isatty()))
     print(file=sys.stderr)
@@ -96,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+    if args.plot:
+        write_plot(result, args.plot)
     sys.exit(0 if result["ok"] else 1)
 
 

@@ -25,9 +25,9 @@ import uvloop
 
 from loadtest.client import Tab
 from loadtest.sse_parser import SSEParser
-from loadtest.stats import Series
+from loadtest.stats import LogHistogram, Recorder, Series
 
-SCENARIOS = ("steady", "broadcast", "idle")
+SCENARIOS = ("steady", "broadcast", "idle", "ramp")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,12 @@ class Config:
     prompt: str = "Explain how streaming answers reach many browser tabs"
     drain_timeout: float = 30.0
     allow_remote: bool = False
+    steps: int = 5
+    """ramp: conversations start chatting in this many equal steps over the duration."""
+    p99_bound_ms: float = 50.0
+    """ramp: the p99 a step must stay under to count as sustained."""
+    server_pids: tuple[int, ...] = ()
+    """Local server processes whose memory is sampled before and after the tabs connect."""
 
 
 def check_target(url: str, allow_remote: bool) -> None:
@@ -68,17 +74,17 @@ def raise_open_files_limit() -> None:
 
 
 def worker_main(
-    assignments: list[tuple[str, str, str]], ramp_up: float, progress: Any, results: Any, stop: Any
+    index: int, assignments: list[tuple[str, str, str]], ramp_up: float, progress: Any, results: Any, stop: Any
 ) -> None:
     raise_open_files_limit()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_worker(assignments, ramp_up, progress, results, stop))
+        runner.run(_worker(index, assignments, ramp_up, progress, results, stop))
 
 
 async def _worker(
-    assignments: list[tuple[str, str, str]], ramp_up: float, progress: Any, results: Any, stop: Any
+    index: int, assignments: list[tuple[str, str, str]], ramp_up: float, progress: Any, results: Any, stop: Any
 ) -> None:
-    latency = Series()
+    latency = Recorder()
     tabs = [Tab(cid, token, url) for cid, token, url in assignments]
     started = time.process_time()
     tasks = []
@@ -88,15 +94,15 @@ async def _worker(
         if gap:
             await asyncio.sleep(gap)
     loop = asyncio.get_running_loop()
-    last_count = 0
     while not await loop.run_in_executor(None, stop.wait, 1.0):
-        recent = sorted(latency.samples[last_count:]) if latency.stride == 1 else []
-        last_count = len(latency.samples)
+        # Cumulative counters, and the latencies of the last interval as a mergeable histogram.
         progress.put(
             {
+                "worker": index,
                 "connected": sum(t.connected for t in tabs),
                 "chunks": sum(t.chunks for t in tabs),
-                "p99": recent[int(len(recent) * 0.99)] if recent else None,
+                "anomalies": sum(t.lost + t.duplicated + t.reordered for t in tabs),
+                "hist": latency.interval.take(),
             }
         )
     for task in tasks:
@@ -233,21 +239,26 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
             _, cid, token = conversations[i % len(conversations)]
             url = config.urls[i % len(config.urls)]  # tabs of one conversation spread over the nodes
             assignments[i % config.workers].append((cid, token, url))
+        memory_before = _rss_kib(config.server_pids)
         procs = [
-            ctx.Process(target=worker_main, args=(a, config.ramp_up, progress, results, stop), daemon=True)
-            for a in assignments
+            ctx.Process(target=worker_main, args=(i, a, config.ramp_up, progress, results, stop), daemon=True)
+            for i, a in enumerate(assignments)
         ]
         for proc in procs:
             proc.start()
+        timeline = Timeline(time.monotonic())
+        reporter = asyncio.create_task(_report(progress, timeline, config, live))
         await asyncio.sleep(config.ramp_up + 0.5)
-        measure_start = time.monotonic()
-        until = measure_start + config.duration
+        memory_after = _rss_kib(config.server_pids)
+        measure_start = timeline.measure_start = time.monotonic()
+        timeline.until = until = measure_start + config.duration
         drivers = []
         if config.scenario != "idle":
-            drivers = [
-                asyncio.create_task(driver.converse(url, cid, token, until)) for url, cid, token in conversations
-            ]
-        reporter = asyncio.create_task(_report(progress, len(procs), until, live))
+            steps = config.steps if config.scenario == "ramp" else 1
+            step_seconds = config.duration / steps
+            for i, (url, cid, token) in enumerate(conversations):
+                delay = (i * steps // len(conversations)) * step_seconds
+                drivers.append(asyncio.create_task(_later(delay, driver.converse(url, cid, token, until))))
         try:
             await asyncio.sleep(config.duration)
             if drivers:
@@ -266,39 +277,141 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
                 await asyncio.get_running_loop().run_in_executor(None, results.get, True, 60) for _ in procs
             ]
             reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
             for proc in procs:
                 proc.join(10)
         measured = time.monotonic() - measure_start
         history = {cid: await driver.history_digests(url, cid, token) for url, cid, token in conversations}
-    return _summarise(
+    result = _summarise(
         config, driver, worker_results, history, measured, wall_start, cpu_start, [repr(e) for e in driver_errors]
     )
+    result["timeline"] = timeline.points
+    result["connections_held"] = max((p["connected"] for p in timeline.points), default=0)
+    if config.scenario == "ramp":
+        result["ramp"] = timeline.steps(config, len(conversations))
+        sustained = [s for s in result["ramp"] if s["sustained"]]
+        result["ramp_best"] = max(sustained, key=lambda s: s["chunks_per_second"]) if sustained else None
+    if config.server_pids:
+        result["server_memory"] = _memory_summary(memory_before, memory_after, result["connections_held"])
+    return result
 
 
-async def _report(progress: Any, workers: int, until: float, live: bool) -> None:
-    latest: dict[int, dict[str, Any]] = {}
-    count = 0
+async def _later(delay: float, coro: Any) -> None:
+    try:
+        if delay:
+            await asyncio.sleep(delay)
+        await coro
+    finally:
+        coro.close()  # never awaited if cancelled during the delay
+
+
+def _rss_kib(pids: tuple[int, ...]) -> dict[int, int]:
+    """Resident memory of local processes (Linux /proc), in KiB."""
+    rss = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss[pid] = int(line.split()[1])
+        except OSError:
+            pass
+    return rss
+
+
+def _memory_summary(before: dict[int, int], after: dict[int, int], connections: int) -> dict[str, Any]:
+    grown = sum(after.get(pid, 0) - kib for pid, kib in before.items())
+    return {
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_connection": round(grown / connections, 2) if connections else None,
+    }
+
+
+class Timeline:
+    """Per-second points merged from every worker: connections, chunks/s, latency percentiles."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.measure_start: float | None = None
+        self.until: float | None = None
+        self.points: list[dict[str, Any]] = []
+        self._hists: list[list[int]] = []
+        self._latest: dict[int, dict[str, Any]] = {}
+        self._last_chunks = 0
+        self._last_time = started
+
+    def add(self, updates: list[dict[str, Any]], now: float) -> dict[str, Any]:
+        interval = LogHistogram()
+        for update in updates:
+            self._latest[update["worker"]] = update
+            interval.merge(update["hist"])
+        chunks = sum(u["chunks"] for u in self._latest.values())
+        elapsed = max(now - self._last_time, 1e-6)
+        point = {
+            "t": round(now - (self.measure_start or now), 2) if self.measure_start else None,
+            "connected": sum(u["connected"] for u in self._latest.values()),
+            "chunks_per_second": round((chunks - self._last_chunks) / elapsed, 1),
+            "p50_ms": interval.percentile(50),
+            "p90_ms": interval.percentile(90),
+            "p99_ms": interval.percentile(99),
+            "anomalies": sum(u["anomalies"] for u in self._latest.values()),
+        }
+        self._last_chunks, self._last_time = chunks, now
+        if point["t"] is not None:
+            self.points.append(point)
+            self._hists.append(interval.counts)
+        return point
+
+    def steps(self, config: "Config", conversations: int) -> list[dict[str, Any]]:
+        """The ramp's steps: each one's delivered chunks/s and p99, skipping its first second."""
+        step_seconds = config.duration / config.steps
+        out = []
+        previous_anomalies = 0
+        for i in range(config.steps):
+            lo, hi = i * step_seconds + 1.0, (i + 1) * step_seconds
+            window = [(p, h) for p, h in zip(self.points, self._hists, strict=True) if lo < p["t"] <= hi]
+            merged = LogHistogram()
+            for _, counts in window:
+                merged.merge(counts)
+            anomalies = window[-1][0]["anomalies"] if window else previous_anomalies
+            p99 = merged.percentile(99)
+            rate = sum(p["chunks_per_second"] for p, _ in window) / len(window) if window else 0.0
+            out.append(
+                {
+                    "step": i + 1,
+                    "conversations": min(conversations, (i + 1) * conversations // config.steps),
+                    "chunks_per_second": round(rate, 1),
+                    "p99_ms": p99,
+                    "anomalies": anomalies - previous_anomalies,
+                    "sustained": p99 is not None and p99 <= config.p99_bound_ms and anomalies == 0,
+                }
+            )
+            previous_anomalies = anomalies
+        return out
+
+
+async def _report(progress: Any, timeline: Timeline, config: Config, live: bool) -> None:
+    """Merge the workers' progress into the timeline each second; draw the live line on a terminal."""
     while True:
+        await asyncio.sleep(1)
+        updates = []
         try:
             while True:
-                update = progress.get_nowait()
-                latest[count % workers] = update
-                count += 1
+                updates.append(progress.get_nowait())
         except queue.Empty:
             pass
-        if live and latest:
-            connected = sum(u["connected"] for u in latest.values())
-            chunks = sum(u["chunks"] for u in latest.values())
-            p99s = [u["p99"] for u in latest.values() if u["p99"] is not None]
-            left = max(0, until - time.monotonic())
-            p99 = f"{max(p99s):7.1f} ms" if p99s else "      -"
+        point = timeline.add(updates, time.monotonic())
+        if live:
+            phase = "ramp-up" if timeline.until is None else f"{max(0, timeline.until - time.monotonic()):4.0f}s left"
+            p99 = "-" if point["p99_ms"] is None else f"{point['p99_ms']:.1f} ms"
             print(
-                f"\r  connected {connected:6d}  chunks {chunks:10d}  p99(last s) {p99}  {left:5.0f}s left ",
+                f"\r  {phase}  connected {point['connected']:6d}/{config.clients}  "
+                f"chunks/s {point['chunks_per_second']:9.1f}  p99 {p99:>9}  anomalies {point['anomalies']}   ",
                 end="",
                 file=sys.stderr,
                 flush=True,
             )
-        await asyncio.sleep(1)
 
 
 def _summarise(

@@ -142,6 +142,8 @@ class LocalCluster:
     producers: int = 2
     port: int = 0
     """The balancer's port (0: a free one)."""
+    balancer: bool = True
+    """Start nginx in front (benchmarks of the nodes alone leave it out)."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Extra environment for nodes and producers (generator pacing, heartbeats...)."""
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="streamfan-cluster-")))
@@ -190,7 +192,8 @@ class LocalCluster:
             self._spawn(f"node-{i + 1}", args, common, port)
         for member in self.members:
             wait_for_port(member.port, proc=member.popen)
-        self._start_nginx()
+        if self.balancer:
+            self._start_nginx()
 
     def _spawn(self, name: str, args: list[str], env: Mapping[str, str], port: int) -> None:
         log_path = self.workdir / "logs" / f"{name}.log"

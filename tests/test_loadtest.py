@@ -128,3 +128,72 @@ def test_refuses_non_loopback_targets() -> None:
         timeout=60,
     )
     assert done.returncode != 0 and "not a loopback address" in done.stderr
+
+
+def test_log_histogram_merges_and_never_reports_an_optimistic_percentile() -> None:
+    from loadtest.stats import LogHistogram
+
+    a, b = LogHistogram(), LogHistogram()
+    for v in range(1, 101):
+        (a if v % 2 else b).add(float(v))
+    a.merge(b.take())
+    assert a.total == 100 and b.total == 0
+    p50, p99 = a.percentile(50), a.percentile(99)
+    assert p50 is not None and p99 is not None
+    assert 50 <= p50 <= 50 * 1.26 and 99 <= p99 <= 99 * 1.26  # the bucket's upper edge, 10 per decade
+    assert LogHistogram().percentile(99) is None
+
+
+def test_plot_is_an_svg_with_the_percentile_lines_and_the_histogram() -> None:
+    import xml.etree.ElementTree as ET
+
+    from loadtest.plot import render_svg
+
+    result = {
+        "config": {"scenario": "steady", "clients": 10, "conversations": 5},
+        "ok": True,
+        "chunks_per_second": 100.0,
+        "latency_ms": {"p99": 4.2},
+        "timeline": [
+            {"t": float(t), "chunks_per_second": 100.0, "p50_ms": 1.0, "p90_ms": 2.0, "p99_ms": 4.0 + t}
+            for t in range(5)
+        ],
+        "latency_histogram_ms": {"edges": [1, 2, 5], "counts": [1, 5, 3, 1]},
+    }
+    root = ET.fromstring(render_svg(result))
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(root.findall(f"{ns}polyline")) == 4  # chunks/s, p50, p90, p99
+    texts = [t.text or "" for t in root.iter(f"{ns}text")]
+    assert any("p99 4.2 ms" in t for t in texts) and "50.0%" in texts
+
+
+def test_ramp_against_a_real_node_reports_steps_and_draws_the_plot(
+    redis_process: RedisServer, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    env = {"REDIS_URL": redis_process.url}
+    node = spawn("server", env)
+    spawn("producer", {**env, "STREAMFAN_SIM_TTFT_MS": "20", "STREAMFAN_SIM_TOKENS_PER_SECOND": "100"})
+    report, plot = tmp_path / "ramp.json", tmp_path / "ramp.svg"
+    args = [sys.executable, "-m", "loadtest", "--url", node.url, "--scenario", "ramp", "--steps", "2"]
+    args += ["--clients", "20", "--conversations", "10", "--duration", "5", "--ramp-up", "0.5"]
+    args += ["--max-tokens", "30", "--p99-bound-ms", "1000", "--server-pid", str(node.popen.pid)]
+    args += ["--json", str(report), "--plot", str(plot)]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(report.read_text())
+    assert [s["step"] for s in result["ramp"]] == [1, 2]
+    assert result["ramp"][0]["conversations"] == 5 and result["ramp"][1]["conversations"] == 10
+    assert result["ramp_best"] is not None and result["ramp_best"]["chunks_per_second"] > 0
+    assert result["connections_held"] == 20 and result["server_memory"]["kib_per_connection"] is not None
+    assert len(result["timeline"]) >= 4 and all("p99_ms" in p for p in result["timeline"])
+    assert plot.read_text().startswith("<svg") and "ramp: sustained" in done.stdout
+
+
+def test_help_explains_every_option_with_its_default() -> None:
+    done = subprocess.run([sys.executable, "-m", "loadtest", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0
+    for option in ("--url", "--clients", "--conversations", "--duration", "--json", "--scenario", "--plot"):
+        assert option in done.stdout
+    for scenario in ("steady", "broadcast", "idle", "ramp"):
+        assert scenario in done.stdout
+    assert "(default: 100)" in done.stdout and "(default: steady)" in done.stdout
