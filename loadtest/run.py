@@ -9,7 +9,6 @@ history API.
 
 import asyncio
 import ipaddress
-import json
 import multiprocessing
 import os
 import queue
@@ -24,7 +23,6 @@ import aiohttp
 import uvloop
 
 from loadtest.client import Tab
-from loadtest.sse_parser import SSEParser
 from loadtest.stats import LogHistogram, Recorder, Series
 
 SCENARIOS = ("steady", "broadcast", "idle", "ramp")
@@ -154,16 +152,13 @@ class Driver:
                         continue
                     response_id = (await resp.json())["response_id"]
                 self.posted += 1
-                first = True
-                while True:
-                    event_type, data = await follower.next_event()
-                    if data.get("response_id") != response_id:
-                        continue
-                    if event_type == "delta" and first:
-                        first = False
-                        self.ttft.add((time.monotonic() - posted_at) * 1000)
-                    elif event_type == "done":
-                        break
+                # The driver follows every conversation, so it never parses the stream (that is the
+                # tabs' job, in the workers): it looks for this answer's first delta and its done.
+                prefix = '\ndata: {"response_id":"' + response_id + '"'
+                delta, done = f"event: delta{prefix}".encode(), f"event: done{prefix}".encode()
+                if await follower.wait_for(delta, done) == delta:
+                    self.ttft.add((time.monotonic() - posted_at) * 1000)
+                    await follower.wait_for(done)
                 self.answers_done += 1
                 if self.config.think_time:
                     await asyncio.sleep(self.config.think_time)
@@ -186,22 +181,31 @@ class Driver:
 
 
 class _Follower:
-    """The driver's own view of a conversation: events in order, resuming by cursor if a stream breaks."""
+    """The driver's own stream of a conversation, searched as bytes for the markers it waits for.
+
+    A broken stream is reopened from the start: the markers name one answer, so a replay of older
+    events cannot match them.
+    """
 
     def __init__(self, session: aiohttp.ClientSession, url: str, auth: dict[str, str]) -> None:
         self.session, self.url, self.auth = session, url, auth
         self.response: aiohttp.ClientResponse | None = None
-        self.parser = SSEParser()
-        self.backlog: list[tuple[str, dict[str, Any]]] = []
+        self.buffer = bytearray()
 
-    async def next_event(self) -> tuple[str, dict[str, Any]]:
-        while not self.backlog:
+    async def wait_for(self, *markers: bytes) -> bytes:
+        """Read until one of ``markers`` appears; return the one that came first, consumed."""
+        keep = max(len(m) for m in markers) - 1
+        while True:
+            found = [(i, m) for m in markers if (i := self.buffer.find(m)) >= 0]
+            if found:
+                index, marker = min(found)
+                del self.buffer[: index + len(marker)]
+                return marker
+            if len(self.buffer) > keep:
+                del self.buffer[: len(self.buffer) - keep]
             if self.response is None:
-                headers = dict(self.auth)
-                if self.parser.last_event_id:
-                    headers["Last-Event-ID"] = self.parser.last_event_id
                 self.response = await self.session.get(
-                    self.url, headers=headers, timeout=aiohttp.ClientTimeout(total=None)
+                    self.url, headers=self.auth, timeout=aiohttp.ClientTimeout(total=None)
                 )
             try:
                 chunk = await self.response.content.readany()
@@ -212,8 +216,7 @@ class _Follower:
                 self.response = None
                 await asyncio.sleep(0.2)
                 continue
-            self.backlog += [(e.type, json.loads(e.data)) for e in self.parser.feed(chunk)]
-        return self.backlog.pop(0)
+            self.buffer += chunk
 
     async def close(self) -> None:
         if self.response is not None:

@@ -307,8 +307,10 @@ async def test_chat_page_and_its_assets_are_served_under_a_strict_csp(client_fac
         assert resp.status == 200 and resp.content_type == "text/html"
         assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
         assert "<script" in (await resp.text()) and "https://" not in (await resp.text())
-    script = await client.get("/static/app.js")
-    assert script.status == 200 and "EventSource" in await script.text()
+    for asset, marker in [("/static/js/feed.js", "EventSource"), ("/static/js/markdown.js", "createElement")]:
+        script = await client.get(asset)
+        assert script.status == 200 and marker in await script.text()
+        assert script.content_type in ("text/javascript", "application/javascript")  # ES modules need a JS type
 
 
 async def test_history_beyond_retention_gets_reset_never_a_silent_gap(client_factory: Any) -> None:
@@ -341,3 +343,20 @@ async def test_history_beyond_retention_gets_reset_never_a_silent_gap(client_fac
     history = await (await client.get(f"/api/conversations/{cid}", headers=auth)).json()
     assert history["messages"][-1]["content"] == everything.text()
     assert history["last_event_id"] == everything.ids[-1]
+
+
+async def test_every_key_of_a_conversation_expires_even_after_a_long_answer(client_factory: Any) -> None:
+    from server.context import REDIS
+    from wire.keys import ConversationKeys
+
+    client = await client_factory()
+    cid, auth = await create(client)
+    stream = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    await post(client, cid, auth, " ".join(f"w{i}" for i in range(100)), max_tokens=200)
+    await read_events(stream, within=20)
+    stream.close()
+    redis = client.app[REDIS]
+    keys = ConversationKeys(cid)
+    ttls = {key: await redis.ttl(key) for key in keys.all if await redis.exists(key)}
+    assert keys.events in ttls and keys.state in ttls and keys.messages in ttls
+    assert all(0 < ttl <= 86_400 for ttl in ttls.values()), ttls

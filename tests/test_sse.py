@@ -1,5 +1,7 @@
 """SSE framing: exact bytes, no way to inject a field, and the Lua-built frames match Python's."""
 
+import json
+
 import pytest
 from fakeredis.aioredis import FakeRedis
 
@@ -86,3 +88,12 @@ async def test_scripts_refuse_multiline_data_before_writing(fake_redis: FakeRedi
             args=scripts.conversation_argv(keys.channel, 1000, 3600, "r1", "p", 0, "x", "a\nevent: evil"),
         )
     assert await fake_redis.exists(keys.events, keys.draft) == 0
+
+
+@pytest.mark.parametrize("text", ["plain", 'q"uote\\back', "line\nbreak\r\x00\t", " \u2028 🚀 naïve 日本語", ""])
+def test_delta_data_is_exactly_the_compact_json(text: str) -> None:
+    from wire.events import delta_data, dumps
+
+    built = delta_data("r-1", 7, text, 1_700_000_000_123)
+    assert built == dumps({"response_id": "r-1", "index": 7, "text": text, "ts": 1_700_000_000_123})
+    assert "\n" not in built and "\r" not in built and json.loads(built)["text"] == text

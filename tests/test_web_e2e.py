@@ -151,6 +151,18 @@ def stored_answer(page: Page, cid: str) -> dict[str, Any]:
     return dict(stored(page, cid)["messages"][-1])
 
 
+def tabs_on_one_conversation(cluster: LocalCluster, context: BrowserContext, count: int) -> tuple[str, list[Page]]:
+    """A conversation started in one tab (the stream's leader), then opened in ``count - 1`` more, all live."""
+    first = open_page(context, cluster.url + "/")
+    send(first, "hello")
+    cid = conversation_id(first)
+    wait_finished(first)
+    tabs = [first] + [open_page(context, f"{cluster.url}/c/{cid}") for _ in range(count - 1)]
+    for tab in tabs:
+        tab.wait_for_selector("#connection[data-state=live]", timeout=20_000)
+    return cid, tabs
+
+
 def test_one_tab_renders_the_stored_answer_exactly(cluster: LocalCluster, context: BrowserContext) -> None:
     page = open_page(context, cluster.url + "/")
     send(page, TRICKY)
@@ -190,13 +202,7 @@ def test_one_tab_renders_the_stored_answer_exactly(cluster: LocalCluster, contex
 def test_ten_tabs_in_one_context_follow_one_conversation(cluster: LocalCluster, context: BrowserContext) -> None:
     streams: list[str] = []
     context.on("request", lambda r: streams.append(r.url) if "/events" in r.url else None)
-    first = open_page(context, cluster.url + "/")
-    send(first, "hello")
-    cid = conversation_id(first)
-    wait_finished(first)
-    tabs = [first] + [open_page(context, f"{cluster.url}/c/{cid}") for _ in range(9)]
-    for tab in tabs:
-        tab.wait_for_selector("#connection[data-state=live]", timeout=20_000)
+    cid, tabs = tabs_on_one_conversation(cluster, context, 10)
     send(tabs[4], LONG)  # from a tab that is not the leader
     for tab in tabs:
         tab.wait_for_selector("article.msg.assistant:nth-of-type(4)", state="attached", timeout=20_000)
@@ -235,13 +241,8 @@ def test_server_drop_mid_answer_reconnects_and_ends_exact(cluster: LocalCluster,
 
 
 def test_stop_in_one_tab_ends_the_answer_in_every_tab(cluster: LocalCluster, context: BrowserContext) -> None:
-    first = open_page(context, cluster.url + "/")
-    send(first, "hi")
-    cid = conversation_id(first)
-    wait_finished(first)
-    tabs = [first] + [open_page(context, f"{cluster.url}/c/{cid}") for _ in range(2)]
-    for tab in tabs:
-        tab.wait_for_selector("#connection[data-state=live]", timeout=20_000)
+    cid, tabs = tabs_on_one_conversation(cluster, context, 3)
+    first = tabs[0]
     send(first, LONG)
     for tab in tabs:
         tab.wait_for_selector("#stop:not([hidden])", timeout=20_000)

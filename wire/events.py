@@ -60,6 +60,10 @@ def format_event_id(event_id: EventId) -> str:
     return f"{event_id[0]}-{event_id[1]}"
 
 
+_json_string = json.encoder.encode_basestring
+"""A JSON string literal without ASCII escaping (C-accelerated); control characters are escaped."""
+
+
 def dumps(obj: object) -> str:
     """Compact one-line JSON. CR, LF and NUL are always escaped, so the result is one SSE data line."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
@@ -70,8 +74,15 @@ def user_message_data(message_id: str, content: str, response_id: str) -> str:
 
 
 def delta_data(response_id: str, index: int, text: str, ts_ms: int) -> str:
-    """``ts`` is the producer's publish time in Unix milliseconds, for latency measurement."""
-    return dumps({"response_id": response_id, "index": index, "text": text, "ts": ts_ms})
+    """``ts`` is the producer's publish time in Unix milliseconds, for latency measurement.
+
+    Built by hand (the same bytes ``dumps`` gives, which a test checks): this runs once per chunk
+    and json.dumps of a dict was a sixth of the producer's CPU.
+    """
+    return (
+        f'{{"response_id":{_json_string(response_id)},"index":{int(index)},'
+        f'"text":{_json_string(text)},"ts":{int(ts_ms)}}}'
+    )
 
 
 def done_data(response_id: str, finish_reason: FinishReason) -> str:
