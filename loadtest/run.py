@@ -8,6 +8,7 @@ history API.
 """
 
 import asyncio
+import contextlib
 import ipaddress
 import multiprocessing
 import os
@@ -85,12 +86,16 @@ async def _worker(
     latency = Recorder()
     tabs = [Tab(cid, token, url) for cid, token, url in assignments]
     started = time.process_time()
-    tasks = []
-    gap = ramp_up / max(1, len(tabs))
-    for tab in tabs:
-        tasks.append(asyncio.create_task(tab.run(latency)))
-        if gap:
-            await asyncio.sleep(gap)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def ramp() -> None:
+        gap = ramp_up / max(1, len(tabs))
+        for tab in tabs:
+            tasks.append(asyncio.create_task(tab.run(latency)))
+            if gap:
+                await asyncio.sleep(gap)
+
+    opening = asyncio.create_task(ramp())
     loop = asyncio.get_running_loop()
     while not await loop.run_in_executor(None, stop.wait, 1.0):
         # Cumulative counters, and the latencies of the last interval as a mergeable histogram.
@@ -103,6 +108,8 @@ async def _worker(
                 "hist": latency.interval.take(),
             }
         )
+    opening.cancel()
+    await asyncio.gather(opening, return_exceptions=True)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -251,7 +258,10 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
             proc.start()
         timeline = Timeline(time.monotonic())
         reporter = asyncio.create_task(_report(progress, timeline, config, live))
-        await asyncio.sleep(config.ramp_up + 0.5)
+        # Traffic starts once every tab is connected (a tab connecting late would replay history and
+        # count old chunks as slow ones), or when connecting is clearly stuck.
+        await timeline.all_connected(config.clients, config.ramp_up + 30)
+        await asyncio.sleep(0.5)
         memory_after = _rss_kib(config.server_pids)
         measure_start = timeline.measure_start = time.monotonic()
         timeline.until = until = measure_start + config.duration
@@ -274,7 +284,8 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
                 for r in await asyncio.gather(*drivers, return_exceptions=True)
                 if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)
             ]
-            await asyncio.sleep(0.5)  # the last chunks reach every tab
+            # Tabs may lag behind the driver (a saturated client): let them drain before stopping.
+            await timeline.settled(config.drain_timeout)
             stop.set()
             worker_results = [
                 await asyncio.get_running_loop().run_in_executor(None, results.get, True, 60) for _ in procs
@@ -343,6 +354,7 @@ class Timeline:
         self._latest: dict[int, dict[str, Any]] = {}
         self._last_chunks = 0
         self._last_time = started
+        self.changed = asyncio.Event()
 
     def add(self, updates: list[dict[str, Any]], now: float) -> dict[str, Any]:
         interval = LogHistogram()
@@ -361,10 +373,34 @@ class Timeline:
             "anomalies": sum(u["anomalies"] for u in self._latest.values()),
         }
         self._last_chunks, self._last_time = chunks, now
+        self.changed.set()
         if point["t"] is not None:
             self.points.append(point)
             self._hists.append(interval.counts)
         return point
+
+    @property
+    def connected(self) -> int:
+        return sum(u["connected"] for u in self._latest.values())
+
+    async def all_connected(self, clients: int, within: float) -> None:
+        """Wait until the workers report ``clients`` connected tabs (for at most ``within`` seconds)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while self.connected < clients:
+                    self.changed.clear()
+                    await self.changed.wait()
+
+    async def settled(self, within: float) -> None:
+        """Wait until two consecutive seconds deliver nothing (for at most ``within`` seconds)."""
+        deadline = time.monotonic() + within
+        seen = len(self.points)
+        await asyncio.sleep(0.5)
+        while time.monotonic() < deadline:
+            recent = self.points[seen:][-2:]
+            if len(recent) == 2 and all(p["chunks_per_second"] == 0 for p in recent):
+                return
+            await asyncio.sleep(0.25)
 
     def steps(self, config: "Config", conversations: int) -> list[dict[str, Any]]:
         """The ramp's steps: each one's delivered chunks/s and p99, skipping its first second."""

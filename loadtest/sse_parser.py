@@ -6,12 +6,10 @@ dropped, comments are ignored, an ``id`` containing NUL is ignored, ``retry`` ta
 an event with an empty data buffer is not dispatched (but its id still becomes the last event id).
 """
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
+class SSEEvent(NamedTuple):
     type: str
     data: str
     last_event_id: str
@@ -29,12 +27,14 @@ class SSEParser:
         self.retry_ms: int | None = None
         self.comments = 0
 
-    def feed(self, chunk: bytes) -> Iterator[SSEEvent]:
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """The events completed by ``chunk`` (a load client calls this for every read: keep it lean)."""
+        events: list[SSEEvent] = []
         buffer = self._buffer + chunk
         if not self._started:
             if len(buffer) < 3 and b"\xef\xbb\xbf".startswith(buffer):
                 self._buffer = buffer
-                return
+                return events
             self._started = True
             if buffer.startswith(b"\xef\xbb\xbf"):
                 buffer = buffer[3:]
@@ -44,6 +44,15 @@ class SSEParser:
             self._skip_lf = False
             if buffer[0:1] == b"\n":
                 start = 1
+        if buffer.find(b"\r", start) == -1:
+            # The common case, lines ending in LF only: split the complete lines at C speed. (An LF
+            # is never inside a UTF-8 sequence, so the lines decode as one block.)
+            last = buffer.rfind(b"\n", start)
+            if last != -1:
+                self._lines(buffer[start:last].decode("utf-8", errors="replace").split("\n"), events)
+                start = last + 1
+            self._buffer = buffer[start:]
+            return events
         while start < length:
             cr = buffer.find(b"\r", start)
             lf = buffer.find(b"\n", start)
@@ -55,36 +64,34 @@ class SSEParser:
                 end, after = cr, cr + 2 if buffer[cr + 1 : cr + 2] == b"\n" else cr + 1
             else:
                 end, after = lf, lf + 1
-            event = self._line(buffer[start:end].decode("utf-8", errors="replace"))
-            if event is not None:
-                yield event
+            self._lines([buffer[start:end].decode("utf-8", errors="replace")], events)
             start = after
         self._buffer = buffer[start:]
+        return events
 
-    def _line(self, line: str) -> SSEEvent | None:
-        if line == "":
-            return self._dispatch()
-        if line.startswith(":"):
-            self.comments += 1
-            return None
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if name == "event":
-            self._event_type = value
-        elif name == "data":
-            self._data.append(value)
-        elif name == "id":
-            if "\x00" not in value:
-                self.last_event_id = value
-        elif name == "retry":
-            if value.isdigit() and value.isascii():
+    def _lines(self, lines: list[str], events: list[SSEEvent]) -> None:
+        """Process complete lines (the spec's "process the field" and "dispatch the event")."""
+        data, event_type, last_id = self._data, self._event_type, self.last_event_id
+        for line in lines:
+            if not line:  # a blank line dispatches; an empty data buffer dispatches nothing
+                if data:
+                    events.append(SSEEvent(event_type or "message", "\n".join(data), last_id))
+                    data = []
+                event_type = ""
+                continue
+            if line[0] == ":":
+                self.comments += 1
+                continue
+            name, colon, value = line.partition(":")
+            if colon and value[:1] == " ":
+                value = value[1:]
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                event_type = value
+            elif name == "id":
+                if "\x00" not in value:
+                    last_id = value
+            elif name == "retry" and value.isdigit() and value.isascii():
                 self.retry_ms = int(value)
-        return None
-
-    def _dispatch(self) -> SSEEvent | None:
-        data, event_type = self._data, self._event_type
-        self._data, self._event_type = [], ""
-        if not data:
-            return None
-        return SSEEvent(event_type or "message", "\n".join(data), self.last_event_id)
+        self._data, self._event_type, self.last_event_id = data, event_type, last_id
