@@ -5,6 +5,7 @@ import functools
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -39,6 +40,8 @@ class Tab:
     reconnects: int = 0
     connect_errors: int = 0
     connected: bool = False
+    report: Callable[[str, str, float], None] | None = None
+    """Set on one tab per conversation: told ("first" | "done", response id, wall time) as they come."""
 
     def on_event(self, event_type: str, data: str, event_id: str, latency: Series) -> None:
         key = _key(event_id) if event_id else self.last_key
@@ -62,9 +65,15 @@ class Tab:
             self.expected[response_id] = index + 1
             self.texts.setdefault(response_id, []).append(body["text"])
             self.chunks += 1
-            latency.add(time.time() * 1000 - body["ts"])
+            now = time.time()
+            latency.add(now * 1000 - body["ts"])
+            if index == 0 and self.report is not None:
+                self.report("first", response_id, now)
         elif event_type == "done":
-            self.done.add(json.loads(data)["response_id"])
+            response_id = json.loads(data)["response_id"]
+            self.done.add(response_id)
+            if self.report is not None:
+                self.report("done", response_id, time.time())
 
     def digests(self) -> dict[str, str]:
         """sha256 of the text of every answer this tab saw finish."""

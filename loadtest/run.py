@@ -72,19 +72,28 @@ def raise_open_files_limit() -> None:
 # -- worker processes -------------------------------------------------------------------------
 
 
+Assignment = tuple[str, str, str, bool]
+"""A tab: conversation id, token, node URL, and whether it reports its conversation's answers."""
+
+
 def worker_main(
-    index: int, assignments: list[tuple[str, str, str]], ramp_up: float, progress: Any, results: Any, stop: Any
+    index: int, assignments: list[Assignment], ramp_up: float, queues: tuple[Any, Any, Any], stop: Any
 ) -> None:
     raise_open_files_limit()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_worker(index, assignments, ramp_up, progress, results, stop))
+        runner.run(_worker(index, assignments, ramp_up, queues, stop))
 
 
 async def _worker(
-    index: int, assignments: list[tuple[str, str, str]], ramp_up: float, progress: Any, results: Any, stop: Any
+    index: int, assignments: list[Assignment], ramp_up: float, queues: tuple[Any, Any, Any], stop: Any
 ) -> None:
+    progress, results, answers = queues
     latency = Recorder()
-    tabs = [Tab(cid, token, url) for cid, token, url in assignments]
+
+    def report(kind: str, response_id: str, at: float) -> None:
+        answers.put_nowait((kind, response_id, at))
+
+    tabs = [Tab(cid, token, url, report=report if reporter else None) for cid, token, url, reporter in assignments]
     started = time.process_time()
     tasks: list[asyncio.Task[None]] = []
 
@@ -133,6 +142,28 @@ class Driver:
         self.posted = 0
         self.answers_done = 0
         self.post_errors = 0
+        self._answers: dict[str, _Answer] = {}
+
+    def answer(self, response_id: str) -> "_Answer":
+        """What the reporting tab saw of an answer so far (whichever of post and report comes first)."""
+        state = self._answers.get(response_id)
+        if state is None:
+            state = self._answers[response_id] = _Answer()
+        return state
+
+    async def take_reports(self, answers: Any) -> None:
+        """Feed the reporting tabs' first-chunk and done sightings to the waiting conversations."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                kind, response_id, at = await loop.run_in_executor(None, answers.get, True, 0.2)
+            except queue.Empty:
+                continue
+            state = self.answer(response_id)
+            if kind == "first":
+                state.first_at = at
+            else:
+                state.done.set()
 
     async def create(self, url: str) -> tuple[str, str]:
         async with self.session.post(f"{url}/api/conversations") as resp:
@@ -143,34 +174,28 @@ class Driver:
     async def converse(self, url: str, cid: str, token: str, until: float) -> None:
         """Post, wait for done, think, repeat until ``until``; time post → first delta."""
         auth = {"Authorization": f"Bearer {token}"}
-        follower = _Follower(self.session, f"{url}/api/conversations/{cid}/events", auth)
-        try:
-            n = 0
-            while time.monotonic() < until:
-                n += 1
-                posted_at = time.monotonic()
-                body = {"content": f"{self.config.prompt} (#{n})", "max_tokens": self.config.max_tokens}
-                async with self.session.post(
-                    f"{url}/api/conversations/{cid}/messages", json=body, headers=auth
-                ) as resp:
-                    if resp.status != 202:
-                        self.post_errors += 1
-                        await asyncio.sleep(0.5)
-                        continue
-                    response_id = (await resp.json())["response_id"]
-                self.posted += 1
-                # The driver follows every conversation, so it never parses the stream (that is the
-                # tabs' job, in the workers): it looks for this answer's first delta and its done.
-                prefix = '\ndata: {"response_id":"' + response_id + '"'
-                delta, done = f"event: delta{prefix}".encode(), f"event: done{prefix}".encode()
-                if await follower.wait_for(delta, done) == delta:
-                    self.ttft.add((time.monotonic() - posted_at) * 1000)
-                    await follower.wait_for(done)
-                self.answers_done += 1
-                if self.config.think_time:
-                    await asyncio.sleep(self.config.think_time)
-        finally:
-            await follower.close()
+        n = 0
+        while time.monotonic() < until:
+            n += 1
+            posted_at = time.time()
+            body = {"content": f"{self.config.prompt} (#{n})", "max_tokens": self.config.max_tokens}
+            async with self.session.post(f"{url}/api/conversations/{cid}/messages", json=body, headers=auth) as resp:
+                if resp.status != 202:
+                    self.post_errors += 1
+                    await asyncio.sleep(0.5)
+                    continue
+                response_id = (await resp.json())["response_id"]
+            self.posted += 1
+            # The conversation's reporting tab (in a worker) says when the answer starts and ends: the
+            # driver follows no stream of its own, so it adds no load the tabs do not see.
+            state = self.answer(response_id)
+            await state.done.wait()
+            del self._answers[response_id]
+            if state.first_at is not None:
+                self.ttft.add((state.first_at - posted_at) * 1000)
+            self.answers_done += 1
+            if self.config.think_time:
+                await asyncio.sleep(self.config.think_time)
 
     async def history_digests(self, url: str, cid: str, token: str) -> dict[str, str]:
         import hashlib
@@ -187,47 +212,12 @@ class Driver:
         }
 
 
-class _Follower:
-    """The driver's own stream of a conversation, searched as bytes for the markers it waits for.
+class _Answer:
+    __slots__ = ("done", "first_at")
 
-    A broken stream is reopened from the start: the markers name one answer, so a replay of older
-    events cannot match them.
-    """
-
-    def __init__(self, session: aiohttp.ClientSession, url: str, auth: dict[str, str]) -> None:
-        self.session, self.url, self.auth = session, url, auth
-        self.response: aiohttp.ClientResponse | None = None
-        self.buffer = bytearray()
-
-    async def wait_for(self, *markers: bytes) -> bytes:
-        """Read until one of ``markers`` appears; return the one that came first, consumed."""
-        keep = max(len(m) for m in markers) - 1
-        while True:
-            found = [(i, m) for m in markers if (i := self.buffer.find(m)) >= 0]
-            if found:
-                index, marker = min(found)
-                del self.buffer[: index + len(marker)]
-                return marker
-            if len(self.buffer) > keep:
-                del self.buffer[: len(self.buffer) - keep]
-            if self.response is None:
-                self.response = await self.session.get(
-                    self.url, headers=self.auth, timeout=aiohttp.ClientTimeout(total=None)
-                )
-            try:
-                chunk = await self.response.content.readany()
-            except aiohttp.ClientError:
-                chunk = b""
-            if not chunk:
-                self.response.close()
-                self.response = None
-                await asyncio.sleep(0.2)
-                continue
-            self.buffer += chunk
-
-    async def close(self) -> None:
-        if self.response is not None:
-            self.response.close()
+    def __init__(self) -> None:
+        self.first_at: float | None = None
+        self.done = asyncio.Event()
 
 
 async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
@@ -235,7 +225,7 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
         check_target(url, config.allow_remote)
     raise_open_files_limit()
     ctx = multiprocessing.get_context("spawn")
-    progress, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+    progress, results, answers, stop = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Event()
     wall_start = time.monotonic()
     cpu_start = time.process_time()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -244,14 +234,17 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
             (config.urls[i % len(config.urls)], *await driver.create(config.urls[i % len(config.urls)]))
             for i in range(config.conversations)
         ]
-        assignments: list[list[tuple[str, str, str]]] = [[] for _ in range(config.workers)]
+        assignments: list[list[Assignment]] = [[] for _ in range(config.workers)]
         for i in range(config.clients):
             _, cid, token = conversations[i % len(conversations)]
             url = config.urls[i % len(config.urls)]  # tabs of one conversation spread over the nodes
-            assignments[i % config.workers].append((cid, token, url))
+            # The first tab of each conversation tells the driver when an answer starts and ends.
+            assignments[i % config.workers].append((cid, token, url, i < len(conversations)))
         memory_before = _rss_kib(config.server_pids)
         procs = [
-            ctx.Process(target=worker_main, args=(i, a, config.ramp_up, progress, results, stop), daemon=True)
+            ctx.Process(
+                target=worker_main, args=(i, a, config.ramp_up, (progress, results, answers), stop), daemon=True
+            )
             for i, a in enumerate(assignments)
         ]
         for proc in procs:
@@ -265,6 +258,7 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
         memory_after = _rss_kib(config.server_pids)
         measure_start = timeline.measure_start = time.monotonic()
         timeline.until = until = measure_start + config.duration
+        reports = asyncio.create_task(driver.take_reports(answers))
         drivers = []
         if config.scenario != "idle":
             steps = config.steps if config.scenario == "ramp" else 1
@@ -291,7 +285,8 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
                 await asyncio.get_running_loop().run_in_executor(None, results.get, True, 60) for _ in procs
             ]
             reporter.cancel()
-            await asyncio.gather(reporter, return_exceptions=True)
+            reports.cancel()
+            await asyncio.gather(reporter, reports, return_exceptions=True)
             for proc in procs:
                 proc.join(10)
         measured = time.monotonic() - measure_start
