@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def format_summary(result: dict[str, Any]) -> str:
-    lat, ttft = result["latency_ms"], result["ttft_ms"]
+    lat, ttft, gap = result["latency_ms"], result["ttft_ms"], result["inter_chunk_gap_ms"]
 
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
@@ -78,6 +78,10 @@ def format_summary(result: dict[str, Any]) -> str:
             f"p50 {ms(lat['p50'])}  p90 {ms(lat['p90'])}  p99 {ms(lat['p99'])}  max {ms(lat['max'])}",
         ),
         ("time to first token ms", f"p50 {ms(ttft['p50'])}  p99 {ms(ttft['p99'])}"),
+        (
+            "gap between chunks ms",
+            f"p50 {ms(gap['p50'])}  p90 {ms(gap['p90'])}  p99 {ms(gap['p99'])}  max {ms(gap['max'])}",
+        ),
         (
             "answers",
             f"posted {result['answers_posted']}, done {result['answers_done']}, "

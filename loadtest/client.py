@@ -40,6 +40,9 @@ class Tab:
     reconnects: int = 0
     connect_errors: int = 0
     connected: bool = False
+    gaps: Series | None = None
+    """Where the time between consecutive chunks of one answer goes (ms), shared by a worker's tabs."""
+    gap_from: tuple[str, float] = ("", 0.0)
     report: Callable[[str, str, float], None] | None = None
     """Set on one tab per conversation: told ("first" | "done", response id, wall time) as they come."""
 
@@ -67,6 +70,10 @@ class Tab:
             self.chunks += 1
             now = time.time()
             latency.add(now * 1000 - body["ts"])
+            if self.gaps is not None:
+                if self.gap_from[0] == response_id:
+                    self.gaps.add((now - self.gap_from[1]) * 1000)
+                self.gap_from = (response_id, now)
             if index == 0 and self.report is not None:
                 self.report("first", response_id, now)
         elif event_type == "done":

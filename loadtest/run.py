@@ -89,11 +89,15 @@ async def _worker(
 ) -> None:
     progress, results, answers = queues
     latency = Recorder()
+    gaps = Series()
 
     def report(kind: str, response_id: str, at: float) -> None:
         answers.put_nowait((kind, response_id, at))
 
-    tabs = [Tab(cid, token, url, report=report if reporter else None) for cid, token, url, reporter in assignments]
+    tabs = [
+        Tab(cid, token, url, gaps=gaps, report=report if reporter else None)
+        for cid, token, url, reporter in assignments
+    ]
     started = time.process_time()
     tasks: list[asyncio.Task[None]] = []
 
@@ -126,6 +130,7 @@ async def _worker(
         {
             "tabs": [t.summary() for t in tabs],
             "latency": latency.to_json(),
+            "gaps": gaps.to_json(),
             "cpu_seconds": time.process_time() - started,
         }
     )
@@ -458,11 +463,12 @@ def _summarise(
     cpu_start: float,
     driver_errors: list[str],
 ) -> dict[str, Any]:
-    latency = Series()
+    latency, gaps = Series(), Series()
     tabs: list[dict[str, Any]] = []
     client_cpu = time.process_time() - cpu_start
     for result in worker_results:
         latency.extend(Series.from_json(result["latency"]))
+        gaps.extend(Series.from_json(result["gaps"]))
         tabs.extend(result["tabs"])
         client_cpu += result["cpu_seconds"]
     mismatched = verified = missing = 0
@@ -498,6 +504,7 @@ def _summarise(
         "bytes_per_second": round(totals["bytes"] / measured, 1) if measured else None,
         "latency_ms": latency.summary(),
         "latency_histogram_ms": {"edges": HIST_EDGES, "counts": latency.histogram(HIST_EDGES)},
+        "inter_chunk_gap_ms": gaps.summary(),
         "ttft_ms": driver.ttft.summary(),
         "client_cpu_seconds": round(client_cpu, 2),
         "client_cpu_percent_of_one_core": round(100 * client_cpu / max(measured, 1e-9), 1),

@@ -116,6 +116,8 @@ def test_short_run_against_real_nodes_is_lossless_and_writes_the_report(
     assert result["ok"] and result["lost"] == result["duplicated"] == result["reordered"] == 0
     assert result["answers_done"] >= 10 and result["answers_verified"] >= 30 and result["answers_mismatched"] == 0
     assert result["chunks"] > 0 and result["latency_ms"]["p99"] is not None
+    # 100 chunks/s per answer: consecutive chunks about 10 ms apart
+    assert result["inter_chunk_gap_ms"]["count"] > 0 and 2 < result["inter_chunk_gap_ms"]["p50"] < 100
     assert "OK: nothing lost" in done.stdout
 
 
