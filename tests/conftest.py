@@ -102,3 +102,21 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     yield start
     for proc in reversed(started):
         proc.stop()
+
+
+def run_loadtest(tmp_path: Path, *args: str, timeout: float = 120) -> tuple[dict[str, Any], str]:
+    """``python -m loadtest ARGS --json ... --quiet``; fails the test unless it exits 0. Returns (result, stdout)."""
+    import json
+
+    report = tmp_path / "loadtest-result.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest", *args, "--json", str(report), "--quiet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result: dict[str, Any] = json.loads(report.read_text())
+    assert result["ok"] and result["lost"] == result["duplicated"] == result["reordered"] == 0
+    return result, done.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 from loadtest.client import Tab
 from loadtest.stats import Series, percentile
 from server.cluster import RedisServer
-from tests.conftest import ROOT, Proc
+from tests.conftest import ROOT, Proc, run_loadtest
 
 
 def delta(rid: str, index: int, text: str) -> str:
@@ -85,40 +85,16 @@ def test_short_run_against_real_nodes_is_lossless_and_writes_the_report(
     env = {"REDIS_URL": redis_process.url}
     nodes = [spawn("server", env), spawn("server", env)]
     spawn("producer", {**env, "STREAMFAN_SIM_TTFT_MS": "50", "STREAMFAN_SIM_TOKENS_PER_SECOND": "100"})
-    report = tmp_path / "result.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loadtest",
-            *(f"--url={n.url}" for n in nodes),
-            "--clients",
-            "30",
-            "--conversations",
-            "10",
-            "--duration",
-            "3",
-            "--ramp-up",
-            "0.5",
-            "--max-tokens",
-            "60",
-            "--json",
-            str(report),
-            "--quiet",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result, stdout = run_loadtest(
+        tmp_path,
+        *(f"--url={n.url}" for n in nodes),
+        *("--clients", "30", "--conversations", "10", "--duration", "3", "--ramp-up", "0.5", "--max-tokens", "60"),
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    result = json.loads(report.read_text())
-    assert result["ok"] and result["lost"] == result["duplicated"] == result["reordered"] == 0
     assert result["answers_done"] >= 10 and result["answers_verified"] >= 30 and result["answers_mismatched"] == 0
     assert result["chunks"] > 0 and result["latency_ms"]["p99"] is not None
     # 100 chunks/s per answer: consecutive chunks about 10 ms apart
     assert result["inter_chunk_gap_ms"]["count"] > 0 and 2 < result["inter_chunk_gap_ms"]["p50"] < 100
-    assert "OK: nothing lost" in done.stdout
+    assert "OK: nothing lost" in stdout
 
 
 def test_refuses_non_loopback_targets() -> None:
@@ -175,20 +151,19 @@ def test_ramp_against_a_real_node_reports_steps_and_draws_the_plot(
     env = {"REDIS_URL": redis_process.url}
     node = spawn("server", env)
     spawn("producer", {**env, "STREAMFAN_SIM_TTFT_MS": "20", "STREAMFAN_SIM_TOKENS_PER_SECOND": "100"})
-    report, plot = tmp_path / "ramp.json", tmp_path / "ramp.svg"
-    args = [sys.executable, "-m", "loadtest", "--url", node.url, "--scenario", "ramp", "--steps", "2"]
-    args += ["--clients", "20", "--conversations", "10", "--duration", "5", "--ramp-up", "0.5"]
-    args += ["--max-tokens", "30", "--p99-bound-ms", "1000", "--server-pid", str(node.popen.pid)]
-    args += ["--json", str(report), "--plot", str(plot)]
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    result = json.loads(report.read_text())
+    plot = tmp_path / "ramp.svg"
+    result, stdout = run_loadtest(
+        tmp_path,
+        *("--url", node.url, "--scenario", "ramp", "--steps", "2", "--clients", "20", "--conversations", "10"),
+        *("--duration", "5", "--ramp-up", "0.5", "--max-tokens", "30", "--p99-bound-ms", "1000"),
+        *("--server-pid", str(node.popen.pid), "--plot", str(plot)),
+    )
     assert [s["step"] for s in result["ramp"]] == [1, 2]
     assert result["ramp"][0]["conversations"] == 5 and result["ramp"][1]["conversations"] == 10
     assert result["ramp_best"] is not None and result["ramp_best"]["chunks_per_second"] > 0
     assert result["connections_held"] == 20 and result["server_memory"]["kib_per_connection"] is not None
     assert len(result["timeline"]) >= 4 and all("p99_ms" in p for p in result["timeline"])
-    assert plot.read_text().startswith("<svg") and "ramp: sustained" in done.stdout
+    assert plot.read_text().startswith("<svg") and "ramp: sustained" in stdout
 
 
 def test_help_explains_every_option_with_its_default() -> None:

@@ -1,6 +1,7 @@
 // streamfan's chat page: conversations, streaming answers, one shared stream per conversation.
 "use strict";
 
+import { button } from "./dom.js";
 import { ConversationFeed } from "./feed.js";
 import { StreamingMarkdown } from "./markdown.js";
 import { forgetConversation, listConversations, onConversationsChanged, rememberConversation } from "./conversations.js";
@@ -96,15 +97,6 @@ function answer(responseId) {
     session.answers.set(responseId, entry);
   }
   return entry;
-}
-
-function button(text, className, label) {
-  const el = document.createElement("button");
-  el.type = "button";
-  el.className = className;
-  el.textContent = text;
-  el.setAttribute("aria-label", label);
-  return el;
 }
 
 function finishAnswer(entry, reason) {

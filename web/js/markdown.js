@@ -9,6 +9,7 @@
 // raw HTML shows as text; links keep only http(s) and mailto targets; images are never loaded (an
 // image becomes a link the reader may follow).
 
+import { button } from "./dom.js";
 import { highlightInto } from "./highlight.js";
 
 const FENCE = /^ {0,3}(`{3,}|~{3,})[ \t]*([^\s`]*)[^`]*$/;
@@ -127,12 +128,7 @@ export function codeBlock(language, body, closed) {
   const label = document.createElement("span");
   label.className = "code-lang";
   label.textContent = language || "text";
-  const copy = document.createElement("button");
-  copy.type = "button";
-  copy.className = "copy-code";
-  copy.textContent = "Copy";
-  copy.setAttribute("aria-label", `Copy ${language || "code"} to the clipboard`);
-  head.append(label, copy);
+  head.append(label, button("Copy", "copy-code", `Copy ${language || "code"} to the clipboard`));
   const pre = document.createElement("pre");
   const code = document.createElement("code");
   code.textContent = body;
