@@ -92,7 +92,7 @@ class RedisServer:
         args = [_binary("redis-server", "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "yes", "--appendfsync", self.fsync, "--dir", self.workdir]
         args += ["--protected-mode", "no", "--loglevel", "warning", "--maxclients", "10000"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, process_group=0)
         wait_for_port(self.port, proc=self.proc)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -198,14 +198,19 @@ class LocalCluster:
     def _spawn(self, name: str, args: list[str], env: Mapping[str, str], port: int) -> None:
         log_path = self.workdir / "logs" / f"{name}.log"
         with log_path.open("ab") as out:
-            popen = subprocess.Popen(args, env=dict(env), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            # Own process groups: Ctrl-C reaches the launcher alone, which stops each member once.
+            popen = subprocess.Popen(
+                args, env=dict(env), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, process_group=0
+            )
         self.members.append(Member(name, popen, port, log_path, args, dict(env)))
 
     def restart(self, member: Member) -> None:
         """Start a stopped member again, on the same port (a node coming back after a crash)."""
         member.stop()
         with member.log.open("ab") as out:
-            member.popen = subprocess.Popen(member.args, env=member.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            member.popen = subprocess.Popen(
+                member.args, env=member.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, process_group=0
+            )
         wait_for_port(member.port, proc=member.popen)
 
     def _start_nginx(self) -> None:
@@ -234,7 +239,11 @@ class LocalCluster:
             raise RuntimeError(f"nginx rejected the rendered config: {check.stderr.strip()}")
         with (self.workdir / "logs" / "nginx.log").open("ab") as out:
             self.nginx = subprocess.Popen(
-                [nginx, "-c", conf, "-g", "daemon off;"], stdout=out, stderr=subprocess.STDOUT, cwd=runtime
+                [nginx, "-c", conf, "-g", "daemon off;"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=runtime,
+                process_group=0,
             )
         wait_for_port(self.port, proc=self.nginx)
 

@@ -1,8 +1,8 @@
 """``--workers N``: N node processes on one port (``SO_REUSEPORT``), each a full node of its own.
 
 Each worker holds its own pub/sub connection and serves ``/metrics`` for itself. The supervisor
-forwards SIGTERM/SIGINT, restarts a worker that dies on its own (with backoff), and exits once all
-have stopped.
+turns SIGTERM/SIGINT into one SIGTERM per worker, restarts a worker that dies on its own (with
+backoff), and exits once all have stopped.
 """
 
 import logging
@@ -25,7 +25,9 @@ def supervise(args: list[str], count: int) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    workers = [subprocess.Popen(args) for _ in range(count)]
+    # Each worker in its own process group: a terminal's Ctrl-C reaches the supervisor alone, which
+    # then stops the workers once, with SIGTERM (a second signal mid-shutdown would cut it short).
+    workers = [subprocess.Popen(args, process_group=0) for _ in range(count)]
     backoff = [0.5] * count
     log.info("started %d workers: %s", count, ", ".join(str(w.pid) for w in workers))
     while not stopping:
@@ -35,11 +37,10 @@ def supervise(args: list[str], count: int) -> int:
                 log.warning("worker %d exited with %s; restarting in %.1fs", worker.pid, worker.returncode, backoff[i])
                 time.sleep(backoff[i])
                 backoff[i] = min(backoff[i] * 2, _RESTART_BACKOFF_MAX)
-                workers[i] = subprocess.Popen(args)
-    sig = signal.SIGTERM if stopping[0] == signal.SIGTERM else signal.SIGINT
+                workers[i] = subprocess.Popen(args, process_group=0)
     for worker in workers:
         if worker.poll() is None:
-            worker.send_signal(sig)
+            worker.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + _STOP_TIMEOUT
     for worker in workers:
         try:
