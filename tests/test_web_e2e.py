@@ -431,3 +431,30 @@ def test_keyboard_scrolling_and_regenerate(cluster: LocalCluster, context: Brows
     page.wait_for_function("() => document.querySelectorAll('article.msg.assistant').length === 3")
     wait_finished(page)
     assert stored(page, cid)["messages"][-1]["content"] == LONG + "\n\n" + LONG
+
+
+def test_a_reset_reloads_the_conversation_from_the_history_api(cluster: LocalCluster, context: BrowserContext) -> None:
+    from wire.keys import ConversationKeys
+
+    page = open_page(context, cluster.url + "/")
+    send(page, "before the reset")
+    cid = conversation_id(page)
+    wait_finished(page)
+    history_loads: list[str] = []
+    page.on("request", lambda r: history_loads.append(r.url) if r.url.endswith(f"/api/conversations/{cid}") else None)
+    nodes = cluster.node_members
+    for node in nodes:
+        node.stop(signal.SIGKILL)
+    assert cluster.redis is not None
+    cluster.redis.cli("XTRIM", ConversationKeys(cid).events, "MAXLEN", "0")  # the page's cursor is gone
+    for node in nodes:
+        cluster.restart(node)
+    page.wait_for_selector("#connection[data-state=live]", timeout=30_000)
+    page.wait_for_timeout(500)
+    assert history_loads, "the reset did not reload the conversation"
+    assert page.locator("article.msg.assistant").count() == 1 and rendered_text(page) == "before the reset"
+    send(page, "after the reset")
+    page.wait_for_function("() => document.querySelectorAll('article.msg.assistant').length === 2")
+    wait_finished(page)
+    assert rendered_text(page) == "after the reset"
+    assert page.locator("article.msg.user").count() == 2

@@ -161,12 +161,14 @@ function onEvent(type, raw, id) {
     session.queued.push([type, raw, id]);
     return;
   }
-  if (id && !newer(id, session.lastId)) return; // seen already (history, or another tab's relay)
   if (type === "reset") {
+    // The history cannot continue from our cursor (trimmed, or lost by Redis): its id is the new
+    // head, which may be older than what we saw. Start again from the history API.
     session.lastId = id;
     reload();
     return;
   }
+  if (id && !newer(id, session.lastId)) return; // seen already (history, or another tab's relay)
   let data;
   try {
     data = JSON.parse(raw);
