@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from server import api, health
 from server.context import HUB, METRICS, REDIS, SETTINGS, STORE
-from server.errors import STREAMING_ROUTE, json_errors
+from server.errors import Handler, fallback, guarded
 from server.http_policy import apply_headers
 from server.hub import Hub
 from server.metrics import NodeMetrics
@@ -24,7 +24,7 @@ WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 
 def create_app(settings: Settings, redis: "Redis") -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[REDIS] = redis
     store = ConversationStore(redis, settings.retention)
@@ -44,18 +44,23 @@ def create_app(settings: Settings, redis: "Redis") -> web.Application:
     app.on_shutdown.append(_end_streams)
     app.on_response_prepare.append(apply_headers)
 
-    app.router.add_post("/api/conversations", api.create_conversation)
-    app.router.add_get("/api/conversations/{conversation_id}", api.get_conversation)
-    app.router.add_post("/api/conversations/{conversation_id}/messages", api.post_message)
-    app.router.add_post("/api/conversations/{conversation_id}/cancel", api.cancel_answer)
-    app.router.add_get("/api/conversations/{conversation_id}/events", stream_events, name=STREAMING_ROUTE)
-    app.router.add_get("/healthz", health.healthz)
-    app.router.add_get("/readyz", health.readyz)
-    app.router.add_get("/metrics", health.metrics)
+    routes: list[tuple[str, str, Handler]] = [
+        ("POST", "/api/conversations", api.create_conversation),
+        ("GET", "/api/conversations/{conversation_id}", api.get_conversation),
+        ("POST", "/api/conversations/{conversation_id}/messages", api.post_message),
+        ("POST", "/api/conversations/{conversation_id}/cancel", api.cancel_answer),
+        ("GET", "/healthz", health.healthz),
+        ("GET", "/readyz", health.readyz),
+        ("GET", "/metrics", health.metrics),
+    ]
     if (WEB_ROOT / "index.html").exists():
-        app.router.add_get("/", _index)
-        app.router.add_get("/c/{conversation_id}", _index)
+        routes += [("GET", "/", _index), ("GET", "/c/{conversation_id}", _index)]
         app.router.add_static("/static/", WEB_ROOT, append_version=True)
+    for method, path, handler in routes:
+        app.router.add_route(method, path, guarded(handler))
+    # The event stream goes unwrapped: it raises only JSON errors, and only before it streams.
+    app.router.add_get("/api/conversations/{conversation_id}/events", stream_events)
+    app.router.add_route("*", "/{tail:.*}", fallback)  # last: JSON 404/405 and CORS preflights
     return app
 
 
