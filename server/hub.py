@@ -18,10 +18,11 @@ with ``Last-Event-ID``. Either way no client sees a gap, a duplicate or a reorde
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -46,6 +47,20 @@ _GAP_FILL_ATTEMPTS = 4
 
 def _channel_name(conversation_id: str) -> bytes:
     return ConversationKeys(conversation_id).channel.encode()
+
+
+def _reader(conn: AbstractConnection) -> Callable[[], Awaitable[Any]]:
+    """The next pub/sub message of ``conn``.
+
+    Straight from redis-py's parser when ``conn`` is redis-py's own connection: its
+    ``read_response`` wraps every message in a timeout context (even an infinite one) and formats
+    an error label, a cost paid once per message on the node's busiest path. Dead links are the
+    watchdog's job, so no timeout is lost. Other connections (fakeredis) go the documented way.
+    """
+    if type(conn).read_response is AbstractConnection.read_response:
+        parser: Any = conn._parser
+        return functools.partial(parser.read_response, push_request=True)
+    return functools.partial(conn.read_response, timeout=math.inf, push_request=True)
 
 
 class HubUnavailable(Exception):
@@ -203,8 +218,9 @@ class Hub:
                 self.metrics.redis_reconnects.inc()
                 log.info("pub/sub reconnected; re-subscribed %d channels", len(resubscribe))
             self._connects += 1
+            read = _reader(conn)
             while True:
-                message = await conn.read_response(timeout=math.inf, push_request=True)
+                message = await read()
                 self._received += 1
                 self._dispatch(message)
         finally:
