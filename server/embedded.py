@@ -15,6 +15,7 @@ from producer.generator import load_generator
 from producer.settings import ProducerSettings
 from producer.worker import Worker
 from server.app import create_app
+from server.context import METRICS
 from server.settings import Settings
 
 
@@ -25,6 +26,7 @@ def create_embedded_app(settings: Settings, producer_settings: ProducerSettings)
     async def run_producer(app: web.Application) -> AsyncIterator[None]:
         redis = FakeRedis(server=broker)
         worker = Worker(redis, producer_settings, load_generator(producer_settings.generator, producer_settings.pacing))
+        app[METRICS].registry.include(worker.metrics.registry)  # one process, one /metrics
         task = asyncio.create_task(worker.run(), name="embedded-producer")
         yield
         worker.shutdown()

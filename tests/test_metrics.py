@@ -79,3 +79,6 @@ async def test_node_metrics_count_connections_deliveries_and_replays(client_fact
     assert sample(text, "streamfan_publish_to_write_seconds_count") == len(first.events)
     assert sample(text, "streamfan_slow_client_disconnects_total") == 0
     assert sample(text, "streamfan_channels_subscribed") == 1
+    # The embedded producer's metrics are served by its node.
+    assert sample(text, "streamfan_producer_tokens_total") == 3
+    assert 'streamfan_producer_jobs_total{reason="stop"} 1' in text

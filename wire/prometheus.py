@@ -130,6 +130,11 @@ class Registry:
         self._metrics[metric.name] = metric
         return metric
 
+    def include(self, other: "Registry") -> None:
+        """Serve ``other``'s metrics too (the embedded producer's, on its node's endpoint)."""
+        for metric in other._metrics.values():
+            self.add(metric)
+
     def render(self) -> bytes:
         lines: list[str] = []
         for metric in self._metrics.values():
