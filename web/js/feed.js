@@ -59,13 +59,6 @@ export class ConversationFeed {
     window.removeEventListener("online", this.onOnline);
   }
 
-  // Reconnect now (e.g. after a reset reloaded the history): the cursor moved.
-  restart() {
-    if (!this.leader) return;
-    this.#closeSource();
-    this.#connect();
-  }
-
   #lead() {
     this.leader = true;
     this.#connect();
