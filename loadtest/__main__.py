@@ -23,6 +23,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conversations", type=int, default=50, help="conversations the tabs are spread over")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of traffic after ramp-up")
     p.add_argument(
+        "--answers", type=int, default=None, help="stop after this many answers in all (the duration still bounds it)"
+    )
+    p.add_argument(
         "--scenario",
         choices=SCENARIOS,
         default="steady",
@@ -55,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--clients, --conversations, --workers must be >= 1 and --duration > 0")
     if args.scenario == "ramp" and (not 1 <= args.steps <= 100 or args.duration / args.steps < 2):
         p.error("--steps must be 1..100, with at least 2 seconds of --duration per step")
+    if args.answers is not None and args.answers < 1:
+        p.error("--answers must be >= 1")
     if args.clients > 100_000 or args.duration > 3600 or args.workers > 64:
         p.error("bounded by design: at most 100000 clients, 3600 s and 64 workers")
     if args.plot and not args.plot.endswith(".svg"):
@@ -135,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         think_time=args.think_time,
         max_tokens=args.max_tokens,
         allow_remote=args.allow_remote,
+        answers=args.answers,
         steps=args.steps,
         p99_bound_ms=args.p99_bound_ms,
         server_pids=tuple(args.server_pid),

@@ -43,6 +43,8 @@ class Config:
     prompt: str = "Explain how streaming answers reach many browser tabs"
     drain_timeout: float = 30.0
     allow_remote: bool = False
+    answers: int | None = None
+    """Stop posting after this many answers in all (and at ``duration`` in any case)."""
     steps: int = 5
     """ramp: conversations start chatting in this many equal steps over the duration."""
     p99_bound_ms: float = 50.0
@@ -147,6 +149,7 @@ class Driver:
         self.posted = 0
         self.answers_done = 0
         self.post_errors = 0
+        self.reserved = 0
         self._answers: dict[str, _Answer] = {}
 
     def answer(self, response_id: str) -> "_Answer":
@@ -180,13 +183,20 @@ class Driver:
         """Post, wait for done, think, repeat until ``until``; time post → first delta."""
         auth = {"Authorization": f"Bearer {token}"}
         n = 0
+        limit = self.config.answers
         while time.monotonic() < until:
+            if limit is not None:
+                if self.reserved >= limit:
+                    break
+                self.reserved += 1  # taken before the post: conversations post concurrently
             n += 1
             posted_at = time.time()
             body = {"content": f"{self.config.prompt} (#{n})", "max_tokens": self.config.max_tokens}
             async with self.session.post(f"{url}/api/conversations/{cid}/messages", json=body, headers=auth) as resp:
                 if resp.status != 202:
                     self.post_errors += 1
+                    if limit is not None:
+                        self.reserved -= 1
                     await asyncio.sleep(0.5)
                     continue
                 response_id = (await resp.json())["response_id"]
@@ -272,9 +282,10 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
                 delay = (i * steps // len(conversations)) * step_seconds
                 drivers.append(asyncio.create_task(_later(delay, driver.converse(url, cid, token, until))))
         try:
-            await asyncio.sleep(config.duration)
-            if drivers:
-                await asyncio.wait(drivers, timeout=config.drain_timeout)
+            if drivers:  # they stop posting at the deadline (or at --answers) and finish their answer
+                await asyncio.wait(drivers, timeout=config.duration + config.drain_timeout)
+            else:
+                await asyncio.sleep(config.duration)
         finally:
             for task in drivers:
                 task.cancel()

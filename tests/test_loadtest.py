@@ -174,3 +174,18 @@ def test_help_explains_every_option_with_its_default() -> None:
     for scenario in ("steady", "broadcast", "idle", "ramp"):
         assert scenario in done.stdout
     assert "(default: 100)" in done.stdout and "(default: steady)" in done.stdout
+
+
+def test_a_run_can_be_bounded_by_a_number_of_answers(
+    redis_process: RedisServer, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    env = {"REDIS_URL": redis_process.url}
+    node = spawn("server", env)
+    spawn("producer", {**env, "STREAMFAN_SIM_TTFT_MS": "10", "STREAMFAN_SIM_TOKENS_PER_SECOND": "200"})
+    result, _ = run_loadtest(
+        tmp_path,
+        *("--url", node.url, "--clients", "6", "--conversations", "3", "--answers", "5"),
+        *("--duration", "60", "--ramp-up", "0.2", "--max-tokens", "20"),
+    )
+    assert result["answers_posted"] == result["answers_done"] == 5
+    assert result["measured_seconds"] < 30  # it ended with the answers, not at the duration
