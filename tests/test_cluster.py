@@ -213,6 +213,18 @@ def test_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:
                 time.sleep(0.1)
             assert len(children) == 2
             assert asyncio.run(_one_answer(f"http://127.0.0.1:{port}")) == "two workers"
+            # A worker that dies is replaced.
+            os.kill(children[0], signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                now = _children(supervisor.pid)
+                if len(now) == 2 and children[0] not in now:
+                    break
+                time.sleep(0.1)
+            assert len(now) == 2 and children[0] not in now, now
+            children = now
+            wait_for_port(port, proc=supervisor)
+            assert asyncio.run(_one_answer(f"http://127.0.0.1:{port}")) == "two workers"
         finally:
             started = time.monotonic()
             supervisor.send_signal(signal.SIGTERM)
