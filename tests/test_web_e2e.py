@@ -349,9 +349,12 @@ def test_phone_width_keeps_the_composer_and_hides_the_sidebar(cluster: LocalClus
         assert not page.locator("#sidebar").is_visible() or page.locator("#sidebar").bounding_box()["x"] < 0  # type: ignore[index]
         page.click("#toggle-sidebar")
         assert page.locator("#toggle-sidebar").get_attribute("aria-expanded") == "true"
+        page.wait_for_timeout(400)  # the sidebar slides in
         path = ARTIFACTS / "chat-phone.png"
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(path))
+        page.keyboard.press("Escape")
+        assert page.locator("#toggle-sidebar").get_attribute("aria-expanded") == "false"
     finally:
         context.close()
 

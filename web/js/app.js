@@ -15,7 +15,7 @@ const ui = {
 };
 
 const STATE_LABELS = {
-  idle: "Not connected", connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", offline: "Offline",
+  idle: "Ready", connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", offline: "Offline",
 };
 const FINISH_NOTES = { cancelled: "Stopped", failed: "The answer failed", length: "Cut off at the length limit" };
 const ID_PATH = /^\/c\/([A-Za-z0-9_-]{16,64})$/;
@@ -368,6 +368,10 @@ ui.input.addEventListener("keydown", (event) => {
   }
 });
 document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && document.body.classList.contains("sidebar-open")) {
+    closeSidebar();
+    return;
+  }
   if (event.key === "Escape" && session.active) {
     event.preventDefault();
     stop();
@@ -446,6 +450,10 @@ function closeSidebar() {
 ui.toggle.addEventListener("click", () => {
   const open = document.body.classList.toggle("sidebar-open");
   ui.toggle.setAttribute("aria-expanded", String(open));
+});
+// On a phone the sidebar covers the page: a tap beside it or Esc closes it.
+document.querySelector(".main").addEventListener("click", (event) => {
+  if (document.body.classList.contains("sidebar-open") && !event.target.closest("#toggle-sidebar")) closeSidebar();
 });
 
 // -- start ----------------------------------------------------------------------------------------
