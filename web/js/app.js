@@ -1,7 +1,7 @@
 // streamfan's chat page: conversations, streaming answers, one shared stream per conversation.
 "use strict";
 
-import { button } from "./dom.js";
+import { button, element } from "./dom.js";
 import { ConversationFeed } from "./feed.js";
 import { StreamingMarkdown } from "./markdown.js";
 import { forgetConversation, listConversations, onConversationsChanged, rememberConversation } from "./conversations.js";
@@ -50,12 +50,8 @@ function userMessage(id, content) {
     article = document.createElement("article");
     article.className = "msg user";
     article.dataset.id = id;
-    const bubble = document.createElement("div");
-    bubble.className = "bubble";
-    bubble.textContent = content;
-    const label = document.createElement("h2");
-    label.className = "sr-only";
-    label.textContent = "You said:";
+    const bubble = element("div", "bubble", content);
+    const label = element("h2", "sr-only", "You said:");
     article.append(label, bubble);
     session.users.set(id, article);
     ui.log.append(article);
@@ -73,20 +69,14 @@ function userMessage(id, content) {
 function answer(responseId) {
   let entry = session.answers.get(responseId);
   if (!entry) {
-    const article = document.createElement("article");
-    article.className = "msg assistant";
+    const article = element("article", "msg assistant");
     article.dataset.responseId = responseId;
     article.dataset.status = "generating";
     article.setAttribute("aria-busy", "true");
-    const label = document.createElement("h2");
-    label.className = "sr-only";
-    label.textContent = "Assistant said:";
-    const body = document.createElement("div");
-    body.className = "md";
-    const foot = document.createElement("div");
-    foot.className = "msg-foot";
-    const note = document.createElement("span");
-    note.className = "finish-note";
+    const label = element("h2", "sr-only", "Assistant said:");
+    const body = element("div", "md");
+    const foot = element("div", "msg-foot");
+    const note = element("span", "finish-note");
     const copy = button("Copy", "copy-answer", "Copy this answer as markdown");
     const again = button("Regenerate", "regenerate", "Ask for this answer again");
     foot.append(note, copy, again);

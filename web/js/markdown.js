@@ -9,7 +9,7 @@
 // raw HTML shows as text; links keep only http(s) and mailto targets; images are never loaded (an
 // image becomes a link the reader may follow).
 
-import { button } from "./dom.js";
+import { button, element } from "./dom.js";
 import { highlightInto } from "./highlight.js";
 
 const FENCE = /^ {0,3}(`{3,}|~{3,})[ \t]*([^\s`]*)[^`]*$/;
@@ -121,13 +121,9 @@ function renderAll(parent, lines) {
 }
 
 export function codeBlock(language, body, closed) {
-  const wrap = document.createElement("div");
-  wrap.className = "code-block";
-  const head = document.createElement("div");
-  head.className = "code-head";
-  const label = document.createElement("span");
-  label.className = "code-lang";
-  label.textContent = language || "text";
+  const wrap = element("div", "code-block");
+  const head = element("div", "code-head");
+  const label = element("span", "code-lang", language || "text");
   head.append(label, button("Copy", "copy-code", `Copy ${language || "code"} to the clipboard`));
   const pre = document.createElement("pre");
   const code = document.createElement("code");
@@ -182,8 +178,7 @@ function cells(line) {
 }
 
 function table(lines) {
-  const wrap = document.createElement("div");
-  wrap.className = "table-wrap";
+  const wrap = element("div", "table-wrap");
   const el = document.createElement("table");
   const aligns = cells(lines[1]).map((c) =>
     c.startsWith(":") && c.endsWith(":") ? "center" : c.endsWith(":") ? "right" : c.startsWith(":") ? "left" : "");
@@ -322,8 +317,7 @@ function parseLink(text, open) {
 function anchor(label, url) {
   if (!SAFE_URL.test(url)) {
     // javascript:, data:, relative and every other target: the label only, as text.
-    const span = document.createElement("span");
-    span.className = "unsafe-link";
+    const span = element("span", "unsafe-link");
     span.title = "link removed";
     appendInline(span, label, true);
     return span;
@@ -341,9 +335,7 @@ function image(alt, url) {
   // Never an <img>: a remote image would leak the reader's address (and the CSP refuses it anyway).
   const label = `🖼 ${alt || "image"}`;
   if (!SAFE_URL.test(url) || url.toLowerCase().startsWith("mailto:")) {
-    const span = document.createElement("span");
-    span.className = "image-placeholder";
-    span.textContent = label;
+    const span = element("span", "image-placeholder", label);
     return span;
   }
   const a = anchor(label, url);
