@@ -1,94 +1,10 @@
-"""``python -m server --host H --port P [--workers N]``: run a relay node (embedded broker without REDIS_URL)."""
+"""``python -m server``: the node's command line, which lives with the other launchers in ``launch.node``.
 
-import argparse
-import logging
-import os
-import resource
-import sys
+An entry point, not part of the node: it may compose the node with the embedded producer because
+it is the edge of the program (the ``server`` package itself never imports ``producer``).
+"""
 
-import uvloop
-from aiohttp import web
-from redis.asyncio import BlockingConnectionPool, Redis
-
-from wire.env import SettingsError
-
-
-def _raise_open_files_limit() -> None:
-    """Thousands of SSE clients need thousands of descriptors: lift the soft limit to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="processes sharing the port with SO_REUSEPORT, each with its own Redis subscription; "
-        "0 means one per CPU (default: 1; needs REDIS_URL when above 1)",
-    )
-    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    from producer.settings import ProducerSettings
-    from server.app import create_app
-    from server.settings import Settings
-
-    try:
-        settings = Settings.from_env()
-        producer_settings = ProducerSettings.from_env() if settings.embedded else None
-    except SettingsError as exc:
-        sys.exit(f"server: {exc}")
-    _raise_open_files_limit()
-    workers = args.workers or os.cpu_count() or 1
-    if workers > 1:
-        if settings.embedded:
-            sys.exit("server: --workers above 1 needs REDIS_URL (each embedded broker would be its own world)")
-        from server.workers import supervise
-
-        child = [sys.executable, "-m", "server", "--host", args.host, "--port", str(args.port)]
-        child += ["--log-level", args.log_level, "--reuse-port"]
-        sys.exit(supervise(child, workers))
-
-    if settings.redis_url is None:
-        from server.embedded import create_embedded_app
-
-        assert producer_settings is not None
-        app = create_embedded_app(settings, producer_settings)
-        logging.getLogger("server").info("no REDIS_URL: running the embedded broker and producer in this process")
-    else:
-        # A blocking pool: a burst of replays waits for a connection instead of failing.
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=settings.redis_max_connections,
-            timeout=settings.redis_timeout_seconds,
-            socket_timeout=settings.redis_timeout_seconds,
-            socket_connect_timeout=settings.redis_timeout_seconds,
-            health_check_interval=30,
-        )
-        redis = Redis(connection_pool=pool)
-        app = create_app(settings, redis)
-        app.on_cleanup.append(lambda _app: redis.aclose())
-
-    loop = uvloop.new_event_loop()
-    web.run_app(
-        app,
-        host=args.host,
-        port=args.port,
-        loop=loop,
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_seconds,
-        reuse_port=args.reuse_port or None,
-        print=lambda text: logging.getLogger("server").info("%s", text.strip()),
-    )
-
+from launch.node import main
 
 if __name__ == "__main__":
     main()

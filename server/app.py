@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 
 from server import api, health
 from server.context import HUB, METRICS, REDIS, SETTINGS, STORE
-from server.errors import Handler, fallback, guarded
-from server.http_policy import apply_headers
+from server.errors import Handler, guarded
+from server.http_policy import apply_headers, fallback
 from server.hub import Hub
 from server.metrics import NodeMetrics
 from server.settings import Settings
@@ -39,7 +39,7 @@ def create_app(settings: Settings, redis: "Redis") -> web.Application:
         heartbeat_seconds=settings.heartbeat_seconds,
         metrics=metrics,
     )
-    metrics.bind(hub)
+    metrics.bind(lambda: hub.connection_count, lambda: hub.channel_count)
     app.cleanup_ctx.append(_run_hub)
     app.on_shutdown.append(_end_streams)
     app.on_response_prepare.append(apply_headers)

@@ -1,4 +1,7 @@
-"""Every error leaves the node as JSON ``{"error": code, "message": text}`` with a 4xx/5xx status."""
+"""Every error leaves the node as JSON ``{"error": code, "message": text}`` with a 4xx/5xx status.
+
+Imports nothing from the node: every other module may raise these.
+"""
 
 import functools
 import json
@@ -6,8 +9,6 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
-
-from server.http_policy import preflight
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +56,6 @@ def guarded(handler: Handler) -> Handler:
         return await _guarded(request, handler)
 
     return functools.update_wrapper(wrapped, handler)
-
-
-async def fallback(request: web.Request) -> web.StreamResponse:
-    """The last route: CORS preflights for any path, else a JSON 405 (with ``Allow``) or 404."""
-    if request.method == "OPTIONS":
-        return await preflight(request)
-    allowed: set[str] = set()
-    for resource in request.app.router.resources():
-        if resource is not request.match_info.route.resource:
-            _, methods = await resource.resolve(request)
-            allowed |= methods
-    if allowed:
-        raise JSONError(405, "Method Not Allowed", headers={"Allow": ", ".join(sorted(allowed))})
-    raise JSONError(404, "Not Found")
 
 
 async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -7,6 +7,7 @@ does not keep one more coroutine frame alive for its whole life.
 from aiohttp import web
 
 from server.context import SETTINGS
+from server.errors import JSONError
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -44,3 +45,17 @@ async def apply_headers(request: web.Request, response: web.StreamResponse) -> N
         headers["Access-Control-Allow-Origin"] = origin
         headers["Access-Control-Allow-Credentials"] = "true"
         headers.add("Vary", "Origin")
+
+
+async def fallback(request: web.Request) -> web.StreamResponse:
+    """The last route: CORS preflights for any path, else a JSON 405 (with ``Allow``) or 404."""
+    if request.method == "OPTIONS":
+        return await preflight(request)
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        raise JSONError(405, "Method Not Allowed", headers={"Allow": ", ".join(sorted(allowed))})
+    raise JSONError(404, "Not Found")

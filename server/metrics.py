@@ -5,12 +5,9 @@ publish→write latency comes from the event id itself: a stream id's first part
 at ``XADD``, so no JSON is parsed to measure it (clock skew between hosts shows up here).
 """
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from wire.prometheus import LATENCY_BUCKETS, Counter, Gauge, Histogram, Registry
-
-if TYPE_CHECKING:
-    from server.hub import Hub
 
 
 class NodeMetrics:
@@ -32,6 +29,12 @@ class NodeMetrics:
         self.redis_reconnects = registry.add(
             Counter("streamfan_redis_reconnects_total", "Times the pub/sub connection to Redis was re-established.")
         )
+        self.malformed_messages = registry.add(
+            Counter(
+                "streamfan_malformed_messages_total",
+                "Pub/sub messages on a conversation channel that were not event frames (dropped).",
+            )
+        )
         self.replays = registry.add(Counter("streamfan_replays_total", "History replays served to connecting clients."))
         self.replay_events = registry.add(
             Histogram(
@@ -48,15 +51,9 @@ class NodeMetrics:
             )
         )
 
-    def bind(self, hub: "Hub") -> None:
-        """Gauges read from the hub at scrape time."""
+    def bind(self, connections_open: Callable[[], float], channels: Callable[[], float]) -> None:
+        """Gauges read at scrape time."""
+        self.registry.add(Gauge("streamfan_connections_open", "SSE connections open on this node.", connections_open))
         self.registry.add(
-            Gauge("streamfan_connections_open", "SSE connections open on this node.", lambda: hub.connection_count)
-        )
-        self.registry.add(
-            Gauge(
-                "streamfan_channels_subscribed",
-                "Conversations this node is subscribed to in Redis.",
-                lambda: hub.channel_count,
-            )
+            Gauge("streamfan_channels_subscribed", "Conversations this node is subscribed to in Redis.", channels)
         )

@@ -27,6 +27,8 @@ class Settings:
     """STREAMFAN_RETRY_MS: the reconnection delay told to EventSource."""
     client_buffer_bytes: int = 256 * 1024
     """STREAMFAN_CLIENT_BUFFER_BYTES: unsent bytes a client may fall behind before it is cut off."""
+    send_timeout_seconds: float = 30.0
+    """STREAMFAN_SEND_TIMEOUT_SECONDS: a client whose socket accepts nothing this long is dropped."""
     catchup_buffer_events: int = 4096
     """STREAMFAN_CATCHUP_BUFFER_EVENTS: live events held for a client while its history replays."""
     replay_page_events: int = 500
@@ -85,6 +87,9 @@ class Settings:
             retry_ms=env_int(env, "STREAMFAN_RETRY_MS", d.retry_ms, low=0, high=600_000),
             client_buffer_bytes=env_int(
                 env, "STREAMFAN_CLIENT_BUFFER_BYTES", d.client_buffer_bytes, low=4096, high=1 << 30
+            ),
+            send_timeout_seconds=env_float(
+                env, "STREAMFAN_SEND_TIMEOUT_SECONDS", d.send_timeout_seconds, low=1, high=3600
             ),
             catchup_buffer_events=env_int(
                 env, "STREAMFAN_CATCHUP_BUFFER_EVENTS", d.catchup_buffer_events, low=16, high=10**7

@@ -11,17 +11,22 @@ from wire import scripts
 from wire.env import Retention
 from wire.events import (
     START_ID,
+    EventId,
+    EventType,
     FinishReason,
     Job,
     Message,
     Phase,
     ResetReason,
     done_data,
+    format_event_id,
+    parse_event_id,
+    reset_data,
     user_message_data,
     user_message_record,
 )
 from wire.keys import JOBS_STREAM, ConversationKeys
-from wire.sse import frame_from_entry
+from wire.sse import encode_event, frame_from_entry
 
 
 def new_id() -> str:
@@ -47,8 +52,7 @@ class Busy:
 class Page:
     """History after a cursor: ``frames`` as (event id, SSE frame), oldest first."""
 
-    frames: list[tuple[bytes, bytes]]
-    head: str
+    frames: list[tuple[EventId, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +60,11 @@ class Reset:
     """The cursor cannot be honoured; the client must reload the snapshot. ``head`` is the newest id."""
 
     reason: ResetReason
-    head: str
+    head: EventId
+
+    def frame(self) -> bytes:
+        """The ``reset`` event, with the head's id: the cursor to continue from after reloading."""
+        return encode_event(format_event_id(self.head), EventType.RESET, reset_data(self.reason))
 
 
 def _text(value: Any) -> str:
@@ -114,12 +122,12 @@ class ConversationStore:
         keys = ConversationKeys(conversation_id)
         status, head, body = await self._replay(keys=[keys.state, keys.events], args=[cursor, count])
         if status == b"reset":
-            return Reset(ResetReason(_text(body)), _text(head))
+            return Reset(ResetReason(_text(body)), parse_event_id(_text(head)))
         frames = []
         for event_id, fields in body:
             values = dict(zip(fields[::2], fields[1::2], strict=True))
-            frames.append((event_id, frame_from_entry(event_id, values[b"t"], values[b"d"])))
-        return Page(frames, _text(head))
+            frames.append((parse_event_id(event_id.decode()), frame_from_entry(event_id, values[b"t"], values[b"d"])))
+        return Page(frames)
 
     async def snapshot(self, conversation_id: str) -> dict[str, Any]:
         """The history API's body: finished messages, the answer in progress, and its last event id."""

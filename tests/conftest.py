@@ -12,10 +12,10 @@ import pytest
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
 
+from launch.embedded import create_embedded_app
+from launch.processes import Member, RedisServer, free_port, wait_for_port
 from producer.generator import Pacing
 from producer.settings import ProducerSettings
-from server.cluster import Member, RedisServer, free_port, wait_for_port
-from server.embedded import create_embedded_app
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.cluster import LocalCluster, free_port, render_template, wait_for_port
+from launch.cluster import LocalCluster, render_template
+from launch.processes import free_port, wait_for_port
 from tests.conftest import ROOT, SECRET, run_loadtest
 from tests.sse_client import Received, assert_strictly_increasing, follow, read_events
 

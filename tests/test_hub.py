@@ -1,4 +1,5 @@
-"""The subscription hub on fakeredis: reference counts, grace period, bounded clients, gap filling."""
+"""The subscription hub on fakeredis: reference counts, grace period, bounded clients, gap filling,
+and its seams: the feed's generation-tagged gap fill and the client's one write path."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -8,8 +9,8 @@ from typing import Any
 import pytest
 from fakeredis.aioredis import FakeRedis
 
+from server.client_stream import ClientStream, http_chunk
 from server.hub import Hub
-from server.listener import Listener, http_chunk
 from server.store import ConversationStore
 from wire import scripts
 from wire.env import Retention
@@ -50,19 +51,21 @@ def sent_ids(transport: FakeTransport) -> list[str]:
     return [line.removeprefix(b"id: ").decode() for line in lines if line.startswith(b"id: ")]
 
 
-def make_listener(transport: FakeTransport, *, max_buffer: int = 1 << 20, max_pending: int = 100) -> Listener:
+def make_listener(transport: FakeTransport, *, max_buffer: int = 1 << 20, max_pending: int = 100) -> ClientStream:
     closed: list[bool] = []
-    return Listener(
+    return ClientStream(
         transport,  # type: ignore[arg-type]
+        None,
         chunked=True,
         max_buffer=max_buffer,
         max_pending=max_pending,
+        send_timeout=5,
         on_close=lambda: closed.append(True),
     )
 
 
 @asynccontextmanager
-async def attached(hub: Hub, conversation_id: str, listener: Listener) -> AsyncIterator[None]:
+async def attached(hub: Hub, conversation_id: str, listener: ClientStream) -> AsyncIterator[None]:
     channel = await hub.attach(conversation_id, listener)
     try:
         yield
@@ -173,7 +176,7 @@ async def test_churn_never_leaves_a_subscription_or_task_behind(hub: Hub, fake_r
     await asyncio.sleep(0.01)
     leftover = {t for t in asyncio.all_tasks() if not t.done()} - baseline
     ours = [t for t in leftover if "/server/" in t.get_coro().cr_code.co_filename]
-    assert ours == [] and not hub._tasks and not hub._locks
+    assert ours == [] and hub.idle()
 
 
 async def test_slow_client_is_cut_off_without_holding_up_others(hub: Hub, fake_redis: FakeRedis) -> None:
@@ -228,9 +231,7 @@ async def test_gap_is_filled_after_the_pubsub_connection_drops(hub: Hub, fake_re
         ids = [await producer.delta("a")]
         await eventually(lambda: transport.data.count(b"event: delta") == 1)
         connects = hub.reconnects
-        conn = hub._conn
-        assert conn is not None
-        await conn.disconnect()
+        await hub.connection.drop()
         # published while the hub is not subscribed: only the history has these
         ids += [await producer.delta(c) for c in "bcdefgh"]
         await eventually(lambda: hub.reconnects > connects and hub.ready)
@@ -246,3 +247,129 @@ async def test_live_clients_get_heartbeats_from_the_hub(hub: Hub) -> None:
     async with attached(hub, CID, listener):
         listener.go_live()
         await eventually(lambda: transport.data.count(http_chunk(b":\n\n")) >= 2)
+
+
+class GatedStore(ConversationStore):
+    """A store whose history reads wait for ``gate``: a gap fill held mid-flight, deterministically."""
+
+    def __init__(self, redis: FakeRedis) -> None:
+        super().__init__(redis, Retention())
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def replay(self, conversation_id: str, cursor: str, count: int) -> Any:
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        return await super().replay(conversation_id, cursor, count)
+
+
+async def test_a_second_pubsub_drop_during_a_gap_fill_loses_nothing(fake_redis: FakeRedis) -> None:
+    """Issue 10: a fill of connection n must never forward or release frames during connection n+1."""
+    store = GatedStore(fake_redis)
+    hub = Hub(fake_redis, store, grace_seconds=0.2, timeout_seconds=10, replay_page=3, heartbeat_seconds=5)
+    task = asyncio.create_task(hub.run())
+    try:
+        await eventually(lambda: hub.ready)
+        producer = Producer(fake_redis)
+        await producer.start()
+        transport = FakeTransport()
+        listener = make_listener(transport)
+        async with attached(hub, CID, listener):
+            listener.go_live()
+            ids = [await producer.delta("a")]
+            await eventually(lambda: transport.data.count(b"event: delta") == 1)
+            # (fakeredis notices a dropped connection at the next message: each drop is followed by one)
+            await hub.connection.drop()  # connection 2: its gap fill waits at the gate
+            ids += [await producer.delta("b")]
+            await eventually(lambda: hub.connection.generation == 2 and store.waiting == 1)
+            ids += [await producer.delta("c")]
+            await hub.connection.drop()  # connection 3, while connection 2's fill is still in flight
+            ids += [await producer.delta("d")]
+            await eventually(lambda: hub.connection.generation == 3 and hub.subscribed(CID))
+            store.gate.set()
+            ids += [await producer.delta(c) for c in "ef"]
+            await eventually(lambda: transport.data.count(b"event: delta") >= 6, within=5)
+            await asyncio.sleep(0.05)
+        assert sent_ids(transport) == ids
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_malformed_pubsub_message_is_dropped_and_counted(hub: Hub, fake_redis: FakeRedis) -> None:
+    producer = Producer(fake_redis)
+    await producer.start()
+    transport = FakeTransport()
+    listener = make_listener(transport)
+    async with attached(hub, CID, listener):
+        listener.go_live()
+        reconnects = hub.reconnects
+        await fake_redis.publish(ConversationKeys(CID).channel, b"not a frame")
+        await fake_redis.publish(ConversationKeys(CID).channel, b"id: 12-x\n\n")
+        first = await producer.delta("after")
+        await eventually(lambda: transport.data.count(b"event: delta") == 1)
+        assert hub.metrics.malformed_messages.value == 2
+        assert hub.reconnects == reconnects and not listener.closed
+    assert sent_ids(transport) == [first]
+
+
+def frame(event_id: str, text: str) -> bytes:
+    return encode_event(event_id, "delta", delta_data("r", 0, text, 0))
+
+
+async def test_one_write_path_keeps_order_across_replay_live_heartbeat_and_reset() -> None:
+    transport = FakeTransport()
+    client = make_listener(transport)
+    client.send_control(b"retry: 1000\n\n")
+    client.deliver((3, 0), frame("3-0", "live during replay"), b"unused")  # buffered while catching up
+    client.heartbeat(b":\n\n", http_chunk(b":\n\n"))  # not while catching up
+    await client.replay([((1, 0), frame("1-0", "one")), ((2, 0), frame("2-0", "two")), ((3, 0), frame("3-0", "x"))])
+    client.go_live()  # 3-0 came from history already: not twice
+    client.deliver((3, 0), frame("3-0", "again"), http_chunk(frame("3-0", "again")))
+    client.heartbeat(b":\n\n", http_chunk(b":\n\n"))
+    client.deliver((4, 0), frame("4-0", "four"), http_chunk(frame("4-0", "four")))
+    reset = encode_event("2-0", "reset", '{"reason":"unknown_cursor"}')
+    client.reset((2, 0), reset)
+    client.deliver((4, 0), frame("4-0", "four"), http_chunk(frame("4-0", "four")))  # after the head: new again
+    expected = b"".join(
+        http_chunk(f)
+        for f in (
+            b"retry: 1000\n\n",
+            frame("1-0", "one"),
+            frame("2-0", "two"),
+            frame("3-0", "x"),
+            b":\n\n",
+            frame("4-0", "four"),
+            reset,
+            frame("4-0", "four"),
+        )
+    )
+    assert bytes(transport.data) == expected
+
+
+class StuckWriter:
+    """A stream writer whose socket never drains (a client that stopped reading)."""
+
+    async def drain(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_replay_to_a_client_that_does_not_read_is_bounded_and_cut_off() -> None:
+    transport = FakeTransport(stalled=True)
+    slow: list[bool] = []
+    client = ClientStream(
+        transport,  # type: ignore[arg-type]
+        StuckWriter(),  # type: ignore[arg-type]
+        chunked=True,
+        max_buffer=1 << 20,
+        max_pending=100,
+        send_timeout=0.05,
+        on_close=lambda: None,
+        on_slow=lambda: slow.append(True),
+    )
+    await client.replay([((i, 0), frame(f"{i}-0", "x" * 1000)) for i in range(1, 500)])
+    assert client.closed and transport.aborted and slow == [True]
+    assert transport.data.count(b"event: delta") == 1  # one frame in flight, never the whole page

@@ -6,9 +6,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from launch.processes import RedisServer
 from loadtest.client import Tab
 from loadtest.stats import Series, percentile
-from server.cluster import RedisServer
 from tests.conftest import ROOT, Proc, run_loadtest
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from launch.processes import RedisServer
 from loadtest.sse_parser import SSEParser
-from server.cluster import RedisServer
 from tests.conftest import Proc
 from tests.sse_client import Received, assert_strictly_increasing, follow, read_events
 

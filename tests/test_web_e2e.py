@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from server.cluster import LocalCluster, free_port
+from launch.cluster import LocalCluster
+from launch.processes import free_port
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(180)

@@ -1,6 +1,6 @@
-"""``python -m loadtest.bench``: every scenario against one node and against two, on a real Redis.
+"""``python -m launch.bench``: every scenario against one node and against two, on a real Redis.
 
-Starts the topology itself for each run (``server.cluster.LocalCluster``: a redis-server on a free
+Starts the topology itself for each run (``launch.cluster.LocalCluster``: a redis-server on a free
 loopback port, one producer paced for the scenario, N nodes, no balancer so the nodes alone are
 measured), runs ``python -m loadtest`` with its JSON and SVG outputs, stops everything, and writes a
 Markdown table of the figures to ``OUT/summary.md``. Every run is bounded in clients and seconds.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.cluster import LocalCluster
+from launch.cluster import LocalCluster
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def table(rows: list[tuple[str, int, dict[str, Any]]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m launch.bench", description=__doc__)
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), help="default: all")
     parser.add_argument("--nodes", type=int, action="append", help="node counts to compare (default: 1 and 2)")
     parser.add_argument("--out", default="bench-results", help="directory for JSON, SVG and summary.md")

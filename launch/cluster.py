@@ -1,4 +1,4 @@
-"""``python -m server.cluster``: the docker compose topology as local processes, without Docker.
+"""``python -m launch.cluster``: the docker compose topology as local processes, without Docker.
 
 Starts a ``redis-server`` on a free loopback port, M producers, N relay nodes on their own ports and
 Debian's nginx in front, rendered from the same templates as compose (``deploy/nginx``). Ctrl-C or
@@ -12,7 +12,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,31 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-log = logging.getLogger("server.cluster")
+from launch.processes import ROOT, Member, RedisServer, find_binary, free_port, stop_process, wait_for_port
 
-ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("launch.cluster")
+
 NGINX_TEMPLATES = ROOT / "deploy" / "nginx"
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, timeout: float = 15.0, proc: "subprocess.Popen[bytes] | None" = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
 
 
 def render_template(text: str, values: Mapping[str, str]) -> str:
@@ -55,83 +35,6 @@ def render_template(text: str, values: Mapping[str, str]) -> str:
     The same rule as the nginx image's envsubst step, which only substitutes defined variables.
     """
     return _VARIABLE.sub(lambda m: values.get(m.group(1), m.group(0)), text)
-
-
-def _binary(name: str, package: str) -> str:
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
-    if path is None:
-        raise RuntimeError(f"{name} is not installed (Debian package {package!r}; ./scripts/test.sh installs it)")
-    return path
-
-
-def _stop(proc: "subprocess.Popen[bytes]", sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@dataclass
-class RedisServer:
-    """A redis-server on a free loopback port, append-only so a restart keeps the data."""
-
-    port: int = field(default_factory=free_port)
-    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="streamfan-redis-"))
-    fsync: str = "everysec"
-    """appendfsync: "always" when a test kills Redis and counts on every write surviving."""
-    proc: "subprocess.Popen[bytes] | None" = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [_binary("redis-server", "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "yes", "--appendfsync", self.fsync, "--dir", self.workdir]
-        args += ["--protected-mode", "no", "--loglevel", "warning", "--maxclients", "10000"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, process_group=0)
-        wait_for_port(self.port, proc=self.proc)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None:
-            _stop(self.proc, sig)
-        self.proc = None
-
-    def remove(self) -> None:
-        self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def cli(self, *args: str) -> str:
-        """Run one command on this server (tests use it to kill clients or inspect state)."""
-        import redis
-
-        client = redis.Redis(port=self.port, decode_responses=True)
-        try:
-            return str(client.execute_command(*args))  # type: ignore[no-untyped-call]
-        finally:
-            client.close()
-
-
-@dataclass
-class Member:
-    """A node or producer the cluster started."""
-
-    name: str
-    popen: "subprocess.Popen[bytes]"
-    port: int
-    log: Path
-    args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        _stop(self.popen, sig, timeout)
 
 
 @dataclass
@@ -233,7 +136,7 @@ class LocalCluster:
             text = (NGINX_TEMPLATES / f"{name}.template").read_text()
             (runtime / name).write_text(render_template(text, values))
         conf = str(runtime / "nginx.conf")
-        nginx = _binary("nginx", "nginx")
+        nginx = find_binary("nginx", "nginx")
         check = subprocess.run([nginx, "-t", "-q", "-c", conf, "-g", "daemon off;"], capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx rejected the rendered config: {check.stderr.strip()}")
@@ -250,7 +153,7 @@ class LocalCluster:
     def stop(self) -> None:
         """Stop everything this cluster started, balancer first, Redis last."""
         if self.nginx is not None:
-            _stop(self.nginx, signal.SIGQUIT)  # graceful: lets open requests end
+            stop_process(self.nginx, signal.SIGQUIT)  # graceful: lets open requests end
             self.nginx = None
         for member in reversed(self.node_members):
             member.stop()
@@ -274,7 +177,7 @@ class LocalCluster:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m server.cluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m launch.cluster", description=__doc__)
     parser.add_argument("--nodes", type=int, default=3, help="relay nodes (default: 3)")
     parser.add_argument("--producers", type=int, default=2, help="producer processes (default: 2)")
     parser.add_argument("--port", type=int, default=8000, help="nginx's port on 127.0.0.1 (default: 8000)")

@@ -11,7 +11,7 @@ import subprocess
 import time
 from types import FrameType
 
-log = logging.getLogger("server.workers")
+log = logging.getLogger("launch.workers")
 
 _RESTART_BACKOFF_MAX = 10.0
 _STOP_TIMEOUT = 15.0

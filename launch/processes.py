@@ -1,0 +1,112 @@
+"""Processes the launchers and the tests start and stop by PID: redis-server, nodes, producers.
+
+Nothing here knows what the processes do; ``launch.cluster`` and the tests compose them.
+"""
+
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float = 15.0, proc: "subprocess.Popen[bytes] | None" = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def find_binary(name: str, package: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if path is None:
+        raise RuntimeError(f"{name} is not installed (Debian package {package!r}; ./scripts/test.sh installs it)")
+    return path
+
+
+def stop_process(proc: "subprocess.Popen[bytes]", sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class RedisServer:
+    """A redis-server on a free loopback port, append-only so a restart keeps the data."""
+
+    port: int = field(default_factory=free_port)
+    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="streamfan-redis-"))
+    fsync: str = "everysec"
+    """appendfsync: "always" when a test kills Redis and counts on every write surviving."""
+    proc: "subprocess.Popen[bytes] | None" = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [find_binary("redis-server", "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "yes", "--appendfsync", self.fsync, "--dir", self.workdir]
+        args += ["--protected-mode", "no", "--loglevel", "warning", "--maxclients", "10000"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, process_group=0)
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, sig)
+        self.proc = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def cli(self, *args: str) -> str:
+        """Run one command on this server (tests use it to kill clients or inspect state)."""
+        import redis
+
+        client = redis.Redis(port=self.port, decode_responses=True)
+        try:
+            return str(client.execute_command(*args))  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+
+
+@dataclass
+class Member:
+    """A node or producer the cluster started."""
+
+    name: str
+    popen: "subprocess.Popen[bytes]"
+    port: int
+    log: Path
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        stop_process(self.popen, sig, timeout)

@@ -1,0 +1,122 @@
+"""Which conversations this node follows: reference counts, grace periods, SUBSCRIBE/UNSUBSCRIBE.
+
+Invariants (this class owns them):
+- A conversation has a feed here while it has a client, or during the grace period after its last
+  client left (a reloading tab does not churn SUBSCRIBE/UNSUBSCRIBE); then it is unsubscribed and
+  forgotten.
+- ``attach`` returns only once Redis confirmed the subscription, so nothing published after the
+  client's history read can be missed. A failed subscribe rolls the attach back.
+- Subscribe and unsubscribe of one channel are serialised by a per-channel lock that exists only
+  while someone holds or awaits it.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any
+
+from server.client_stream import ClientStream
+from server.feed import ChannelFeed
+from server.pubsub import HubUnavailable, PubSubConnection
+from wire.keys import ConversationKeys
+
+
+def channel_name(conversation_id: str) -> bytes:
+    return ConversationKeys(conversation_id).channel.encode()
+
+
+class ChannelTable:
+    def __init__(
+        self,
+        connection: PubSubConnection,
+        make_feed: Callable[[bytes], ChannelFeed],
+        spawn: Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"],
+        *,
+        grace_seconds: float,
+    ) -> None:
+        self._connection = connection
+        self._make_feed = make_feed
+        self._spawn = spawn
+        self._grace_seconds = grace_seconds
+        self._feeds: dict[bytes, ChannelFeed] = {}
+        self._grace: dict[bytes, asyncio.TimerHandle] = {}
+        self._locks: dict[bytes, tuple[asyncio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def __iter__(self) -> Iterator[ChannelFeed]:
+        return iter(list(self._feeds.values()))
+
+    def names(self) -> list[bytes]:
+        return list(self._feeds)
+
+    def get(self, name: bytes) -> ChannelFeed | None:
+        return self._feeds.get(name)
+
+    def idle(self) -> bool:
+        """No feed, grace timer or lock left (for leak checks)."""
+        return not self._feeds and not self._grace and not self._locks
+
+    async def attach(self, conversation_id: str, client: ClientStream) -> ChannelFeed:
+        """Add ``client`` (catching up) to the conversation's feed, subscribed and confirmed.
+
+        The caller must ``detach`` it when done (a plain pair, not a context manager: one less
+        object and frame kept alive per connection).
+        """
+        name = channel_name(conversation_id)
+        feed = self._feeds.get(name)
+        if feed is None:
+            feed = self._feeds[name] = self._make_feed(name)
+        grace = self._grace.pop(name, None)
+        if grace is not None:
+            grace.cancel()
+        feed.clients.add(client)
+        try:
+            async with self._lock(name):
+                if name not in self._connection.confirmed:
+                    await self._connection.request(b"subscribe", name)
+        except BaseException:
+            self.detach(feed, client)
+            raise
+        return feed
+
+    def detach(self, feed: ChannelFeed, client: ClientStream) -> None:
+        feed.clients.discard(client)
+        if not feed.clients and feed.name not in self._grace:
+            loop = asyncio.get_running_loop()
+            self._grace[feed.name] = loop.call_later(self._grace_seconds, self._grace_over, feed)
+
+    def cancel_timers(self) -> None:
+        for timer in self._grace.values():
+            timer.cancel()
+        self._grace.clear()
+
+    def _grace_over(self, feed: ChannelFeed) -> None:
+        self._grace.pop(feed.name, None)
+        if not feed.clients:
+            self._spawn(self._unsubscribe(feed), f"unsubscribe-{feed.name!r}")
+
+    async def _unsubscribe(self, feed: ChannelFeed) -> None:
+        async with self._lock(feed.name):
+            if feed.clients:
+                return
+            if feed.name in self._connection.confirmed:
+                with contextlib.suppress(HubUnavailable):  # the connection is gone, and with it the subscription
+                    await self._connection.request(b"unsubscribe", feed.name)
+            if not feed.clients and self._feeds.get(feed.name) is feed and feed.name not in self._grace:
+                feed.on_lost()  # stops a gap fill that may still run
+                del self._feeds[feed.name]
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, name: bytes) -> AsyncIterator[None]:
+        """The channel's subscribe/unsubscribe lock, kept only while someone holds or awaits it."""
+        lock, users = self._locks.get(name) or self._locks.setdefault(name, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[name]

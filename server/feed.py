@@ -1,0 +1,201 @@
+"""One conversation's live feed on this node: its clients, the order of its frames, its gap fill.
+
+Each frame arrives already encoded (the publishing script built it); the feed parses its id once,
+frames it as an HTTP chunk once, and hands the same bytes to every client (encode once, write many).
+
+Invariants (this class owns them):
+- ``forwarded`` is the newest event id handed to the clients; no frame at or before it is forwarded
+  again, so a frame that comes both from the history and live is delivered once.
+- When the pub/sub connection of generation *g* comes up, a feed that has live clients holds the
+  live frames until its gap fill for *g* has forwarded what was published while it was down.
+  Only the fill of the current generation may forward or release the held frames: a newer
+  connection cancels an older fill, and a fill checks its generation after every await.
+- A gap the history cannot fill (lost by Redis, or too slow) cuts the clients off: each resumes
+  from its own cursor and gets a ``reset`` if it must reload. Nobody sees a gap or a duplicate.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from server.client_stream import ClientStream, http_chunk
+from server.history import history_after
+from server.metrics import NodeMetrics
+from server.store import ConversationStore, Reset
+from wire.backoff import Backoff
+from wire.events import EventId, parse_event_id
+from wire.keys import conversation_id_from_channel
+from wire.sse import frame_event_id
+
+log = logging.getLogger(__name__)
+
+_MAX_HELD = 100_000
+"""Live frames a feed holds while its gap fills; past this the fill is too slow and clients resume."""
+_FILL_ATTEMPTS = 4
+
+Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
+
+
+@dataclass(frozen=True, slots=True)
+class FeedServices:
+    """What every feed of a node shares."""
+
+    store: ConversationStore
+    page_size: int
+    timeout_seconds: float
+    metrics: NodeMetrics
+    spawn: Spawn
+    """Starts a task owned (cancelled and awaited) by the hub."""
+
+
+class ChannelFeed:
+    __slots__ = ("_fill", "_generation", "_held", "_services", "clients", "conversation_id", "forwarded", "name")
+
+    def __init__(self, name: bytes, services: FeedServices) -> None:
+        self.name = name
+        self.conversation_id = conversation_id_from_channel(name)
+        self._services = services
+        self.clients: set[ClientStream] = set()
+        self.forwarded: EventId | None = None
+        self._held: list[bytes] | None = None
+        """Live frames held back while the gap after a reconnect is filled."""
+        self._generation = 0
+        self._fill: asyncio.Task[None] | None = None
+
+    @property
+    def filling(self) -> bool:
+        return self._held is not None
+
+    # -- from the pub/sub connection ----------------------------------------------------------
+
+    def on_frame(self, frame: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._forward_frame(frame)
+        elif len(held) < _MAX_HELD:
+            held.append(frame)
+        else:
+            log.warning("gap fill of %r is too slow; its clients resume by themselves", self.name)
+            self._abandon()
+
+    def on_connected(self, generation: int) -> None:
+        """A new connection will subscribe this channel: hold live frames until the gap is filled."""
+        self._cancel_fill()
+        self._generation = generation
+        needs_fill = self.forwarded is not None or any(client.live for client in self.clients)
+        self._held = [] if needs_fill else None
+
+    def on_subscribed(self, generation: int) -> None:
+        if self._held is not None and generation == self._generation and self._fill is None:
+            self._fill = self._services.spawn(self._fill_gap(generation), f"fill-gap-{self.name!r}")
+
+    def on_lost(self) -> None:
+        """The connection is gone: stop the fill; clients still catching up resume by themselves.
+
+        A client's catch-up buffer would miss what is published while the connection is down, and
+        only live clients are covered by the gap fill.
+        """
+        self._cancel_fill()
+        for client in list(self.clients):
+            if not client.live:
+                client.cut_off()
+
+    # -- fan-out ------------------------------------------------------------------------------
+
+    def _forward_frame(self, frame: bytes) -> None:
+        try:
+            event_id = parse_event_id(frame_event_id(frame).decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            # Not a frame of ours (a stray PUBLISH on our channel): dropped and counted; the stream goes on.
+            self._services.metrics.malformed_messages.inc()
+            log.warning("dropped a malformed message on %r", self.name)
+            return
+        self._forward(event_id, frame)
+
+    def _forward(self, event_id: EventId, frame: bytes) -> None:
+        forwarded = self.forwarded
+        if forwarded is not None and event_id <= forwarded:
+            return  # forwarded already, from the history while a gap was filled
+        self.forwarded = event_id
+        chunk = http_chunk(frame)
+        clients = self.clients
+        for client in clients:
+            client.deliver(event_id, frame, chunk)
+        metrics = self._services.metrics
+        metrics.delivered.value += len(clients)
+        metrics.bytes_written.value += len(clients) * len(chunk)
+        metrics.publish_to_write.observe(max(0.0, time.time() - event_id[0] / 1000))
+
+    # -- the gap fill -------------------------------------------------------------------------
+
+    async def _fill_gap(self, generation: int) -> None:
+        backoff = Backoff(first=0.1, cap=1.0)
+        try:
+            for attempt in range(1, _FILL_ATTEMPTS + 1):
+                try:
+                    await self._replay_gap(generation)
+                    break
+                except (TimeoutError, RedisError, OSError) as exc:
+                    # Right after a Redis restart the command pool may still hold dead connections.
+                    if attempt == _FILL_ATTEMPTS:
+                        log.warning("gap fill of %r failed (%r); clients resume by themselves", self.name, exc)
+                        self._abandon()
+                        return
+                    await asyncio.sleep(backoff.next_delay())
+                if generation != self._generation:
+                    return
+            if generation != self._generation:
+                return
+            held, self._held = self._held, None
+            for frame in held or ():
+                self._forward_frame(frame)
+        finally:
+            if self._fill is asyncio.current_task():
+                self._fill = None
+
+    async def _replay_gap(self, generation: int) -> None:
+        services = self._services
+        start = self.forwarded
+        if start is None:
+            positions = [client.position for client in self.clients if client.live]
+            if not positions:
+                return
+            start = min(positions)
+        async with asyncio.timeout(services.timeout_seconds):
+            async for item in history_after(services.store, self.conversation_id, start, services.page_size):
+                if generation != self._generation:
+                    return  # a newer connection owns this channel now
+                if isinstance(item, Reset):
+                    self._reset(item)
+                else:
+                    for event_id, frame in item.frames:
+                        self._forward(event_id, frame)
+
+    def _reset(self, reset: Reset) -> None:
+        """The history lost what the live clients were following: each is told to reload.
+
+        Clients still catching up read the history themselves and meet the same reset there.
+        """
+        frame = reset.frame()
+        for client in list(self.clients):
+            if client.live:
+                client.reset(reset.head, frame)
+        self.forwarded = reset.head
+
+    def _abandon(self) -> None:
+        """Cut off every client: they resume from their own cursors."""
+        self._cancel_fill()
+        self._held = None
+        self.forwarded = None
+        for client in list(self.clients):
+            client.cut_off()
+
+    def _cancel_fill(self) -> None:
+        fill, self._fill = self._fill, None
+        if fill is not None and fill is not asyncio.current_task():
+            fill.cancel()
