@@ -11,6 +11,8 @@ import subprocess
 import time
 from types import FrameType
 
+from wire.backoff import Backoff
+
 log = logging.getLogger("launch.workers")
 
 _RESTART_BACKOFF_MAX = 10.0
@@ -28,15 +30,15 @@ def supervise(args: list[str], count: int) -> int:
     # Each worker in its own process group: a terminal's Ctrl-C reaches the supervisor alone, which
     # then stops the workers once, with SIGTERM (a second signal mid-shutdown would cut it short).
     workers = [subprocess.Popen(args, process_group=0) for _ in range(count)]
-    backoff = [0.5] * count
+    backoff = [Backoff(first=0.5, cap=_RESTART_BACKOFF_MAX) for _ in range(count)]
     log.info("started %d workers: %s", count, ", ".join(str(w.pid) for w in workers))
     while not stopping:
         time.sleep(0.2)
         for i, worker in enumerate(workers):
             if worker.poll() is not None and not stopping:
-                log.warning("worker %d exited with %s; restarting in %.1fs", worker.pid, worker.returncode, backoff[i])
-                time.sleep(backoff[i])
-                backoff[i] = min(backoff[i] * 2, _RESTART_BACKOFF_MAX)
+                delay = backoff[i].next_delay()
+                log.warning("worker %d exited with %s; restarting in %.1fs", worker.pid, worker.returncode, delay)
+                time.sleep(delay)
                 workers[i] = subprocess.Popen(args, process_group=0)
     for worker in workers:
         if worker.poll() is None:

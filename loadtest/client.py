@@ -10,13 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from loadtest.http1 import ChunkedDecoder
 from loadtest.sse_parser import SSEParser
 from loadtest.stats import Series
-
-
-def _key(event_id: str) -> tuple[int, int]:
-    ms, _, seq = event_id.partition("-")
-    return int(ms), int(seq or 0)
+from wire.backoff import Backoff
+from wire.events import parse_event_id
 
 
 @dataclass
@@ -47,7 +45,7 @@ class Tab:
     """Set on one tab per conversation: told ("first" | "done", response id, wall time) as they come."""
 
     def on_event(self, event_type: str, data: str, event_id: str, latency: Series) -> None:
-        key = _key(event_id) if event_id else self.last_key
+        key = parse_event_id(event_id) if event_id else self.last_key
         if event_type == "reset":
             self.resets += 1
             self.last_key = key
@@ -105,7 +103,7 @@ class Tab:
         split = urlsplit(self.base_url)
         host, port = split.hostname or "127.0.0.1", split.port or 80
         loop = asyncio.get_running_loop()
-        backoff = 0.1
+        backoff = Backoff(first=0.1, cap=2.0)
         first = True
         while True:
             if not first:
@@ -124,15 +122,14 @@ class Tab:
                     functools.partial(_StreamProtocol, self, latency, request, ended), host, port
                 )
                 if await ended:
-                    backoff = 0.1
+                    backoff.reset()
             except OSError:
                 self.connect_errors += 1
             finally:
                 self.connected = False
                 if transport is not None:
                     transport.close()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            await asyncio.sleep(backoff.next_delay())
 
 
 class _StreamProtocol(asyncio.Protocol):
@@ -143,9 +140,9 @@ class _StreamProtocol(asyncio.Protocol):
     def __init__(self, tab: Tab, latency: Series, request: bytes, ended: "asyncio.Future[bool]") -> None:
         self.tab, self.latency, self.request, self.ended = tab, latency, request, ended
         self.head = b""
-        self.body = b""
         self.in_body = False
         self.chunked = False
+        self.decoder = ChunkedDecoder()
         self.parser = SSEParser()
         self.ok = False
 
@@ -172,20 +169,10 @@ class _StreamProtocol(asyncio.Protocol):
         if not self.chunked:
             self._feed(data)
             return
-        body = self.body + data if self.body else data
-        pos, size_end = 0, body.find(b"\r\n")
-        while size_end != -1:
-            size = int(body[pos:size_end], 16)
-            if size == 0:
-                self.transport.close()
-                break
-            start = size_end + 2
-            if start + size + 2 > len(body):
-                break
-            self._feed(body[start : start + size])
-            pos = start + size + 2
-            size_end = body.find(b"\r\n", pos)
-        self.body = body[pos:]
+        for payload in self.decoder.feed(data):
+            self._feed(payload)
+        if self.decoder.ended:
+            self.transport.close()
 
     def _feed(self, payload: bytes) -> None:
         tab, latency = self.tab, self.latency

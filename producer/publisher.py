@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer.batcher import ScriptBatcher
 from wire import scripts
+from wire.backoff import Backoff
 from wire.env import Retention
 from wire.events import FinishReason, assistant_status, delta_data, done_data
 from wire.keys import ConversationKeys
@@ -47,16 +48,16 @@ class Publisher:
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self._retry_seconds
-        delay = 0.05
+        backoff = Backoff(first=0.05, cap=1.0)
         while True:
             try:
                 return await call()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                delay = backoff.next_delay()
                 if time.monotonic() + delay > deadline:
                     raise
                 log.warning("publishing failed (%r); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
 
     async def start(self, conversation_id: str, response_id: str, owner: str) -> str:
         """'ok', 'gone', 'cancelled' (finished as cancelled) or 'taken' (see ``wire.scripts.START``)."""

@@ -20,6 +20,7 @@ from producer.generator import Generator
 from producer.metrics import ProducerMetrics
 from producer.publisher import Appended, Publisher
 from producer.settings import ProducerSettings
+from wire.backoff import Backoff
 from wire.events import FinishReason, Job, parse_event_id
 from wire.keys import JOBS_GROUP, JOBS_STREAM
 
@@ -73,7 +74,7 @@ class Worker:
         self._stopping.set()
 
     async def _read_loop(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(first=0.1, cap=5.0)
         group_ready = False
         while True:
             try:
@@ -81,13 +82,13 @@ class Worker:
                     await self._ensure_group()
                     group_ready = True
                 await self._read_jobs()
-                backoff = 0.1
+                backoff.reset()
             except (RedisError, OSError) as exc:
                 # NOGROUP after a Redis restart that lost the group: create it again.
                 group_ready = False
-                log.warning("reading jobs failed (%r); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                delay = backoff.next_delay()
+                log.warning("reading jobs failed (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
 
     async def _ensure_group(self) -> None:
         try:

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from loadtest.sse_parser import SSEEvent, SSEParser
+from wire.events import parse_event_id
 
 
 @dataclass
@@ -67,7 +68,7 @@ async def read_events(
 
 
 def assert_strictly_increasing(ids: list[str]) -> None:
-    keys = [tuple(int(p) for p in i.split("-")) for i in ids]
+    keys = [parse_event_id(i) for i in ids]
     assert all(a < b for a, b in itertools.pairwise(keys)), ids
 
 

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from launch.processes import RedisServer
+from loadtest.http1 import ChunkedDecoder
 from loadtest.sse_parser import SSEParser
 from tests.conftest import Proc
 from tests.sse_client import Received, assert_strictly_increasing, follow, read_events
@@ -245,18 +246,8 @@ def _drain(sock: socket.socket) -> bytes:
 
 
 def _dechunk(body: bytes) -> bytes:
-    """Decode HTTP/1.1 chunked framing, keeping only complete chunks (the stream was cut)."""
-    out, pos = bytearray(), 0
-    while True:
-        end = body.find(b"\r\n", pos)
-        if end == -1:
-            break
-        size = int(body[pos:end], 16)
-        if size == 0 or end + 2 + size + 2 > len(body):
-            break
-        out += body[end + 2 : end + 2 + size]
-        pos = end + 2 + size + 2
-    return bytes(out)
+    """The payload of the complete chunks (the stream was cut)."""
+    return b"".join(ChunkedDecoder().feed(body))
 
 
 async def test_pubsub_connection_killed_mid_answer_loses_nothing(cluster: Cluster) -> None:

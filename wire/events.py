@@ -5,7 +5,6 @@ assigns them, so they are strictly increasing per conversation and the same on e
 """
 
 import json
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, TypedDict
@@ -43,17 +42,32 @@ class Phase(StrEnum):
 START_ID: Final = "0-0"
 """The cursor before the first event: replay from the start."""
 
-_ID_RE: Final = re.compile(r"\A([0-9]{1,20})-([0-9]{1,20})\Z")
-
 EventId = tuple[int, int]
+
+_ID_PART_MAX: Final = 2**64 - 1
+"""Redis stream ids are two unsigned 64-bit numbers; anything larger is not an id of any stream."""
 
 
 def parse_event_id(text: str) -> EventId:
-    """Parse ``<ms>-<seq>`` into a tuple that orders like Redis orders stream ids."""
-    match = _ID_RE.match(text)
-    if match is None:
-        raise ValueError(f"not an event id: {text[:40]!r}")
-    return int(match.group(1)), int(match.group(2))
+    """Parse ``<ms>-<seq>`` into a tuple that orders like Redis orders stream ids.
+
+    The one parser of event ids (the node's cursors, the fan-out, the load tester, the tests). It
+    runs once per event on the load tester's hot path, hence partition rather than a regex.
+    """
+    ms, dash, seq = text.partition("-")
+    if (
+        dash
+        and 0 < len(ms) <= 20
+        and 0 < len(seq) <= 20
+        and ms.isascii()
+        and seq.isascii()
+        and ms.isdigit()
+        and seq.isdigit()
+    ):
+        event_id = int(ms), int(seq)
+        if event_id[0] <= _ID_PART_MAX and event_id[1] <= _ID_PART_MAX:
+            return event_id
+    raise ValueError(f"not an event id: {text[:40]!r}")
 
 
 def format_event_id(event_id: EventId) -> str:
