@@ -1,14 +1,19 @@
 """Reading settings from environment variables, the same way in every process.
 
-Bad values fail at start with the variable's name, never later with a confusing error.
+Each setting is declared once, as a dataclass field made by ``setting`` (its variable, default,
+range and docstring side by side); ``read_settings`` reads them all. Bad values fail at start with
+the variable's name, never later with a confusing error. The README's configuration table lists
+every variable (a test holds it to that).
 """
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Self, TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Any, Self, TypeVar
 
 N = TypeVar("N", int, float)
+T = TypeVar("T")
+D = TypeVar("D")
 
 
 class SettingsError(ValueError):
@@ -42,23 +47,47 @@ def env_float(env: Mapping[str, str], name: str, default: float, *, low: float, 
     return _env_number(env, name, default, float, "a number", low, high)
 
 
+def setting(default: T, env: str, *, low: float | None = None, high: float | None = None) -> T:
+    """A dataclass field read from the variable ``env`` (numbers within ``low``..``high``)."""
+    result: T = field(default=default, metadata={"env": env, "low": low, "high": high})
+    return result
+
+
+def env_names(cls: type) -> list[str]:
+    """The variables of ``cls``'s ``setting`` fields."""
+    return [f.metadata["env"] for f in fields(cls) if "env" in f.metadata]
+
+
+def read_settings(cls: type[D], env: Mapping[str, str], **given: Any) -> D:
+    """``cls`` with each ``setting`` field read from ``env`` (its default when unset); ``given`` as they are."""
+    values = dict(given)
+    for f in fields(cls):  # type: ignore[arg-type]
+        meta = f.metadata
+        if "env" not in meta or f.name in values:
+            continue
+        name, default = meta["env"], f.default
+        if isinstance(default, bool) or not isinstance(default, int | float | str):
+            raise TypeError(f"setting {f.name}: only int, float and str are read from the environment")
+        if isinstance(default, str):
+            values[f.name] = env_str(env, name, default)
+        elif isinstance(default, int):
+            values[f.name] = env_int(env, name, default, low=int(meta["low"]), high=int(meta["high"]))
+        else:
+            values[f.name] = env_float(env, name, default, low=meta["low"], high=meta["high"])
+    return cls(**values)
+
+
 @dataclass(frozen=True, slots=True)
 class Retention:
     """How much history Redis keeps: both the nodes and the producers append, so both read this."""
 
-    max_events: int = 10_000
-    """STREAMFAN_HISTORY_MAX_EVENTS: events kept per conversation (approximate, ``MAXLEN ~``)."""
-    ttl_seconds: int = 86_400
-    """STREAMFAN_RETENTION_SECONDS: a conversation expires this long after its last event."""
-    jobs_max: int = 100_000
-    """STREAMFAN_JOBS_MAX: cap of the generation jobs stream."""
+    max_events: int = setting(10_000, "STREAMFAN_HISTORY_MAX_EVENTS", low=100, high=10**8)
+    """Events kept per conversation (approximate, ``MAXLEN ~``)."""
+    ttl_seconds: int = setting(86_400, "STREAMFAN_RETENTION_SECONDS", low=60, high=10**9)
+    """A conversation expires this long after its last event."""
+    jobs_max: int = setting(100_000, "STREAMFAN_JOBS_MAX", low=1000, high=10**9)
+    """Cap of the generation jobs stream."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
-        env = os.environ if env is None else env
-        d = cls()
-        return cls(
-            max_events=env_int(env, "STREAMFAN_HISTORY_MAX_EVENTS", d.max_events, low=100, high=10**8),
-            ttl_seconds=env_int(env, "STREAMFAN_RETENTION_SECONDS", d.ttl_seconds, low=60, high=10**9),
-            jobs_max=env_int(env, "STREAMFAN_JOBS_MAX", d.jobs_max, low=1000, high=10**9),
-        )
+        return read_settings(cls, os.environ if env is None else env)
