@@ -1,4 +1,7 @@
-"""The node's HTTP API end to end, in process: embedded broker (fakeredis) and echo producer."""
+"""The node's HTTP API end to end, in process: embedded broker (fakeredis) and echo producer.
+
+Longer than 300 lines: one test per rule of the HTTP API, sharing the in-process node fixtures.
+"""
 
 import asyncio
 import json

@@ -1,4 +1,8 @@
-"""The compose topology as local processes: Redis, 2 producers, 3 nodes, and nginx in front."""
+"""The compose topology as local processes: Redis, 2 producers, 3 nodes, and nginx in front.
+
+Longer than 300 lines: every test here shares one real cluster (module fixture); a file per test
+would start it once per file.
+"""
 
 import asyncio
 import os

@@ -12,6 +12,7 @@ from fakeredis.aioredis import FakeRedis
 from server.client_stream import ClientStream, http_chunk
 from server.hub import Hub
 from server.store import ConversationStore
+from tests.fakes import FakeTransport, eventually, make_listener, sent_ids
 from wire import scripts
 from wire.env import Retention
 from wire.events import delta_data, parse_event_id
@@ -19,49 +20,6 @@ from wire.keys import ConversationKeys
 from wire.sse import encode_event
 
 CID = "conversation-0000000001"
-
-
-class FakeTransport:
-    """Records writes; ``stalled`` ones never drain, like a client that stopped reading."""
-
-    def __init__(self, *, stalled: bool = False) -> None:
-        self.data = bytearray()
-        self.stalled = stalled
-        self.unsent = 0
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-        if self.stalled:
-            self.unsent += len(data)
-
-    def is_closing(self) -> bool:
-        return self.aborted
-
-    def get_write_buffer_size(self) -> int:
-        return self.unsent
-
-    def abort(self) -> None:
-        self.aborted = True
-
-
-def sent_ids(transport: FakeTransport) -> list[str]:
-    """The ids of the event frames written to ``transport``, in order."""
-    lines = bytes(transport.data).split(b"\n")
-    return [line.removeprefix(b"id: ").decode() for line in lines if line.startswith(b"id: ")]
-
-
-def make_listener(transport: FakeTransport, *, max_buffer: int = 1 << 20, max_pending: int = 100) -> ClientStream:
-    closed: list[bool] = []
-    return ClientStream(
-        transport,  # type: ignore[arg-type]
-        None,
-        chunked=True,
-        max_buffer=max_buffer,
-        max_pending=max_pending,
-        send_timeout=5,
-        on_close=lambda: closed.append(True),
-    )
 
 
 @asynccontextmanager
@@ -113,12 +71,6 @@ async def numsub(redis: FakeRedis, conversation_id: str = CID) -> int:
     channel = ConversationKeys(conversation_id).channel
     [(_, count)] = await redis.pubsub_numsub(channel)
     return int(count)
-
-
-async def eventually(predicate: Any, within: float = 2.0) -> None:
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 - polling a plain condition in a test
-            await asyncio.sleep(0.01)
 
 
 async def test_many_listeners_share_one_subscription(hub: Hub, fake_redis: FakeRedis) -> None:
@@ -314,62 +266,3 @@ async def test_a_malformed_pubsub_message_is_dropped_and_counted(hub: Hub, fake_
         assert hub.metrics.malformed_messages.value == 2
         assert hub.reconnects == reconnects and not listener.closed
     assert sent_ids(transport) == [first]
-
-
-def frame(event_id: str, text: str) -> bytes:
-    return encode_event(event_id, "delta", delta_data("r", 0, text, 0))
-
-
-async def test_one_write_path_keeps_order_across_replay_live_heartbeat_and_reset() -> None:
-    transport = FakeTransport()
-    client = make_listener(transport)
-    client.send_control(b"retry: 1000\n\n")
-    client.deliver((3, 0), frame("3-0", "live during replay"), b"unused")  # buffered while catching up
-    client.heartbeat(b":\n\n", http_chunk(b":\n\n"))  # not while catching up
-    await client.replay([((1, 0), frame("1-0", "one")), ((2, 0), frame("2-0", "two")), ((3, 0), frame("3-0", "x"))])
-    client.go_live()  # 3-0 came from history already: not twice
-    client.deliver((3, 0), frame("3-0", "again"), http_chunk(frame("3-0", "again")))
-    client.heartbeat(b":\n\n", http_chunk(b":\n\n"))
-    client.deliver((4, 0), frame("4-0", "four"), http_chunk(frame("4-0", "four")))
-    reset = encode_event("2-0", "reset", '{"reason":"unknown_cursor"}')
-    client.reset((2, 0), reset)
-    client.deliver((4, 0), frame("4-0", "four"), http_chunk(frame("4-0", "four")))  # after the head: new again
-    expected = b"".join(
-        http_chunk(f)
-        for f in (
-            b"retry: 1000\n\n",
-            frame("1-0", "one"),
-            frame("2-0", "two"),
-            frame("3-0", "x"),
-            b":\n\n",
-            frame("4-0", "four"),
-            reset,
-            frame("4-0", "four"),
-        )
-    )
-    assert bytes(transport.data) == expected
-
-
-class StuckWriter:
-    """A stream writer whose socket never drains (a client that stopped reading)."""
-
-    async def drain(self) -> None:
-        await asyncio.Event().wait()
-
-
-async def test_replay_to_a_client_that_does_not_read_is_bounded_and_cut_off() -> None:
-    transport = FakeTransport(stalled=True)
-    slow: list[bool] = []
-    client = ClientStream(
-        transport,  # type: ignore[arg-type]
-        StuckWriter(),  # type: ignore[arg-type]
-        chunked=True,
-        max_buffer=1 << 20,
-        max_pending=100,
-        send_timeout=0.05,
-        on_close=lambda: None,
-        on_slow=lambda: slow.append(True),
-    )
-    await client.replay([((i, 0), frame(f"{i}-0", "x" * 1000)) for i in range(1, 500)])
-    assert client.closed and transport.aborted and slow == [True]
-    assert transport.data.count(b"event: delta") == 1  # one frame in flight, never the whole page

@@ -1,4 +1,7 @@
-"""The relay against a real redis-server, with nodes and a producer as separate processes."""
+"""The relay against a real redis-server, with nodes and a producer as separate processes.
+
+Longer than 300 lines: the fault cases share one set of real processes (fixtures) and helpers.
+"""
 
 import asyncio
 import io

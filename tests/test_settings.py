@@ -55,7 +55,12 @@ def test_the_readme_documents_every_setting() -> None:
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     special = ["REDIS_URL", "STREAMFAN_SECRET", "STREAMFAN_CORS_ORIGINS", "STREAMFAN_PRODUCER_NAME"]
-    special += ["STREAMFAN_SIM_TTFT_MS", "STREAMFAN_SIM_TOKENS_PER_SECOND", "STREAMFAN_SIM_JITTER", "STREAMFAN_SIM_SEED"]
+    special += [
+        "STREAMFAN_SIM_TTFT_MS",
+        "STREAMFAN_SIM_TOKENS_PER_SECOND",
+        "STREAMFAN_SIM_JITTER",
+        "STREAMFAN_SIM_SEED",
+    ]
     names = env_names(Settings) + env_names(ProducerSettings) + env_names(Retention) + special
     missing = [name for name in names if f"`{name}`" not in readme]
     assert missing == []

@@ -1,5 +1,7 @@
 """The chat page in a real headless Chromium (Debian's, driven by Playwright), behind nginx.
 
+Longer than 300 lines: every page test shares one browser and one real cluster (module fixtures).
+
 The cluster is real: Redis, a producer and two nodes behind nginx, so the browser's six-connections-
 per-host limit and the balancer's 502s are the real ones. The producer echoes the prompt, so each
 test knows the answer it expects; every test also compares with the stored history.
@@ -462,3 +464,30 @@ def test_a_reset_reloads_the_conversation_from_the_history_api(cluster: LocalClu
     wait_finished(page)
     assert rendered_text(page) == "after the reset"
     assert page.locator("article.msg.user").count() == 2
+
+
+def test_a_late_history_answer_never_lands_under_another_conversation(
+    cluster: LocalCluster, context: BrowserContext
+) -> None:
+    page = open_page(context, cluster.url + "/")
+    send(page, "first conversation")
+    first = conversation_id(page)
+    wait_finished(page)
+    page.click("#new-chat")
+    send(page, "second conversation")
+    second = conversation_id(page)
+    wait_finished(page)
+
+    # The first conversation's history answers late; the user opens the second one meanwhile.
+    held: list[Any] = []
+    page.route(f"**/api/conversations/{first}", lambda route: held.append(route))
+    page.evaluate(f"document.querySelector(`a[href='/c/{first}']`).click()")
+    page.wait_for_timeout(300)
+    assert len(held) == 1
+    page.evaluate(f"document.querySelector(`a[href='/c/{second}']`).click()")
+    page.wait_for_selector("article.msg.user", state="attached")
+    held[0].continue_()
+    page.wait_for_timeout(700)
+    assert page.url.endswith(second)
+    assert page.locator("article.msg.user .bubble").all_inner_texts() == ["second conversation"]
+    assert not page.errors  # type: ignore[attr-defined]

@@ -1,9 +1,7 @@
 // streamfan's chat page: conversations, streaming answers, one shared stream per conversation.
 "use strict";
 
-import { button, element } from "./dom.js";
-import { ConversationFeed } from "./feed.js";
-import { StreamingMarkdown } from "./markdown.js";
+import { ConversationView, GoneError } from "./conversation_view.js";
 import { forgetConversation, listConversations, onConversationsChanged, rememberConversation } from "./conversations.js";
 
 const $ = (id) => document.getElementById(id);
@@ -17,90 +15,13 @@ const ui = {
 const STATE_LABELS = {
   idle: "Ready", connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", offline: "Offline",
 };
-const FINISH_NOTES = { cancelled: "Stopped", failed: "The answer failed", length: "Cut off at the length limit" };
 const ID_PATH = /^\/c\/([A-Za-z0-9_-]{16,64})$/;
 
-const session = {
-  id: null,          // conversation id
-  feed: null,
-  lastId: "",        // the newest event applied in this tab
-  loading: false,    // a history load is in progress: events wait in `queued`
-  queued: [],
-  active: null,      // response id being generated
-  answers: new Map(),  // response id -> {article, md}
-  users: new Map(),    // message id -> article
-  lastPrompt: "",
-  stick: true,         // the reader is at the bottom
-};
+// The open conversation (a ConversationView owns its state), and whether the reader is at the bottom.
+let current = null;
+let stick = true;
 
-// -- event ids ------------------------------------------------------------------------------------
-
-function newer(a, b) {
-  if (!b) return true;
-  const [x, y] = a.split("-").map(Number);
-  const [u, v] = b.split("-").map(Number);
-  return x > u || (x === u && y > v);
-}
-
-// -- rendering ------------------------------------------------------------------------------------
-
-function userMessage(id, content) {
-  let article = session.users.get(id);
-  if (!article) {
-    article = document.createElement("article");
-    article.className = "msg user";
-    article.dataset.id = id;
-    const bubble = element("div", "bubble", content);
-    const label = element("h2", "sr-only", "You said:");
-    article.append(label, bubble);
-    session.users.set(id, article);
-    ui.log.append(article);
-    session.lastPrompt = content;
-    ui.empty.hidden = true;
-    if (session.answers.size === 0 && session.users.size === 1) {
-      rememberConversation(session.id, content.slice(0, 80));
-      renderSidebar();
-      setTitle(content);
-    }
-  }
-  return article;
-}
-
-function answer(responseId) {
-  let entry = session.answers.get(responseId);
-  if (!entry) {
-    const article = element("article", "msg assistant");
-    article.dataset.responseId = responseId;
-    article.dataset.status = "generating";
-    article.setAttribute("aria-busy", "true");
-    const label = element("h2", "sr-only", "Assistant said:");
-    const body = element("div", "md");
-    const foot = element("div", "msg-foot");
-    const note = element("span", "finish-note");
-    const copy = button("Copy", "copy-answer", "Copy this answer as markdown");
-    const again = button("Regenerate", "regenerate", "Ask for this answer again");
-    foot.append(note, copy, again);
-    article.append(label, body, foot);
-    ui.log.append(article);
-    ui.empty.hidden = true;
-    entry = { article, md: new StreamingMarkdown(body), note };
-    session.answers.set(responseId, entry);
-  }
-  return entry;
-}
-
-function finishAnswer(entry, reason) {
-  if (entry.article.dataset.status !== "generating") return;
-  entry.md.finish();
-  entry.article.dataset.status = reason === "stop" || reason === "length" ? "complete" : reason;
-  entry.article.dataset.finishReason = reason;
-  entry.article.setAttribute("aria-busy", "false");
-  entry.note.textContent = FINISH_NOTES[reason] || "";
-}
-
-function setGenerating(responseId) {
-  const was = session.active;
-  session.active = responseId;
+function onActive(responseId, was) {
   ui.send.hidden = !!responseId;
   ui.stop.hidden = !responseId;
   ui.log.classList.toggle("generating", !!responseId);
@@ -126,7 +47,7 @@ function atBottom() {
 }
 
 function followOutput() {
-  if (session.stick) {
+  if (stick) {
     ui.log.scrollTop = ui.log.scrollHeight;
     ui.jump.hidden = true;
   } else {
@@ -135,51 +56,14 @@ function followOutput() {
 }
 
 ui.log.addEventListener("scroll", () => {
-  session.stick = atBottom();
-  if (session.stick) ui.jump.hidden = true;
+  stick = atBottom();
+  if (stick) ui.jump.hidden = true;
 }, { passive: true });
 ui.jump.addEventListener("click", () => {
-  session.stick = true;
+  stick = true;
   followOutput();
   ui.input.focus();
 });
-
-// -- events ---------------------------------------------------------------------------------------
-
-function onEvent(type, raw, id) {
-  if (session.loading) {
-    session.queued.push([type, raw, id]);
-    return;
-  }
-  if (type === "reset") {
-    // The history cannot continue from our cursor (trimmed, or lost by Redis): its id is the new
-    // head, which may be older than what we saw. Start again from the history API.
-    session.lastId = id;
-    reload();
-    return;
-  }
-  if (id && !newer(id, session.lastId)) return; // seen already (history, or another tab's relay)
-  let data;
-  try {
-    data = JSON.parse(raw);
-  } catch {
-    return;
-  }
-  if (id) session.lastId = id;
-  if (type === "user_message") {
-    userMessage(data.message_id, data.content);
-    answer(data.response_id);
-    setGenerating(data.response_id);
-  } else if (type === "delta") {
-    const entry = answer(data.response_id);
-    entry.md.append(data.text);
-    if (session.active !== data.response_id) setGenerating(data.response_id);
-  } else if (type === "done") {
-    finishAnswer(answer(data.response_id), data.finish_reason);
-    if (session.active === data.response_id) setGenerating(null);
-  }
-  followOutput();
-}
 
 function onState(state, leader) {
   ui.connection.dataset.state = state;
@@ -187,102 +71,57 @@ function onState(state, leader) {
   ui.connection.title = state === "live" && !leader ? "Live, through another tab's stream" : "";
 }
 
-// -- loading a conversation -----------------------------------------------------------------------
+// -- opening a conversation -----------------------------------------------------------------------
 
 function clearLog() {
   for (const el of [...ui.log.querySelectorAll("article")]) el.remove();
-  session.answers.clear();
-  session.users.clear();
-  session.lastId = "";
-  session.lastPrompt = "";
-  setGenerating(null);
+  onActive(null, null);
   ui.status.textContent = "";
   ui.empty.hidden = false;
 }
 
-async function loadHistory() {
-  const res = await fetch(`/api/conversations/${session.id}`, { credentials: "same-origin" });
-  if (res.status === 401 || res.status === 404) {
-    const err = new Error("This conversation does not exist, or was not started in this browser.");
-    err.gone = true;
-    throw err;
-  }
-  if (!res.ok) throw new Error(`Loading the conversation failed (${res.status}).`);
-  const body = await res.json();
-  clearLog();
-  for (const m of body.messages) {
-    if (m.role === "user") {
-      userMessage(m.id, m.content);
-    } else {
-      const entry = answer(m.id);
-      entry.md.append(m.content);
-      if (m.id !== body.active_response_id) {
-        finishAnswer(entry, m.finish_reason || (m.status === "complete" ? "stop" : m.status));
-      }
-    }
-  }
-  if (!body.messages.length) setTitle("");
-  session.lastId = body.last_event_id === "0-0" ? "" : body.last_event_id;
-  setGenerating(body.active_response_id);
-  session.stick = true;
-  ui.log.scrollTop = ui.log.scrollHeight;
-}
-
-function drainQueue() {
-  session.loading = false;
-  const queued = session.queued;
-  session.queued = [];
-  for (const args of queued) onEvent(...args);
-}
-
-async function reload() {
-  session.loading = true;
-  try {
-    await loadHistory();
-  } catch (err) {
-    showError(err.message);
-  } finally {
-    drainQueue();
-  }
-}
-
 async function openConversation(id) {
-  if (session.feed) session.feed.stop();
-  session.feed = null;
-  session.id = id;
-  session.loading = true;
-  session.queued = [];
+  if (current) current.close();
   showError("");
   clearLog();
+  const view = new ConversationView(id, ui, {
+    onActive,
+    onState,
+    onChange: followOutput,
+    onError: showError,
+    onFirstMessage: (content) => {
+      rememberConversation(id, content.slice(0, 80));
+      renderSidebar();
+      setTitle(content);
+    },
+  });
+  current = view;
   renderSidebar();
   onState("connecting", false);
-  const feed = new ConversationFeed(id, { onEvent, onState, cursor: () => session.lastId });
-  session.feed = feed;
   try {
-    await loadHistory();
+    await view.open();
   } catch (err) {
-    session.loading = false;
-    feed.stop();
-    if (session.feed === feed) session.feed = null;
+    if (view !== current) return;
+    current = null;
     onState("idle", false);
     showError(err.message);
-    if (err.gone) {
+    if (err instanceof GoneError) {
       forgetConversation(id);
       renderSidebar();
     }
     return;
   }
-  if (session.feed !== feed) return; // another conversation was opened meanwhile
-  drainQueue();
+  if (view !== current) return; // another conversation was opened meanwhile
+  if (!view.users.size) setTitle("");
+  stick = true;
+  ui.log.scrollTop = ui.log.scrollHeight;
   rememberConversation(id);
   renderSidebar();
-  feed.start();
 }
 
 function blankConversation() {
-  if (session.feed) session.feed.stop();
-  session.feed = null;
-  session.id = null;
+  if (current) current.close();
+  current = null;
   clearLog();
   setTitle("");
   onState("idle", false);
@@ -310,25 +149,22 @@ async function api(path, body) {
 }
 
 async function send(content) {
-  if (!content.trim() || session.active) return;
+  if (!content.trim() || current?.active) return;
   showError("");
   ui.send.disabled = true;
   try {
-    if (!session.id) {
+    if (!current) {
       const created = await api("/api/conversations", {});
       history.pushState(null, "", `/c/${created.id}`);
       rememberConversation(created.id, content.slice(0, 80));
       await openConversation(created.id);
     }
-    const posted = await api(`/api/conversations/${session.id}/messages`, { content });
+    const view = current;
+    const posted = await api(`/api/conversations/${view.id}/messages`, { content });
     ui.input.value = "";
     autoGrow();
-    if (!session.loading && !session.users.has(posted.message_id)) {
-      userMessage(posted.message_id, content);
-      answer(posted.response_id);
-      setGenerating(posted.response_id);
-    }
-    session.stick = true;
+    if (view === current) view.posted(posted.message_id, posted.response_id, content);
+    stick = true;
     followOutput();
   } catch (err) {
     showError(err.message);
@@ -338,9 +174,9 @@ async function send(content) {
 }
 
 async function stop() {
-  if (!session.active || !session.id) return;
+  if (!current?.active) return;
   try {
-    await api(`/api/conversations/${session.id}/cancel`, { response_id: session.active });
+    await api(`/api/conversations/${current.id}/cancel`, { response_id: current.active });
   } catch (err) {
     showError(err.message);
   }
@@ -362,7 +198,7 @@ document.addEventListener("keydown", (event) => {
     closeSidebar();
     return;
   }
-  if (event.key === "Escape" && session.active) {
+  if (event.key === "Escape" && current?.active) {
     event.preventDefault();
     stop();
   }
@@ -387,10 +223,10 @@ ui.log.addEventListener("click", async (event) => {
     const code = target.closest(".code-block").querySelector("code").textContent;
     await copyText(target, code);
   } else if (target.classList.contains("copy-answer")) {
-    const entry = session.answers.get(target.closest("article").dataset.responseId);
-    if (entry) await copyText(target, entry.md.text);
+    const text = current?.text(target.closest("article").dataset.responseId);
+    if (text !== undefined) await copyText(target, text);
   } else if (target.classList.contains("regenerate")) {
-    if (session.lastPrompt) send(session.lastPrompt);
+    if (current?.lastPrompt) send(current.lastPrompt);
   }
 });
 
@@ -413,7 +249,7 @@ function renderSidebar() {
     const a = document.createElement("a");
     a.href = `/c/${c.id}`;
     a.textContent = c.title || "New chat";
-    if (c.id === session.id) a.setAttribute("aria-current", "page");
+    if (c.id === current?.id) a.setAttribute("aria-current", "page");
     li.append(a);
     return li;
   });
@@ -425,7 +261,7 @@ ui.list.addEventListener("click", (event) => {
   if (!a || event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;
   event.preventDefault();
   const id = a.pathname.match(ID_PATH)?.[1];
-  if (id && id !== session.id) {
+  if (id && id !== current?.id) {
     history.pushState(null, "", a.pathname);
     openConversation(id);
   }
@@ -454,5 +290,5 @@ function route() {
   else blankConversation();
 }
 window.addEventListener("popstate", route);
-window.addEventListener("pagehide", () => { if (session.feed) session.feed.stop(); });
+window.addEventListener("pagehide", () => { if (current) current.close(); });
 route();

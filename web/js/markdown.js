@@ -1,4 +1,6 @@
 // Streaming markdown: renders an answer as it grows, without re-parsing what is already on screen.
+// Longer than 300 lines: a hand-written block and inline parser in one module (to be replaced by a
+// vendored CommonMark parser, see the page issue).
 //
 // The text is cut into blocks (paragraph, list, code fence, table, quote, heading, rule). A block is
 // committed, rendered once and never touched again, as soon as the line that ends it has arrived;

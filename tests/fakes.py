@@ -1,0 +1,55 @@
+"""Test doubles shared by the hub and client-stream tests: a transport that records, polling helpers."""
+
+import asyncio
+from typing import Any
+
+from server.client_stream import ClientStream
+
+
+class FakeTransport:
+    """Records writes; ``stalled`` ones never drain, like a client that stopped reading."""
+
+    def __init__(self, *, stalled: bool = False) -> None:
+        self.data = bytearray()
+        self.stalled = stalled
+        self.unsent = 0
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        if self.stalled:
+            self.unsent += len(data)
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def sent_ids(transport: FakeTransport) -> list[str]:
+    """The ids of the event frames written to ``transport``, in order."""
+    lines = bytes(transport.data).split(b"\n")
+    return [line.removeprefix(b"id: ").decode() for line in lines if line.startswith(b"id: ")]
+
+
+def make_listener(transport: FakeTransport, *, max_buffer: int = 1 << 20, max_pending: int = 100) -> ClientStream:
+    closed: list[bool] = []
+    return ClientStream(
+        transport,  # type: ignore[arg-type]
+        None,
+        chunked=True,
+        max_buffer=max_buffer,
+        max_pending=max_pending,
+        send_timeout=5,
+        on_close=lambda: closed.append(True),
+    )
+
+
+async def eventually(predicate: Any, within: float = 2.0) -> None:
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 - polling a plain condition in a test
+            await asyncio.sleep(0.01)
