@@ -8,8 +8,8 @@ import sys
 
 import uvloop
 from aiohttp import web
-from redis.asyncio import BlockingConnectionPool, Redis
 
+from launch.redis_client import connect
 from wire.env import SettingsError
 
 
@@ -64,15 +64,11 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("server").info("no REDIS_URL: running the embedded broker and producer in this process")
     else:
         # A blocking pool: a burst of replays waits for a connection instead of failing.
-        pool = BlockingConnectionPool.from_url(
+        redis = connect(
             settings.redis_url,
             max_connections=settings.redis_max_connections,
-            timeout=settings.redis_timeout_seconds,
-            socket_timeout=settings.redis_timeout_seconds,
-            socket_connect_timeout=settings.redis_timeout_seconds,
-            health_check_interval=30,
+            timeout_seconds=settings.redis_timeout_seconds,
         )
-        redis = Redis(connection_pool=pool)
         app = create_app(settings, redis)
         app.on_cleanup.append(lambda _app: redis.aclose())
 

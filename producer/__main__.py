@@ -1,4 +1,4 @@
-"""``python -m producer``: run one producer process against ``REDIS_URL``."""
+"""``python -m producer``: run one producer process against ``REDIS_URL`` (an entry point: composition)."""
 
 import asyncio
 import logging
@@ -6,8 +6,8 @@ import signal
 import sys
 
 import uvloop
-from redis.asyncio import BlockingConnectionPool, Redis
 
+from launch.redis_client import connect
 from producer.generator import load_generator
 from producer.metrics import serve_metrics
 from producer.settings import ProducerSettings
@@ -19,14 +19,8 @@ log = logging.getLogger("producer")
 
 async def _main(settings: ProducerSettings) -> None:
     assert settings.redis_url is not None
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_max_connections,
-        timeout=10,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-    )
-    redis = Redis(connection_pool=pool)
+    # The socket timeout outlasts the jobs read's 2 s block.
+    redis = connect(settings.redis_url, max_connections=settings.redis_max_connections, timeout_seconds=10)
     worker = Worker(redis, settings, load_generator(settings.generator, settings.pacing))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -12,7 +12,7 @@ import random
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 _TOKEN_RE = re.compile(r"\s*\S+|\s+")
 _WORD_RE = re.compile(r"[^\W_]{3,}", re.UNICODE)
@@ -28,6 +28,15 @@ class Generator(Protocol):
         ...
 
 
+@runtime_checkable
+class Resumable(Protocol):
+    """A generator that can continue an answer another producer started (``STREAMFAN_TAKEOVER``)."""
+
+    def resume(self, prompt: str, max_tokens: int, text_so_far: str, chunks_so_far: int) -> AsyncIterator[str]:
+        """Yield the chunks that follow ``text_so_far`` (``chunks_so_far`` chunks were published)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Pacing:
     """How fast a simulated model writes: a time to first token, then tokens at a rate with jitter."""
@@ -38,9 +47,10 @@ class Pacing:
     """Each gap between tokens is drawn from (1 ± jitter) / tokens_per_second."""
     seed: int = 0
 
-    async def pace(self, chunks: list[str], max_tokens: int) -> AsyncIterator[str]:
+    async def pace(self, chunks: list[str], max_tokens: int, *, first_token: bool = True) -> AsyncIterator[str]:
         rng = random.Random(f"{self.seed}:pace:{len(chunks)}")
-        await asyncio.sleep(self.ttft_seconds * (1 + self.jitter * (rng.random() * 2 - 1)))
+        if first_token:
+            await asyncio.sleep(self.ttft_seconds * (1 + self.jitter * (rng.random() * 2 - 1)))
         interval = 1.0 / self.tokens_per_second
         loop = asyncio.get_running_loop()
         due = loop.time()
@@ -64,6 +74,11 @@ class SimulatedLLM:
     def generate(self, prompt: str, max_tokens: int) -> AsyncIterator[str]:
         return self.pacing.pace(tokens(compose_answer(prompt, self.pacing.seed)), max_tokens)
 
+    def resume(self, prompt: str, max_tokens: int, text_so_far: str, chunks_so_far: int) -> AsyncIterator[str]:
+        """The same answer (it is seeded by the prompt) after the chunks already published."""
+        chunks = tokens(compose_answer(prompt, self.pacing.seed))[chunks_so_far:]
+        return self.pacing.pace(chunks, max_tokens, first_token=False)
+
 
 @dataclass(frozen=True, slots=True)
 class EchoGenerator:
@@ -73,6 +88,9 @@ class EchoGenerator:
 
     def generate(self, prompt: str, max_tokens: int) -> AsyncIterator[str]:
         return self.pacing.pace(tokens(prompt), max_tokens)
+
+    def resume(self, prompt: str, max_tokens: int, text_so_far: str, chunks_so_far: int) -> AsyncIterator[str]:
+        return self.pacing.pace(tokens(prompt)[chunks_so_far:], max_tokens, first_token=False)
 
 
 def tokens(text: str) -> list[str]:

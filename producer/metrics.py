@@ -22,6 +22,12 @@ class ProducerMetrics:
             Counter("streamfan_producer_jobs_total", "Jobs ended, by finish reason.", label_names=("reason",))
         )
         self.tokens = registry.add(Counter("streamfan_producer_tokens_total", "Chunks published."))
+        self.takeovers = registry.add(
+            Counter(
+                "streamfan_producer_takeovers_total",
+                "Half-written answers taken over from a producer that stopped (continued or failed).",
+            )
+        )
         self.time_to_first_token = registry.add(
             Histogram(
                 "streamfan_producer_time_to_first_token_seconds",

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
 
@@ -34,8 +35,17 @@ class Appended(Enum):
     CANCEL_REQUESTED = -2
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    status: str
+    """'ok', 'resume', 'gone', 'cancelled' or 'taken' (see ``wire.scripts.START``)."""
+    next_index: int
+    """The next delta index: how many chunks the answer already has."""
+
+
 class Publisher:
     def __init__(self, redis: "Redis", retention: Retention, *, retry_seconds: float) -> None:
+        self._redis = redis
         self._retention = retention
         self._retry_seconds = retry_seconds
         self._start = redis.register_script(scripts.START)
@@ -59,28 +69,39 @@ class Publisher:
                 log.warning("publishing failed (%r); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def start(self, conversation_id: str, response_id: str, owner: str) -> str:
-        """'ok', 'gone', 'cancelled' (finished as cancelled) or 'taken' (see ``wire.scripts.START``)."""
+    async def claim(self, conversation_id: str, response_id: str, owner: str, *, recovered: bool) -> Claim:
+        """Make ``owner`` the answer's producer (see ``wire.scripts.START``); safe to retry."""
         keys, argv = self._call(
-            ConversationKeys(conversation_id), response_id, owner, done_data(response_id, FinishReason.CANCELLED)
+            ConversationKeys(conversation_id),
+            response_id,
+            owner,
+            done_data(response_id, FinishReason.CANCELLED),
+            "1" if recovered else "0",
         )
-        result = await self._retrying(lambda: self._start(keys=keys, args=argv))
-        return result.decode() if isinstance(result, bytes) else str(result)
+        status, next_index = await self._retrying(lambda: self._start(keys=keys, args=argv))
+        return Claim(status.decode() if isinstance(status, bytes) else str(status), int(next_index))
+
+    async def start(self, conversation_id: str, response_id: str, owner: str) -> str:
+        """'ok', 'gone', 'cancelled' (finished as cancelled) or 'taken': ``claim`` for a fresh job."""
+        return (await self.claim(conversation_id, response_id, owner, recovered=False)).status
 
     async def delta(self, conversation_id: str, response_id: str, owner: str, index: int, text: str) -> Appended:
-        ts = int(time.time() * 1000)
+        now_ms = int(time.time() * 1000)
         keys, argv = self._call(
             ConversationKeys(conversation_id),
             response_id,
             owner,
             index,
             text,
-            delta_data(response_id, index, text, ts),
+            delta_data(response_id, index, text, now_ms),
+            now_ms,
         )
         result = await self._retrying(lambda: self._delta(keys=keys, args=argv))
         return Appended(int(result[0]))
 
-    async def finish(self, conversation_id: str, response_id: str, owner: str, reason: FinishReason) -> bool:
+    async def finish(
+        self, conversation_id: str, response_id: str, owner: str, reason: FinishReason, error: str = ""
+    ) -> bool:
         """Store the answer and publish ``done``; ``owner=''`` finishes an abandoned answer."""
         keys, argv = self._call(
             ConversationKeys(conversation_id),
@@ -88,7 +109,13 @@ class Publisher:
             owner,
             str(reason),
             assistant_status(reason),
-            done_data(response_id, reason),
+            done_data(response_id, reason, error),
+            error,
         )
         result = await self._retrying(lambda: self._finish(keys=keys, args=argv))
         return result is not None
+
+    async def draft(self, conversation_id: str) -> str:
+        """The text of the answer in progress (what a producer taking it over continues from)."""
+        value = await self._retrying(lambda: self._redis.get(ConversationKeys(conversation_id).draft))
+        return value.decode() if isinstance(value, bytes) else ""

@@ -18,8 +18,10 @@ class ProducerSettings:
     """STREAMFAN_PRODUCER_NAME: this producer's consumer name in the jobs group."""
     concurrency: int = setting(1000, "STREAMFAN_PRODUCER_CONCURRENCY", low=1, high=100_000)
     """Answers generated at once by this process."""
-    claim_idle_seconds: float = setting(30.0, "STREAMFAN_JOB_CLAIM_SECONDS", low=1, high=86_400)
-    """A job nobody has touched this long belonged to a dead producer."""
+    claim_idle_seconds: float = setting(5.0, "STREAMFAN_JOB_CLAIM_SECONDS", low=1, high=86_400)
+    """A job its producer has not re-claimed this long belonged to a producer that stopped."""
+    takeover: str = setting("continue", "STREAMFAN_TAKEOVER")
+    """A half-written answer whose producer stopped: 'continue' it (if the generator can) or 'fail' it."""
     publish_retry_seconds: float = setting(30.0, "STREAMFAN_PUBLISH_RETRY_SECONDS", low=0.1, high=86_400)
     """How long a chunk is retried while Redis is unreachable."""
     drain_seconds: float = setting(20.0, "STREAMFAN_PRODUCER_DRAIN_SECONDS", low=0, high=3600)
@@ -54,6 +56,8 @@ class ProducerSettings:
             pacing=pacing,
             retention=Retention.from_env(env),
         )
+        if settings.takeover not in ("continue", "fail"):
+            raise SettingsError(f"STREAMFAN_TAKEOVER={settings.takeover!r}: use 'continue' or 'fail'")
         if settings.generator not in ("simulated", "echo") and ":" not in settings.generator:
             raise SettingsError(
                 f"STREAMFAN_GENERATOR={settings.generator!r}: use 'simulated', 'echo' or 'module:factory'"

@@ -1,10 +1,13 @@
 """The producer's job loop: a Redis Stream consumer group shared by every producer.
 
 A job is read with XREADGROUP, generated, published, and acknowledged (XACK + XDEL) only when its
-answer is finished, so a producer that dies mid-answer leaves the job pending. Live producers keep
-their own jobs fresh (XCLAIM to themselves); a job idle past ``claim_idle_seconds`` is taken over by
-another producer: generated from scratch if it never started, else finished as ``failed`` (a model
-cannot resume another process's half answer), keeping the text streamed so far.
+answer is finished, so a producer that dies mid-answer leaves the job pending. Ownership is a
+heartbeat: live producers re-claim their own jobs (XCLAIM to themselves) every fifth of
+``claim_idle_seconds``, so a job idle past that belonged to a producer that stopped, and another
+producer takes it over within seconds: generated from scratch if it never started, else continued
+from the chunks so far (``STREAMFAN_TAKEOVER=continue``, for generators that can) or ended as
+``failed`` with the text so far (``fail``). Every script a producer retries is idempotent for it,
+so a lost reply never leaves an answer without an owner.
 """
 
 import asyncio
@@ -16,9 +19,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from producer.answer import AnswerWriter
 from producer.generator import Generator
 from producer.metrics import ProducerMetrics
-from producer.publisher import Appended, Publisher
+from producer.publisher import Publisher
 from producer.settings import ProducerSettings
 from wire.backoff import Backoff
 from wire.events import FinishReason, Job, parse_event_id
@@ -41,8 +45,10 @@ class Worker:
         self.metrics = metrics or ProducerMetrics()
         self.metrics.bind(lambda: len(self._in_flight))
         self._settings = settings
-        self._generator = generator
         self._publisher = Publisher(redis, settings.retention, retry_seconds=settings.publish_retry_seconds)
+        self._writer = AnswerWriter(
+            self._publisher, generator, self.metrics, owner=settings.name, takeover=settings.takeover
+        )
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._in_flight: dict[bytes, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
@@ -137,83 +143,45 @@ class Worker:
         self._in_flight[entry_id] = task
 
     async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes], *, recovered: bool) -> None:
+        """One job, start to acknowledgement. Nothing but cancellation leaves it: an error here
+        must never reach the task group, which would cancel every other answer in flight."""
         try:
-            job = Job.from_fields(fields)
-        except ValueError:
-            log.error("dropping malformed job %r", entry_id)
-            await self._ack(entry_id)
-            return
-        try:
-            await self._answer(job, _posted_at(entry_id), recovered=recovered)
-            await self._ack(entry_id)
-            self.jobs_done += 1
+            try:
+                job = Job.from_fields(fields)
+            except ValueError:
+                log.error("dropping malformed job %r", entry_id)
+                self.metrics.jobs.inc_labels("malformed")
+                await self._ack(entry_id)
+                return
+            try:
+                await self._writer.answer(job, _posted_at(entry_id), recovered=recovered)
+                await self._ack(entry_id)
+                self.jobs_done += 1
+            except (RedisError, OSError) as exc:
+                # Left pending: this producer keeps it fresh while alive, another one recovers it after.
+                log.error("job for response %s failed on Redis (%r); left for recovery", job.response_id, exc)
+            except Exception:
+                log.exception("generator failed for response %s", job.response_id)
+                await self._fail(entry_id, job, "the model failed while writing this answer")
+            except asyncio.CancelledError:
+                if self._stopping.is_set():  # shutting down: say so now rather than after the claim timeout
+                    await self._fail(entry_id, job, "the producer stopped while writing this answer")
+                raise
         except (RedisError, OSError) as exc:
-            # Left pending: this producer keeps it fresh while alive, another one recovers it after.
-            log.error("job for response %s failed on Redis (%r); left for recovery", job.response_id, exc)
-        except Exception:
-            log.exception("generator failed for response %s", job.response_id)
-            await self._fail(entry_id, job)
-        except asyncio.CancelledError:
-            if self._stopping.is_set():  # shutting down: say so now rather than after the claim timeout
-                await self._fail(entry_id, job)
-            raise
+            log.error("acknowledging job %r failed (%r); it is recovered later", entry_id, exc)
         finally:
             self._in_flight.pop(entry_id, None)
             self._slots.release()
 
-    async def _fail(self, entry_id: bytes, job: Job) -> None:
+    async def _fail(self, entry_id: bytes, job: Job, error: str) -> None:
         """End the answer as ``failed`` (keeping the text so far) and acknowledge its job."""
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(5):
                 await self._publisher.finish(
-                    job.conversation_id, job.response_id, self._settings.name, FinishReason.FAILED
+                    job.conversation_id, job.response_id, self._settings.name, FinishReason.FAILED, error
                 )
                 await self._ack(entry_id)
                 self.metrics.jobs.inc_labels(FinishReason.FAILED.value)
-
-    async def _answer(self, job: Job, posted_at: float | None, *, recovered: bool) -> None:
-        owner = self._settings.name
-        started = await self._publisher.start(job.conversation_id, job.response_id, owner)
-        if started == "taken" and recovered:
-            log.warning("response %s was abandoned mid-answer; finishing it as failed", job.response_id)
-            await self._publisher.finish(job.conversation_id, job.response_id, "", FinishReason.FAILED)
-            self.metrics.jobs.inc_labels(FinishReason.FAILED.value)
-            return
-        if started != "ok":
-            return  # finished already, cancelled while queued, or superseded
-        index = 0
-        reason = FinishReason.STOP
-        first_at = 0.0
-        metrics = self.metrics
-        chunks = self._generator.generate(job.prompt, job.max_tokens)
-        try:
-            async for text in chunks:
-                if index >= job.max_tokens:
-                    reason = FinishReason.LENGTH
-                    break
-                if not text:
-                    continue
-                outcome = await self._publisher.delta(job.conversation_id, job.response_id, owner, index, text)
-                if outcome is Appended.NOT_OURS:
-                    return
-                if outcome is Appended.CANCEL_REQUESTED:
-                    reason = FinishReason.CANCELLED
-                    break
-                if index == 0:
-                    first_at = time.time()
-                    if posted_at is not None:
-                        metrics.time_to_first_token.observe(max(0.0, first_at - posted_at))
-                index += 1
-                metrics.tokens.value += 1
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        await self._publisher.finish(job.conversation_id, job.response_id, owner, reason)
-        metrics.jobs.inc_labels(reason.value)
-        elapsed = time.time() - first_at
-        if index > 1 and elapsed > 0:
-            metrics.tokens_per_second.observe((index - 1) / elapsed)
 
     async def _ack(self, entry_id: bytes) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -223,7 +191,7 @@ class Worker:
 
     async def _keep_claims(self) -> None:
         """Refresh this producer's jobs, and take over jobs whose producer died."""
-        interval = self._settings.claim_idle_seconds / 3
+        interval = self._settings.claim_idle_seconds / 5
         while True:
             await asyncio.sleep(interval)
             try:

@@ -8,7 +8,7 @@ from aiohttp import web
 from server.auth import authorize, issue_token, set_token_cookie
 from server.context import SETTINGS, STORE
 from server.errors import JSONError
-from server.store import Busy, new_id
+from server.store import Busy, Overloaded, new_id
 
 
 async def _json_body(request: web.Request, *, required: bool) -> dict[str, Any]:
@@ -65,13 +65,45 @@ async def post_message(request: web.Request) -> web.StreamResponse:
             code="bad_field",
             field="max_tokens",
         )
-    result = await request.app[STORE].post_message(conversation_id, content, max_tokens)
+    key = _idempotency_key(request, body)
+    result = await request.app[STORE].post_message(conversation_id, content, max_tokens, key)
     if isinstance(result, Busy):
         raise JSONError(409, "an answer is still generating", code="busy", response_id=result.response_id)
+    if isinstance(result, Overloaded):
+        raise JSONError(
+            503,
+            "too many answers are waiting for a model; try again shortly",
+            code="overloaded",
+            headers={"Retry-After": "5"},
+        )
     return web.json_response(
         {"message_id": result.message_id, "response_id": result.response_id, "event_id": result.event_id},
         status=202,
     )
+
+
+_MAX_KEY_CHARS = 128
+
+
+def _idempotency_key(request: web.Request, body: dict[str, Any]) -> str:
+    """The post's idempotency key: the ``Idempotency-Key`` header, else ``client_message_id``.
+
+    Without one the node makes one up, so its own retry of a post whose reply Redis lost is still
+    answered with the first reply rather than a 409 or a second message.
+    """
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        key = body.get("client_message_id")
+    if key is None:
+        return "node:" + new_id()
+    if not isinstance(key, str) or not 1 <= len(key) <= _MAX_KEY_CHARS or not key.isprintable() or not key.isascii():
+        raise JSONError(
+            400,
+            f"the idempotency key must be 1 to {_MAX_KEY_CHARS} printable ASCII characters",
+            code="bad_field",
+            field="client_message_id",
+        )
+    return "client:" + key
 
 
 async def get_conversation(request: web.Request) -> web.StreamResponse:

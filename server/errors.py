@@ -6,9 +6,12 @@ Imports nothing from the node: every other module may raise these.
 import functools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,40 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
             raise
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         raise JSONError(exc.status, exc.reason, headers=allow) from None
+    except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+        # Redis is unreachable (restarting, failing over, out of connections): say so, and when to
+        # try again; one log line per interval, not one traceback per request.
+        if _redis_down.allow():
+            log.warning("Redis unavailable (%r; %d more since the last report)", exc, _redis_down.take_suppressed())
+        raise JSONError(
+            503, "the service is briefly unavailable; try again", code="unavailable", headers={"Retry-After": "1"}
+        ) from None
     except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
+        if _internal.allow():
+            log.exception("unhandled error in %s %s", request.method, request.path)
         raise JSONError(500, "internal error") from None
+
+
+class LogLimit:
+    """At most one log line per ``interval`` seconds for one kind of event; the rest are counted."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self._interval
+            return True
+        self._suppressed += 1
+        return False
+
+    def take_suppressed(self) -> int:
+        count, self._suppressed = self._suppressed, 0
+        return count
+
+
+_redis_down = LogLimit(10.0)
+_internal = LogLimit(1.0)

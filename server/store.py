@@ -39,6 +39,13 @@ class Posted:
     message_id: str
     response_id: str
     event_id: str
+    repeated: bool = False
+    """The same idempotency key was posted before: this is that post's reply."""
+
+
+@dataclass(frozen=True, slots=True)
+class Overloaded:
+    """Too many answers wait for a producer: try again later (503)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +91,15 @@ class ConversationStore:
         r = self._retention
         return scripts.conversation_argv(keys.channel, r.max_events, r.ttl_seconds, *rest)
 
-    async def post_message(self, conversation_id: str, content: str, max_tokens: int) -> Posted | Busy:
+    async def post_message(
+        self, conversation_id: str, content: str, max_tokens: int, idempotency_key: str
+    ) -> Posted | Busy | Overloaded:
+        """Post a user message and queue its answer; a repeated ``idempotency_key`` gets the first reply."""
         keys = ConversationKeys(conversation_id)
         message_id, response_id = new_id(), new_id()
         job = Job(conversation_id, response_id, message_id, content, max_tokens)
         job_fields = [item for pair in job.to_fields().items() for item in pair]
-        ok, value = await self._post(
+        status, value = await self._post(
             keys=[*keys.all, JOBS_STREAM],
             args=self._argv(
                 keys,
@@ -97,12 +107,17 @@ class ConversationStore:
                 user_message_record(message_id, content),
                 user_message_data(message_id, content, response_id),
                 self._retention.jobs_max,
+                idempotency_key,
+                message_id,
                 *job_fields,
             ),
         )
-        if not ok:
+        if status == 0:
             return Busy(_text(value))
-        return Posted(message_id, response_id, _text(value))
+        if status == -1:
+            return Overloaded()
+        reply = json.loads(value)
+        return Posted(reply["message_id"], reply["response_id"], reply["event_id"], repeated=status == 2)
 
     async def active_response(self, conversation_id: str) -> str | None:
         value = await self._redis.hget(ConversationKeys(conversation_id).state, "active")

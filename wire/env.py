@@ -85,8 +85,8 @@ class Retention:
     """Events kept per conversation (approximate, ``MAXLEN ~``)."""
     ttl_seconds: int = setting(86_400, "STREAMFAN_RETENTION_SECONDS", low=60, high=10**9)
     """A conversation expires this long after its last event."""
-    jobs_max: int = setting(100_000, "STREAMFAN_JOBS_MAX", low=1000, high=10**9)
-    """Cap of the generation jobs stream."""
+    jobs_max: int = setting(100_000, "STREAMFAN_JOBS_MAX", low=1, high=10**9)
+    """Most generation jobs waiting or running; a post beyond it gets 503 (jobs are never trimmed)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:

@@ -99,8 +99,12 @@ def delta_data(response_id: str, index: int, text: str, ts_ms: int) -> str:
     )
 
 
-def done_data(response_id: str, finish_reason: FinishReason) -> str:
-    return dumps({"response_id": response_id, "finish_reason": str(finish_reason)})
+def done_data(response_id: str, finish_reason: FinishReason, error: str = "") -> str:
+    """``error`` says why an answer ``failed``, in words a reader can be shown (never a traceback)."""
+    data = {"response_id": response_id, "finish_reason": str(finish_reason)}
+    if error:
+        data["error"] = error
+    return dumps(data)
 
 
 def reset_data(reason: ResetReason) -> str:
@@ -115,6 +119,7 @@ class Message(TypedDict, total=False):
     content: str
     status: str
     finish_reason: str
+    error: str
 
 
 def user_message_record(message_id: str, content: str) -> str:

@@ -33,11 +33,12 @@ local function touch()
   end
 end
 
-local function finish(rid, reason, status, done)
+local function finish(rid, reason, status, done, err)
   local id = append_event('done', done)
   local content = redis.call('GET', DRAFT) or ''
-  redis.call('RPUSH', MESSAGES, cjson.encode({
-    id = rid, role = 'assistant', content = content, status = status, finish_reason = reason}))
+  local message = {id = rid, role = 'assistant', content = content, status = status, finish_reason = reason}
+  if err and err ~= '' then message['error'] = err end
+  redis.call('RPUSH', MESSAGES, cjson.encode(message))
   redis.call('HDEL', STATE, 'active', 'phase', 'owner', 'cancel', 'next')
   redis.call('DEL', DRAFT)
   touch()
@@ -49,45 +50,69 @@ POST_MESSAGE: Final = (
     _PRELUDE
     + r"""
 -- KEYS[5] = jobs stream. ARGV: 4 response id, 5 user message record, 6 user_message event data,
--- 7 jobs maxlen, 8.. job fields as name, value pairs.
--- Returns {1, event id} or {0, active response id} while an answer is still generating.
-local active = redis.call('HGET', STATE, 'active')
-if active then return {0, active} end
+-- 7 most jobs waiting, 8 idempotency key, 9 message id, 10.. job fields as name, value pairs.
+-- Returns {1, reply} (posted), {2, reply} (this idempotency key posted already: the same reply,
+-- so a retry after a lost reply is answered, never doubled), {0, active response id} while an
+-- answer is still generating, or {-1, ''} when the jobs backlog is full (nothing written). The
+-- reply is the JSON {message_id, response_id, event_id}. Jobs are never trimmed: a job in the
+-- stream is an answer someone waits for.
+local st = redis.call('HMGET', STATE, 'active', 'idem_key', 'idem_reply')
+if ARGV[8] ~= '' and st[2] == ARGV[8] and st[3] then return {2, st[3]} end
+if st[1] then return {0, st[1]} end
+if redis.call('XLEN', KEYS[5]) >= tonumber(ARGV[7]) then return {-1, ''} end
 local id = append_event('user_message', ARGV[6])
+local reply = cjson.encode({message_id = ARGV[9], response_id = ARGV[4], event_id = id})
 redis.call('RPUSH', MESSAGES, ARGV[5])
-redis.call('HSET', STATE, 'active', ARGV[4], 'phase', 'queued', 'next', 0)
+redis.call('HSET', STATE, 'active', ARGV[4], 'phase', 'queued', 'next', 0, 'idem_key', ARGV[8], 'idem_reply', reply)
 redis.call('HDEL', STATE, 'cancel', 'owner')
 redis.call('SET', DRAFT, '')
 touch()
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', unpack(ARGV, 8))
-return {1, id}
+redis.call('XADD', KEYS[5], '*', unpack(ARGV, 10))
+return {1, reply}
 """
 )
 
 START: Final = (
     _PRELUDE
     + r"""
--- ARGV: 4 response id, 5 owner, 6 done data for a cancelled answer.
--- Returns 'ok' (now generating, owned by ARGV[5]), 'gone' (not the active answer any more),
--- 'cancelled' (cancelled while queued: finished here), or 'taken' (another producer started it).
-if redis.call('HGET', STATE, 'active') ~= ARGV[4] then return 'gone' end
+-- ARGV: 4 response id, 5 owner, 6 done data for a cancelled answer, 7 '1' when the job was recovered
+-- from a producer that stopped.
+-- Returns {status, next delta index}:
+--   'ok': generating, owned by ARGV[5]; also when it already was, so a retry whose first reply was
+--         lost goes on instead of leaving the answer without an owner;
+--   'resume': a recovered job taken over mid-answer from a producer that stopped (now ARGV[5]'s);
+--   'gone' (not the active answer any more), 'cancelled' (cancelled while queued: finished here),
+--   'taken' (another, live producer runs it).
+if redis.call('HGET', STATE, 'active') ~= ARGV[4] then return {'gone', 0} end
 if redis.call('HGET', STATE, 'cancel') then
   finish(ARGV[4], 'cancelled', 'cancelled', ARGV[6])
-  return 'cancelled'
+  return {'cancelled', 0}
 end
-if redis.call('HGET', STATE, 'phase') ~= 'queued' then return 'taken' end
-redis.call('HSET', STATE, 'phase', 'generating', 'owner', ARGV[5])
-return 'ok'
+local st = redis.call('HMGET', STATE, 'phase', 'owner', 'next')
+local next_index = tonumber(st[3]) or 0
+if st[1] == 'queued' then
+  redis.call('HSET', STATE, 'phase', 'generating', 'owner', ARGV[5])
+  touch()
+  return {'ok', next_index}
+end
+if st[2] == ARGV[5] then return {'ok', next_index} end
+if ARGV[7] == '1' then
+  redis.call('HSET', STATE, 'owner', ARGV[5])
+  touch()
+  return {'resume', next_index}
+end
+return {'taken', next_index}
 """
 )
 
 DELTA: Final = (
     _PRELUDE
     + r"""
--- ARGV: 4 response id, 5 owner, 6 delta index, 7 text, 8 delta event data.
+-- ARGV: 4 response id, 5 owner, 6 delta index, 7 text, 8 delta event data, 9 (optional) the
+-- producer's clock in ms.
 -- Returns {1, event id}; {0} if this index was appended already (a retry); {-1} if the answer
 -- is no longer this producer's; {-2} if a cancel was asked (the producer then finishes it).
-local st = redis.call('HMGET', STATE, 'active', 'owner', 'next', 'cancel')
+local st = redis.call('HMGET', STATE, 'active', 'owner', 'next', 'cancel', 'touched')
 if st[1] ~= ARGV[4] or st[2] ~= ARGV[5] then return {-1} end
 if st[4] then return {-2} end
 local index, expected = tonumber(ARGV[6]), tonumber(st[3])
@@ -95,10 +120,21 @@ if index < expected then return {0} end
 if index > expected then return redis.error_reply('delta index ' .. index .. ' skips ' .. expected) end
 local id = append_event('delta', ARGV[8])
 redis.call('APPEND', DRAFT, ARGV[7])
-redis.call('HSET', STATE, 'next', index + 1)
--- Refreshing four TTLs per chunk was a fifth of the script's work; every 32nd chunk is enough
--- (START and FINISH refresh too, and the shortest allowed retention is a minute).
-if index % 32 == 0 then touch() end
+-- Refreshing four TTLs per chunk was a fifth of the script's work: they are refreshed when a
+-- quarter of the retention has passed since the last refresh, so a slow model never outlives them
+-- (without a clock, every 32nd chunk).
+local now = tonumber(ARGV[9])
+if now then
+  if now - (tonumber(st[5]) or 0) > TTL * 250 then
+    redis.call('HSET', STATE, 'next', index + 1, 'touched', now)
+    touch()
+  else
+    redis.call('HSET', STATE, 'next', index + 1)
+  end
+else
+  redis.call('HSET', STATE, 'next', index + 1)
+  if index % 32 == 0 then touch() end
+end
 return {1, id}
 """
 )
@@ -107,12 +143,12 @@ FINISH: Final = (
     _PRELUDE
     + r"""
 -- ARGV: 4 response id, 5 owner ('' = whoever owns it: recovery of an abandoned answer),
--- 6 finish reason, 7 message status, 8 done event data.
+-- 6 finish reason, 7 message status, 8 done event data, 9 (optional) why it failed.
 -- Stores the assistant message (its content is the concatenation of the deltas) and publishes done.
 -- Returns the done event's id, or false if the answer is not active (finished already) or not ours.
 if redis.call('HGET', STATE, 'active') ~= ARGV[4] then return false end
 if ARGV[5] ~= '' and redis.call('HGET', STATE, 'owner') ~= ARGV[5] then return false end
-return finish(ARGV[4], ARGV[6], ARGV[7], ARGV[8])
+return finish(ARGV[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 """
 )
 

@@ -1,0 +1,112 @@
+"""Writing one answer: claim it, stream the generator's chunks through the publisher, finish it.
+
+The claim (``wire.scripts.START``) is idempotent for its owner, so a retry after a lost reply goes
+on; a job recovered from a producer that stopped is taken over and, by the ``STREAMFAN_TAKEOVER``
+policy, continued from its chunks so far (generators that are ``Resumable``) or ended as failed.
+"""
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from producer.generator import Generator, Resumable
+from producer.metrics import ProducerMetrics
+from producer.publisher import Appended, Publisher
+from wire.events import FinishReason, Job
+
+log = logging.getLogger(__name__)
+
+
+class AnswerWriter:
+    def __init__(
+        self, publisher: Publisher, generator: Generator, metrics: ProducerMetrics, *, owner: str, takeover: str
+    ) -> None:
+        self._publisher = publisher
+        self._generator = generator
+        self.metrics = metrics
+        self._owner = owner
+        self._takeover_policy = takeover
+
+    async def answer(self, job: Job, posted_at: float | None, *, recovered: bool) -> None:
+        """Claim the answer, generate it chunk by chunk, and finish it (stop, length or cancelled)."""
+        owner = self._owner
+        claim = await self._publisher.claim(job.conversation_id, job.response_id, owner, recovered=recovered)
+        if claim.status == "resume":
+            chunks = await self._takeover(job, claim.next_index)
+            if chunks is None:
+                return
+            index = claim.next_index
+        elif claim.status == "ok":
+            # ``next_index`` > 0 only when this producer's own earlier attempt got that far.
+            index = claim.next_index
+            chunks = self._generator.generate(job.prompt, job.max_tokens)
+            if index:
+                chunks = _skip(chunks, index)
+        else:
+            return  # finished already, cancelled while queued, superseded, or a live producer runs it
+        await self._stream(job, chunks, index, posted_at)
+
+    async def _takeover(self, job: Job, next_index: int) -> AsyncIterator[str] | None:
+        """A half-written answer whose producer stopped: continue it, or end it as failed (the policy)."""
+        self.metrics.takeovers.inc()
+        generator = self._generator
+        if self._takeover_policy == "continue" and isinstance(generator, Resumable):
+            log.warning("response %s lost its producer mid-answer; continuing it", job.response_id)
+            text = await self._publisher.draft(job.conversation_id)
+            return generator.resume(job.prompt, job.max_tokens, text, next_index)
+        log.warning("response %s lost its producer mid-answer; ending it as failed", job.response_id)
+        await self._publisher.finish(
+            job.conversation_id,
+            job.response_id,
+            self._owner,
+            FinishReason.FAILED,
+            "the producer writing this answer stopped",
+        )
+        self.metrics.jobs.inc_labels(FinishReason.FAILED.value)
+        return None
+
+    async def _stream(self, job: Job, chunks: AsyncIterator[str], index: int, posted_at: float | None) -> None:
+        owner = self._owner
+        reason = FinishReason.STOP
+        first_at = 0.0
+        first_index = index
+        metrics = self.metrics
+        try:
+            async for text in chunks:
+                if index >= job.max_tokens:
+                    reason = FinishReason.LENGTH
+                    break
+                if not text:
+                    continue
+                outcome = await self._publisher.delta(job.conversation_id, job.response_id, owner, index, text)
+                if outcome is Appended.NOT_OURS:
+                    # Another producer took it over (this one looked dead), or the conversation expired.
+                    log.warning("response %s is no longer this producer's; stopping", job.response_id)
+                    return
+                if outcome is Appended.CANCEL_REQUESTED:
+                    reason = FinishReason.CANCELLED
+                    break
+                if index == first_index:
+                    first_at = time.time()
+                    if posted_at is not None and index == 0:
+                        metrics.time_to_first_token.observe(max(0.0, first_at - posted_at))
+                index += 1
+                metrics.tokens.value += 1
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await self._publisher.finish(job.conversation_id, job.response_id, owner, reason)
+        metrics.jobs.inc_labels(reason.value)
+        elapsed = time.time() - first_at
+        if index - first_index > 1 and elapsed > 0:
+            metrics.tokens_per_second.observe((index - first_index - 1) / elapsed)
+
+
+async def _skip(chunks: AsyncIterator[str], count: int) -> AsyncIterator[str]:
+    """``chunks`` after the first ``count`` non-empty ones (already published by an earlier attempt)."""
+    async for text in chunks:
+        if count:
+            count -= bool(text)
+            continue
+        yield text
