@@ -5,6 +5,8 @@ Faults are injected, not waited for: a proxy that loses one reply, ``CLIENT KILL
 
 import asyncio
 import hashlib
+import signal
+import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -58,3 +60,140 @@ async def test_a_lost_reply_to_start_never_leaves_the_answer_stuck(proxied: Clus
     assert history["active_response_id"] is None
     assert history["messages"][-1]["finish_reason"] == "stop"
     await proxied.post(cid, auth, "and the conversation takes the next message")
+
+
+@pytest.fixture
+async def direct(redis_process: RedisServer, spawn: Callable[..., Proc]) -> AsyncIterator[Cluster]:
+    """One node and two producers on Redis directly (producers re-claim every 0.4 s)."""
+    env = {"REDIS_URL": redis_process.url, "STREAMFAN_HEARTBEAT_SECONDS": "1"}
+    node = spawn("server", env)
+    fast = {"STREAMFAN_JOB_CLAIM_SECONDS": "2", "STREAMFAN_SIM_TOKENS_PER_SECOND": "60"}
+    producers = [spawn("producer", {**producer_env(redis_process), **fast}) for _ in range(2)]
+    async with aiohttp.ClientSession() as session:
+        cluster = Cluster(redis_process, [node], producers[0], spawn, session)
+        cluster.producers = producers  # type: ignore[attr-defined]
+        yield cluster
+        for stream in cluster.streams:
+            stream.close()
+
+
+async def test_pooled_connections_redis_closed_are_retried_not_500(direct: Cluster) -> None:
+    cid, auth = await direct.create()
+    await direct.post(cid, auth, "fill the pool")
+    url = f"{direct.nodes[0].url}/api/conversations/{cid}"
+
+    async def get() -> int:
+        async with direct.session.get(url, headers=auth) as resp:
+            return resp.status
+
+    await asyncio.gather(*(get() for _ in range(64)))  # many pooled connections, now idle
+    direct.redis.cli("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    statuses = await asyncio.gather(*(get() for _ in range(64)))
+    assert statuses == [200] * 64
+
+
+async def test_redis_down_is_a_503_with_retry_after_logged_once(direct: Cluster) -> None:
+    cid, auth = await direct.create()
+    direct.redis.stop()
+    try:
+        url = f"{direct.nodes[0].url}/api/conversations/{cid}"
+        for _ in range(20):
+            async with direct.session.get(url, headers=auth) as resp:
+                assert resp.status == 503
+                assert resp.headers["Retry-After"] == "1"
+                assert (await resp.json())["error"] == "unavailable"
+    finally:
+        direct.redis.start()
+    log = direct.nodes[0].log.read_text()
+    assert log.count("Redis unavailable") <= 2 and "Traceback" not in log
+
+
+async def test_a_retried_post_gets_the_first_reply_not_a_second_message(direct: Cluster) -> None:
+    cid, auth = await direct.create()
+    url = f"{direct.nodes[0].url}/api/conversations/{cid}/messages"
+    replies = []
+    for _ in range(2):
+        async with direct.session.post(
+            url, json={"content": "once"}, headers={**auth, "Idempotency-Key": "tab-1-msg-1"}
+        ) as resp:
+            assert resp.status == 202
+            replies.append(await resp.json())
+    assert replies[0] == replies[1]
+    async with direct.session.post(url, json={"content": "again", "client_message_id": "bad\nkey"}, headers=auth) as r:
+        assert r.status == 400
+    history = await direct.history(cid, auth)
+    assert [m["content"] for m in history["messages"] if m["role"] == "user"] == ["once"]
+
+
+async def test_a_lost_reply_to_a_post_is_answered_with_the_first_reply(
+    redis_process: RedisServer, proxy: FaultProxy, spawn: Callable[..., Proc]
+) -> None:
+    node = spawn("server", {"REDIS_URL": proxy.url})
+    spawn("producer", producer_env(redis_process))
+    async with aiohttp.ClientSession() as session:
+        cluster = Cluster(redis_process, [node], node, spawn, session)
+        cid, auth = await cluster.create()
+        await cluster.post(cid, auth, "warm up")  # the node has loaded its scripts
+        await asyncio.sleep(1)
+        proxy.lose_reply_to(sha(scripts.POST_MESSAGE))
+        posted = await cluster.post(cid, auth, "the reply to this post is lost once")
+        assert proxy.replies_lost == 1
+        history = await cluster.history(cid, auth)
+        users = [m for m in history["messages"] if m["role"] == "user"]
+        assert [m["content"] for m in users] == ["warm up", "the reply to this post is lost once"]
+        assert users[-1]["id"] == posted["message_id"]
+
+
+async def test_a_malformed_job_never_stalls_the_producer(
+    redis_process: RedisServer, spawn: Callable[..., Proc]
+) -> None:
+    node = spawn("server", {"REDIS_URL": redis_process.url})
+    spawn("producer", {**producer_env(redis_process), "STREAMFAN_PRODUCER_CONCURRENCY": "2"})
+    await asyncio.sleep(1)  # the producer created its group
+    for i in range(5):
+        redis_process.cli("XADD", "sf:jobs", "*", "garbage", str(i))
+    async with aiohttp.ClientSession() as session:
+        cluster = Cluster(redis_process, [node], node, spawn, session)
+        cid, auth = await cluster.create()
+        stream = await cluster.events(cid, auth)
+        posted = await cluster.post(cid, auth, "answered after five bad jobs")
+        got = await read_events(stream, within=15)
+        stream.close()
+        assert got.text(posted["response_id"]) == "answered after five bad jobs"
+    assert redis_process.cli("XLEN", "sf:jobs") == "0"
+
+
+async def test_a_full_jobs_backlog_is_a_503_and_no_job_is_ever_trimmed(
+    redis_process: RedisServer, spawn: Callable[..., Proc]
+) -> None:
+    node = spawn("server", {"REDIS_URL": redis_process.url, "STREAMFAN_JOBS_MAX": "3"})  # no producer
+    async with aiohttp.ClientSession() as session:
+        cluster = Cluster(redis_process, [node], node, spawn, session)
+        statuses = []
+        for _ in range(5):
+            cid, auth = await cluster.create()
+            async with session.post(
+                f"{node.url}/api/conversations/{cid}/messages", json={"content": "x"}, headers=auth
+            ) as resp:
+                statuses.append(resp.status)
+                if resp.status == 503:
+                    assert resp.headers["Retry-After"] and (await resp.json())["error"] == "overloaded"
+        assert statuses == [202, 202, 202, 503, 503]
+        assert redis_process.cli("XLEN", "sf:jobs") == "3"
+
+
+async def test_a_killed_producer_is_taken_over_within_seconds_and_the_answer_continues(direct: Cluster) -> None:
+    cid, auth = await direct.create()
+    stream = await direct.events(cid, auth)
+    text = " ".join(f"word{i}" for i in range(300))
+    posted = await direct.post(cid, auth, text)
+    head = await read_events(stream, count=30)
+    owner = direct.redis.cli("HGET", f"sf:{{{cid}}}:state", "owner")
+    victim = next(p for p in direct.producers if owner.endswith(f"-{p.popen.pid}"))  # type: ignore[attr-defined]
+    victim.stop(signal.SIGKILL)
+    killed_at = time.monotonic()
+    rest = await read_events(stream, within=30)
+    assert time.monotonic() - killed_at < 12
+    done = rest.of_type("done")
+    assert done == [{"response_id": posted["response_id"], "finish_reason": "stop"}]
+    assert head.text() + rest.text() == text == (await direct.history(cid, auth))["messages"][-1]["content"]
