@@ -9,8 +9,11 @@ Invariants (this class owns them):
   ``max_pending`` of them; an overflow drops the list and sets ``overflowed``, and the catch-up
   reads the history again from ``position``. Heartbeats are not sent then (the replay is traffic).
 - Live writes never await: the fan-out hands the same pre-framed bytes to every client. A client
-  whose unsent bytes pass ``max_buffer`` is cut off (aborted); its EventSource resumes with
-  ``Last-Event-ID`` and loses nothing, and nobody else waited for it.
+  is cut off (aborted) when more than ``max_buffer`` bytes were already unsent in the node before
+  an event (one large event alone never cuts a client off), or when bytes have
+  waited in the node for ``send_timeout`` seconds (checked at each heartbeat); either way the
+  kernel's socket buffer is full first. Its EventSource resumes with ``Last-Event-ID`` and loses
+  nothing, and nobody else waited for it.
 - Replay writes await the socket: after each frame the stream waits (at most ``send_timeout``) until
   the transport's buffer drains, so a client that does not read pins one frame plus the transport's
   high-water mark, never a whole history page; one that stays stuck is cut off.
@@ -47,6 +50,7 @@ class ClientStream:
         "position",
         "send_timeout",
         "skip_until",
+        "stalled_since",
     )
 
     def __init__(
@@ -77,6 +81,8 @@ class ClientStream:
         """The id of the last event written to this client."""
         self.skip_until: EventId | None = None
         """Live frames up to this id were written already (from history or the catch-up buffer)."""
+        self.stalled_since = 0.0
+        """When the node last saw this client's unsent bytes start waiting (0: none wait)."""
         self.closed = False
 
     @property
@@ -106,14 +112,27 @@ class ClientStream:
         if transport.is_closing():
             self.close()
             return
-        transport.write(chunk if self.chunked else frame)
-        if transport.get_write_buffer_size() > self.max_buffer:
+        data = chunk if self.chunked else frame
+        transport.write(data)
+        if transport.get_write_buffer_size() - len(data) > self.max_buffer:
             self._too_slow()
 
-    def heartbeat(self, frame: bytes, chunk: bytes) -> None:
-        """A comment that keeps idle connections and proxies alive; only live clients need one."""
-        if self.pending is None:
-            self._put(chunk if self.chunked else frame)
+    def heartbeat(self, frame: bytes, chunk: bytes, now: float) -> None:
+        """A comment that keeps idle connections and proxies alive, and the live send timeout.
+
+        Only live clients get one. Bytes still waiting in the node mean the kernel's socket buffer
+        is full: a client whose bytes have waited ``send_timeout`` seconds is cut off, however few.
+        """
+        if self.pending is not None:
+            return
+        if self._transport.get_write_buffer_size():
+            if not self.stalled_since:
+                self.stalled_since = now
+            elif now - self.stalled_since > self.send_timeout:
+                self._too_slow()
+            return  # no heartbeat needed while bytes wait
+        self.stalled_since = 0.0
+        self._put(chunk if self.chunked else frame)
 
     def go_live(self) -> None:
         """Write the buffered live frames newer than ``position``, then take frames as they come.
@@ -183,7 +202,7 @@ class ClientStream:
             self.close()
             return
         transport.write(data)
-        if bounded and transport.get_write_buffer_size() > self.max_buffer:
+        if bounded and transport.get_write_buffer_size() - len(data) > self.max_buffer:
             self._too_slow()
 
     async def _drain(self) -> None:

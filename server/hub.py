@@ -133,11 +133,13 @@ class Hub:
     async def _heartbeat(self) -> None:
         """One loop for the node's heartbeats: a comment to every live client each interval."""
         chunk = http_chunk(HEARTBEAT)
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._heartbeat_seconds)
+            now = loop.time()
             for feed in self.channels:
                 for client in list(feed.clients):
-                    client.heartbeat(HEARTBEAT, chunk)
+                    client.heartbeat(HEARTBEAT, chunk, now)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> "asyncio.Task[None]":
         task = asyncio.get_running_loop().create_task(coro, name=name)

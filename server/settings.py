@@ -28,7 +28,9 @@ class Settings:
     client_buffer_bytes: int = setting(256 * 1024, "STREAMFAN_CLIENT_BUFFER_BYTES", low=4096, high=1 << 30)
     """Unsent bytes a client may fall behind before it is cut off."""
     send_timeout_seconds: float = setting(30.0, "STREAMFAN_SEND_TIMEOUT_SECONDS", low=1, high=3600)
-    """A client whose socket accepts nothing this long is dropped."""
+    """A client whose bytes wait this long (its socket buffer full, or unacknowledged) is cut off."""
+    socket_send_buffer_bytes: int = setting(64 * 1024, "STREAMFAN_SOCKET_SEND_BUFFER_BYTES", low=4096, high=1 << 26)
+    """The kernel's send buffer per stream (Linux doubles it); past it, unsent bytes count above."""
     catchup_buffer_events: int = setting(4096, "STREAMFAN_CATCHUP_BUFFER_EVENTS", low=16, high=10**7)
     """Live events held for a client while its history replays."""
     replay_page_events: int = setting(500, "STREAMFAN_REPLAY_PAGE_EVENTS", low=1, high=100_000)

@@ -52,7 +52,9 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     cursor = requested_cursor(request)
     hub, store, metrics = request.app[HUB], request.app[STORE], request.app[METRICS]
 
-    response = EventStreamResponse(send_timeout=settings.send_timeout_seconds)
+    response = EventStreamResponse(
+        send_timeout=settings.send_timeout_seconds, send_buffer=settings.socket_send_buffer_bytes
+    )
     writer = await response.prepare(request)
     transport = request.transport
     if writer is None or transport is None:

@@ -5,7 +5,8 @@ a wake-up per client per interval); this node sends heartbeats to all its client
 (``Hub``), and writes through ``ClientStream``. So only its headers are used, and the two things
 its ``prepare`` does for a stream are done here, in the open:
 - the kernel drops a peer that leaves sent bytes unacknowledged for ``send_timeout`` seconds
-  (``TCP_USER_TIMEOUT``, Linux), so a vanished client is noticed even on an idle stream;
+  (``TCP_USER_TIMEOUT``, Linux), so a vanished client is noticed even on an idle stream, and its
+  send buffer is capped (``SO_SNDBUF``), so the node's byte bound means what it says;
 - the ``Connection`` header is not sent (meaningless in HTTP/1.1, forbidden in HTTP/2).
 """
 
@@ -19,29 +20,36 @@ from aiohttp_sse import EventSourceResponse
 _TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", None)
 
 
-def set_send_timeout(request: BaseRequest, seconds: float) -> None:
-    """Ask the kernel to abort the connection when sent data stays unacknowledged for ``seconds``."""
+def tune_socket(request: BaseRequest, send_timeout: float, send_buffer: int) -> None:
+    """Bound what the kernel holds for this client, and how long it waits for acknowledgements.
+
+    ``SO_SNDBUF`` caps the kernel's send buffer (autotuned, it grows to megabytes, and the node's
+    own bound would only start counting after that); ``TCP_USER_TIMEOUT`` aborts the connection
+    when sent data stays unacknowledged for ``send_timeout`` seconds (Linux).
+    """
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
-    if _TCP_USER_TIMEOUT is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
-    sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(seconds * 1000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    if _TCP_USER_TIMEOUT is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(send_timeout * 1000))
 
 
 class EventStreamResponse(EventSourceResponse):
     _ended: "asyncio.Future[None] | None" = None
 
-    def __init__(self, *, send_timeout: float) -> None:
+    def __init__(self, *, send_timeout: float, send_buffer: int) -> None:
         super().__init__(send_timeout=send_timeout)
         del self.headers["Connection"]
-        self._stream_send_timeout = send_timeout
+        self._socket_options = (send_timeout, send_buffer)
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
         if request.method != "GET":
             raise HTTPMethodNotAllowed(request.method, ("GET",))
         if self.prepared:
             return await super().prepare(request)
-        set_send_timeout(request, self._stream_send_timeout)
+        tune_socket(request, *self._socket_options)
         writer = await StreamResponse.prepare(self, request)
         self._ended = asyncio.get_running_loop().create_future()
         return writer

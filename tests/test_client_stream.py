@@ -17,11 +17,11 @@ async def test_one_write_path_keeps_order_across_replay_live_heartbeat_and_reset
     client = make_listener(transport)
     client.send_control(b"retry: 1000\n\n")
     client.deliver((3, 0), frame("3-0", "live during replay"), b"unused")  # buffered while catching up
-    client.heartbeat(b":\n\n", http_chunk(b":\n\n"))  # not while catching up
+    client.heartbeat(b":\n\n", http_chunk(b":\n\n"), 0.0)  # not while catching up
     await client.replay([((1, 0), frame("1-0", "one")), ((2, 0), frame("2-0", "two")), ((3, 0), frame("3-0", "x"))])
     client.go_live()  # 3-0 came from history already: not twice
     client.deliver((3, 0), frame("3-0", "again"), http_chunk(frame("3-0", "again")))
-    client.heartbeat(b":\n\n", http_chunk(b":\n\n"))
+    client.heartbeat(b":\n\n", http_chunk(b":\n\n"), 0.0)
     client.deliver((4, 0), frame("4-0", "four"), http_chunk(frame("4-0", "four")))
     reset = encode_event("2-0", "reset", '{"reason":"unknown_cursor"}')
     client.reset((2, 0), reset)

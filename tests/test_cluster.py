@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ import aiohttp
 import pytest
 
 from launch.cluster import LocalCluster, render_template
-from launch.processes import free_port, wait_for_port
+from launch.processes import RedisServer, free_port, wait_for_port
 from tests.conftest import ROOT, SECRET, run_loadtest
 from tests.sse_client import Received, assert_strictly_increasing, follow, read_events
 
@@ -194,6 +195,55 @@ async def test_a_node_sent_sigterm_exits_quickly_and_its_clients_lose_nothing(
     results = await asyncio.gather(*tasks)
     reconnects = await _check_exact(session, local_cluster, cid, auth, results)
     assert reconnects >= 3
+
+
+async def test_an_nginx_reload_finishes_while_streams_are_open(
+    local_cluster: LocalCluster, session: aiohttp.ClientSession
+) -> None:
+    assert local_cluster.nginx is not None
+    cid, auth = await create(session, local_cluster.url)
+    url = f"{local_cluster.url}/api/conversations/{cid}/events"
+    streams = [await session.get(url, headers=auth) for _ in range(3)]
+    old_workers = set(_children(local_cluster.nginx.pid))
+    local_cluster.nginx.send_signal(signal.SIGHUP)  # reload
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and old_workers & set(_children(local_cluster.nginx.pid)):  # noqa: ASYNC110
+        await asyncio.sleep(0.25)
+    assert not old_workers & set(_children(local_cluster.nginx.pid)), "old nginx workers kept serving"
+    for stream in streams:  # ended by the old workers: EventSource resumes through the new ones
+        assert (await read_events(stream, within=5)).closed
+        stream.close()
+
+
+def test_workers_die_with_their_supervisor(tmp_path: Path) -> None:
+    redis = RedisServer()
+    redis.start()
+    try:
+        port = free_port()
+        env = {**os.environ, "REDIS_URL": redis.url, "STREAMFAN_SECRET": SECRET.decode()}
+        with (tmp_path / "workers.log").open("wb") as log:
+            supervisor = subprocess.Popen(
+                [sys.executable, "-m", "server", "--port", str(port), "--workers", "2"],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port(port, proc=supervisor)
+        deadline = time.monotonic() + 10
+        while len(children := _children(supervisor.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(children) == 2
+        supervisor.kill()
+        supervisor.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{child}").exists() for child in children):
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{child}").exists() for child in children), "a worker outlived its supervisor"
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    finally:
+        redis.remove()
 
 
 def test_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:

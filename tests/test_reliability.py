@@ -6,6 +6,7 @@ Faults are injected, not waited for: a proxy that loses one reply, ``CLIENT KILL
 import asyncio
 import hashlib
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -197,3 +198,49 @@ async def test_a_killed_producer_is_taken_over_within_seconds_and_the_answer_con
     done = rest.of_type("done")
     assert done == [{"response_id": posted["response_id"], "finish_reason": "stop"}]
     assert head.text() + rest.text() == text == (await direct.history(cid, auth))["messages"][-1]["content"]
+
+
+async def test_a_live_client_that_accepts_nothing_is_cut_off_after_the_send_timeout(
+    redis_process: RedisServer, spawn: Callable[..., Proc]
+) -> None:
+    env = {
+        "REDIS_URL": redis_process.url,
+        "STREAMFAN_SEND_TIMEOUT_SECONDS": "2",
+        "STREAMFAN_HEARTBEAT_SECONDS": "0.5",
+        "STREAMFAN_CLIENT_BUFFER_BYTES": str(64 << 20),  # the byte bound never bites here
+        "STREAMFAN_MAX_MESSAGE_CHARS": "2000000",
+        "STREAMFAN_MAX_BODY_BYTES": "4194304",
+        "STREAMFAN_MAX_TOKENS_LIMIT": "100000",
+    }
+    node = spawn("server", env)
+    spawn("producer", producer_env(redis_process, tokens_per_second=3000))
+    big = " ".join(f"{i:05d}" + "x" * 2000 for i in range(400))  # ~800 KB: more than socket buffers hold
+    async with aiohttp.ClientSession() as session:
+        cluster = Cluster(redis_process, [node], node, spawn, session)
+        cid, auth = await cluster.create()
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect(("127.0.0.1", node.port))
+        slow.sendall(
+            f"GET /api/conversations/{cid}/events HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: {auth['Authorization']}\r\n\r\n".encode()
+        )
+        try:
+            await asyncio.sleep(0.3)
+            async with session.post(
+                f"{node.url}/api/conversations/{cid}/messages",
+                json={"content": big, "max_tokens": 100000},
+                headers=auth,
+            ) as resp:
+                assert resp.status == 202
+            started = time.monotonic()
+            cut = 0.0
+            while time.monotonic() - started < 15 and not cut:
+                async with session.get(f"{node.url}/metrics") as resp:
+                    for line in (await resp.text()).splitlines():
+                        if line.startswith("streamfan_slow_client_disconnects_total "):
+                            cut = float(line.split()[1])
+                await asyncio.sleep(0.2)
+            assert cut == 1, "a client that accepts nothing was never cut off"
+        finally:
+            slow.close()
