@@ -50,6 +50,8 @@ class LocalCluster:
     env: Mapping[str, str] = field(default_factory=dict)
     """Extra environment for nodes and producers (generator pacing, heartbeats...)."""
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="streamfan-cluster-")))
+    redis_fsync: str = "everysec"
+    """Redis' appendfsync ("always" where a test SIGKILLs Redis and counts on every write)."""
     redis: RedisServer | None = None
     members: list[Member] = field(default_factory=list)
     nginx: "subprocess.Popen[bytes] | None" = None
@@ -75,7 +77,7 @@ class LocalCluster:
 
     def _start(self) -> None:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        self.redis = RedisServer(workdir=str(self.workdir / "redis"))
+        self.redis = RedisServer(workdir=str(self.workdir / "redis"), fsync=self.redis_fsync)
         os.makedirs(self.redis.workdir, exist_ok=True)
         self.redis.start()
         secret = os.environ.get("STREAMFAN_SECRET") or secrets.token_hex(32)
@@ -149,6 +151,13 @@ class LocalCluster:
                 process_group=0,
             )
         wait_for_port(self.port, proc=self.nginx)
+
+    def restart_balancer(self, sig: int = signal.SIGKILL) -> None:
+        """Stop nginx with ``sig`` and start it again on the same port."""
+        if self.nginx is not None:
+            stop_process(self.nginx, sig)
+            self.nginx = None
+        self._start_nginx()
 
     def stop(self) -> None:
         """Stop everything this cluster started, balancer first, Redis last."""
