@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from server.errors import QuietBadRequests
+
+    logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
 
     from producer.settings import ProducerSettings
     from server.app import create_app

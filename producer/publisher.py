@@ -111,6 +111,7 @@ class Publisher:
             assistant_status(reason),
             done_data(response_id, reason, error),
             error,
+            self._retention.max_messages,
         )
         result = await self._retrying(lambda: self._finish(keys=keys, args=argv))
         return result is not None

@@ -1,58 +1,94 @@
-"""The conversation REST API: create, post a message, read the history, cancel the answer."""
+"""The conversation REST API: create, post a message, read the history, cancel the answer, delete.
 
+Every bad input is a JSON 4xx: bodies are read within ``STREAMFAN_BODY_TIMEOUT_SECONDS`` (408)
+and ``STREAMFAN_MAX_BODY_BYTES`` (413), must be JSON objects of sane depth, and text must be valid
+Unicode (no lone surrogates, no NUL). Creating, posting, cancelling and deleting are rate-limited
+per client address (429 with ``Retry-After``).
+"""
+
+import asyncio
 import json
 from typing import Any
 
 from aiohttp import web
 
-from server.auth import authorize, issue_token, set_token_cookie
-from server.context import SETTINGS, STORE
+from server.auth import COOKIE_NAME, Access, conversation_path
+from server.context import GATE, SETTINGS, STORE
 from server.errors import JSONError
 from server.store import Busy, Overloaded, new_id
 
+_MAX_KEY_CHARS = 128
+_DEFAULT_PAGE = 200
+_MAX_PAGE = 1000
+
 
 async def _json_body(request: web.Request, *, required: bool) -> dict[str, Any]:
-    raw = await request.read()  # over client_max_size: aiohttp raises 413
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].body_timeout_seconds):
+            raw = await request.read()  # over client_max_size: aiohttp raises 413
+    except TimeoutError:
+        raise JSONError(408, "the request body took too long to arrive", code="body_timeout") from None
     if not raw.strip():
         if required:
             raise JSONError(400, "a JSON object body is required")
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise JSONError(400, "the body is not valid JSON", code="bad_json") from None
     if not isinstance(body, dict):
         raise JSONError(400, "the body must be a JSON object", code="bad_json")
     return body
 
 
+def _text_field(body: dict[str, Any], name: str, limit: int) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise JSONError(400, f"'{name}' must be a non-empty string", code="bad_field", field=name)
+    if len(value) > limit:
+        raise JSONError(400, f"'{name}' is longer than {limit} characters", code="bad_field", field=name)
+    if "\x00" in value:
+        raise JSONError(400, f"'{name}' must not contain NUL", code="bad_field", field=name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise JSONError(
+            400, f"'{name}' is not valid Unicode (a lone surrogate)", code="bad_field", field=name
+        ) from None
+    return value
+
+
+def _take_post(request: web.Request) -> None:
+    gate = request.app[GATE]
+    address = gate.client(request)
+    if gate.limited(address):
+        gate.posts.take(address)
+
+
+async def _access(request: web.Request) -> Access:
+    return await request.app[GATE].conversation(request, request.app[STORE])
+
+
 async def create_conversation(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
+    gate = request.app[GATE]
+    address = gate.client(request)
+    if gate.limited(address):
+        gate.creates.take(address)
     await _json_body(request, required=False)
     conversation_id = new_id()
-    token = issue_token(settings.secret, conversation_id)
+    token = gate.tokens.issue(conversation_id)
     response = web.json_response({"id": conversation_id, "token": token}, status=201)
+    gate.grant(response, request, Access(conversation_id, 0, from_cookie=False), token)
     response.headers["Location"] = f"/api/conversations/{conversation_id}"
-    set_token_cookie(response, request, conversation_id, token, settings.retention.ttl_seconds)
     return response
 
 
 async def post_message(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    conversation_id = authorize(request, settings.secret, settings.cors_origins)
+    _take_post(request)
+    access = await _access(request)
     body = await _json_body(request, required=True)
-    content = body.get("content")
-    if not isinstance(content, str) or not content.strip():
-        raise JSONError(400, "'content' must be a non-empty string", code="bad_field", field="content")
-    if len(content) > settings.max_message_chars:
-        raise JSONError(
-            400,
-            f"'content' is longer than {settings.max_message_chars} characters",
-            code="bad_field",
-            field="content",
-        )
-    if "\x00" in content:
-        raise JSONError(400, "'content' must not contain NUL", code="bad_field", field="content")
+    content = _text_field(body, "content", settings.max_message_chars)
     max_tokens = body.get("max_tokens", settings.default_max_tokens)
     if (
         isinstance(max_tokens, bool)
@@ -66,7 +102,7 @@ async def post_message(request: web.Request) -> web.StreamResponse:
             field="max_tokens",
         )
     key = _idempotency_key(request, body)
-    result = await request.app[STORE].post_message(conversation_id, content, max_tokens, key)
+    result = await request.app[STORE].post_message(access.conversation_id, content, max_tokens, key)
     if isinstance(result, Busy):
         raise JSONError(409, "an answer is still generating", code="busy", response_id=result.response_id)
     if isinstance(result, Overloaded):
@@ -76,13 +112,12 @@ async def post_message(request: web.Request) -> web.StreamResponse:
             code="overloaded",
             headers={"Retry-After": "5"},
         )
-    return web.json_response(
+    response = web.json_response(
         {"message_id": result.message_id, "response_id": result.response_id, "event_id": result.event_id},
         status=202,
     )
-
-
-_MAX_KEY_CHARS = 128
+    request.app[GATE].grant(response, request, access)
+    return response
 
 
 def _idempotency_key(request: web.Request, body: dict[str, Any]) -> str:
@@ -106,26 +141,53 @@ def _idempotency_key(request: web.Request, body: dict[str, Any]) -> str:
     return "client:" + key
 
 
+def _whole_number(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise JSONError(400, f"'{name}' must be a whole number from {low} to {high}", code="bad_field", field=name)
+    return int(raw)
+
+
 async def get_conversation(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    conversation_id = authorize(request, settings.secret, settings.cors_origins)
-    snapshot = await request.app[STORE].snapshot(conversation_id)
-    return web.json_response(snapshot, headers={"Cache-Control": "no-store"})
+    """The history: the newest ``limit`` messages (``before``: end before that position)."""
+    access = await _access(request)
+    limit = _whole_number(request, "limit", _DEFAULT_PAGE, 1, _MAX_PAGE)
+    before = _whole_number(request, "before", None, 0, 10**9)
+    assert limit is not None
+    snapshot = await request.app[STORE].snapshot(access.conversation_id, limit, before)
+    gate = request.app[GATE]
+    snapshot["token"] = token = gate.tokens.issue(access.conversation_id, access.generation)
+    response = web.json_response(snapshot, headers={"Cache-Control": "no-store"})
+    gate.grant(response, request, access, token)
+    return response
 
 
 async def cancel_answer(request: web.Request) -> web.StreamResponse:
     """Cancel the active answer (or, with ``response_id``, only that one): 202, or 409 if none."""
-    settings = request.app[SETTINGS]
-    conversation_id = authorize(request, settings.secret, settings.cors_origins)
+    _take_post(request)
+    access = await _access(request)
     body = await _json_body(request, required=False)
     wanted = body.get("response_id")
     if wanted is not None and not isinstance(wanted, str):
         raise JSONError(400, "'response_id' must be a string", code="bad_field", field="response_id")
     store = request.app[STORE]
-    active = await store.active_response(conversation_id)
+    active = await store.active_response(access.conversation_id)
     if active is None or (wanted is not None and wanted != active):
         raise JSONError(409, "no such answer is generating", code="not_generating")
-    outcome = await store.cancel(conversation_id, active)
+    outcome = await store.cancel(access.conversation_id, active)
     if outcome == "gone":
         raise JSONError(409, "the answer finished first", code="not_generating")
     return web.json_response({"response_id": active, "status": outcome}, status=202)
+
+
+async def delete_conversation(request: web.Request) -> web.StreamResponse:
+    """Delete the conversation and revoke every token of it: 204; the cookie is cleared."""
+    _take_post(request)
+    access = await _access(request)
+    gate = request.app[GATE]
+    await request.app[STORE].delete(access.conversation_id, gate.tokens.max_age)
+    response = web.Response(status=204)
+    response.del_cookie(COOKIE_NAME, path=conversation_path(access.conversation_id))
+    return response

@@ -9,8 +9,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from server import api, health
-from server.context import HUB, METRICS, REDIS, SETTINGS, STORE
-from server.errors import Handler, guarded
+from server.access import Gate
+from server.context import GATE, HUB, METRICS, REDIS, SETTINGS, STORE
+from server.errors import Handler, JSONError, guarded
 from server.http_policy import apply_headers, fallback
 from server.hub import Hub
 from server.metrics import NodeMetrics
@@ -27,6 +28,7 @@ def create_app(settings: Settings, redis: "Redis") -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[REDIS] = redis
+    app[GATE] = Gate.from_settings(settings)
     store = ConversationStore(redis, settings.retention)
     app[STORE] = store
     metrics = app[METRICS] = NodeMetrics()
@@ -49,23 +51,33 @@ def create_app(settings: Settings, redis: "Redis") -> web.Application:
         ("GET", "/api/conversations/{conversation_id}", api.get_conversation),
         ("POST", "/api/conversations/{conversation_id}/messages", api.post_message),
         ("POST", "/api/conversations/{conversation_id}/cancel", api.cancel_answer),
+        ("DELETE", "/api/conversations/{conversation_id}", api.delete_conversation),
         ("GET", "/healthz", health.healthz),
         ("GET", "/readyz", health.readyz),
         ("GET", "/metrics", health.metrics),
     ]
     if (WEB_ROOT / "index.html").exists():
         routes += [("GET", "/", _index), ("GET", "/c/{conversation_id}", _index)]
-        app.router.add_static("/static/", WEB_ROOT, append_version=True)
+        routes += [("GET", "/static/{path:.+}", _static)]
     for method, path, handler in routes:
         app.router.add_route(method, path, guarded(handler))
     # The event stream goes unwrapped: it raises only JSON errors, and only before it streams.
     app.router.add_get("/api/conversations/{conversation_id}/events", stream_events)
-    app.router.add_route("*", "/{tail:.*}", fallback)  # last: JSON 404/405 and CORS preflights
+    app.router.add_route("*", r"/{tail:[\s\S]*}", fallback)  # last: JSON 404/405 and CORS preflights
     return app
 
 
 async def _index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(WEB_ROOT / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _static(request: web.Request) -> web.StreamResponse:
+    """A file of the page, never outside ``web/`` (and a JSON 404, unlike aiohttp's static route)."""
+    relative = request.match_info["path"]
+    path = (WEB_ROOT / relative).resolve()
+    if ".." in relative.split("/") or not path.is_relative_to(WEB_ROOT) or not path.is_file():
+        raise JSONError(404, "Not Found")
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
 async def _end_streams(app: web.Application) -> None:

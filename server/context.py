@@ -3,6 +3,7 @@
 from aiohttp import web
 from redis.asyncio import Redis
 
+from server.access import Gate
 from server.hub import Hub
 from server.metrics import NodeMetrics
 from server.settings import Settings
@@ -13,3 +14,4 @@ REDIS = web.AppKey("redis", Redis)
 STORE = web.AppKey("store", ConversationStore)
 HUB = web.AppKey("hub", Hub)
 METRICS = web.AppKey("metrics", NodeMetrics)
+GATE = web.AppKey("gate", Gate)

@@ -13,8 +13,8 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-_ALLOW_METHODS = "GET, POST, OPTIONS"
-_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID"
+_ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
+_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, Idempotency-Key"
 
 
 def _allowed_origin(request: web.Request) -> str | None:
@@ -25,7 +25,7 @@ def _allowed_origin(request: web.Request) -> str | None:
 async def preflight(request: web.Request) -> web.StreamResponse:
     """``OPTIONS`` on any path: a CORS preflight from a configured origin, else 403."""
     if _allowed_origin(request) is None or "Access-Control-Request-Method" not in request.headers:
-        return web.Response(status=403, text="origin not allowed")
+        raise JSONError(403, "this origin may not call the API cross-origin", code="forbidden")
     response = web.Response(status=204)
     response.headers["Access-Control-Allow-Methods"] = _ALLOW_METHODS
     response.headers["Access-Control-Allow-Headers"] = _ALLOW_HEADERS

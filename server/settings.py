@@ -7,11 +7,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Self
 
+from server.peers import Network, parse_networks
 from wire.env import Retention, SettingsError, env_str, read_settings, setting
 
 log = logging.getLogger(__name__)
 
 _MIN_SECRET_BYTES = 16
+_MIN_DISTINCT_BYTES = 8
+_LOOPBACK = "127.0.0.0/8,::1"
+
+
+def _strong_secret(name: str, raw: str) -> bytes:
+    """A secret long and varied enough to sign with; a weak one stops the node with its name."""
+    secret = raw.encode()
+    if len(secret) < _MIN_SECRET_BYTES:
+        raise SettingsError(f"{name} must be at least {_MIN_SECRET_BYTES} bytes")
+    if any(ch.isspace() for ch in raw):
+        raise SettingsError(f"{name} must not contain whitespace")
+    if len(set(secret)) < _MIN_DISTINCT_BYTES:
+        raise SettingsError(f"{name} is too weak: use a random value (e.g. openssl rand -hex 32)")
+    return secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +35,26 @@ class Settings:
     """REDIS_URL; unset runs the embedded in-memory broker and producer in this process."""
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     """STREAMFAN_SECRET: signs conversation tokens; the same on every node. Required with Redis."""
+    previous_secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    """STREAMFAN_PREVIOUS_SECRETS: comma-separated secrets that still verify tokens (rotation)."""
+    trusted_proxies: tuple[Network, ...] = field(default_factory=lambda: parse_networks(_LOOPBACK))
+    """STREAMFAN_TRUSTED_PROXIES: proxies whose X-Forwarded-For/-Proto are believed."""
+    limits_exempt: tuple[Network, ...] = field(default_factory=lambda: parse_networks(_LOOPBACK))
+    """STREAMFAN_LIMITS_EXEMPT: clients never rate- or stream-limited."""
+    allowed_hosts: tuple[str, ...] = ()
+    """STREAMFAN_ALLOWED_HOSTS: comma-separated Host names served (empty: any)."""
+    token_max_age_seconds: int = setting(86_400, "STREAMFAN_TOKEN_MAX_AGE_SECONDS", low=60, high=10**9)
+    """A token expires this long after it was issued (re-issued on every authorized use)."""
+    streams_per_ip: int = setting(64, "STREAMFAN_STREAMS_PER_IP", low=1, high=10**6)
+    """Open event streams one client address may hold on one node."""
+    streams_per_conversation: int = setting(512, "STREAMFAN_STREAMS_PER_CONVERSATION", low=1, high=10**6)
+    """Open event streams of one conversation on one node."""
+    creates_per_minute: int = setting(30, "STREAMFAN_CREATES_PER_MINUTE", low=1, high=10**7)
+    """Conversations one client address may create per minute (a third of it at once)."""
+    posts_per_minute: int = setting(120, "STREAMFAN_POSTS_PER_MINUTE", low=1, high=10**7)
+    """Messages, cancels and deletes one client address may send per minute (a third at once)."""
+    body_timeout_seconds: float = setting(10.0, "STREAMFAN_BODY_TIMEOUT_SECONDS", low=0.1, high=3600)
+    """A request body that takes longer to arrive gets 408."""
     retention: Retention = field(default_factory=Retention)
     heartbeat_seconds: float = setting(15.0, "STREAMFAN_HEARTBEAT_SECONDS", low=0.05, high=15)
     """A comment is sent on idle streams this often."""
@@ -33,7 +68,7 @@ class Settings:
     """The kernel's send buffer per stream (Linux doubles it); past it, unsent bytes count above."""
     catchup_buffer_events: int = setting(4096, "STREAMFAN_CATCHUP_BUFFER_EVENTS", low=16, high=10**7)
     """Live events held for a client while its history replays."""
-    replay_page_events: int = setting(500, "STREAMFAN_REPLAY_PAGE_EVENTS", low=1, high=100_000)
+    replay_page_events: int = setting(200, "STREAMFAN_REPLAY_PAGE_EVENTS", low=1, high=100_000)
     """History events read from Redis per round trip."""
     unsubscribe_grace_seconds: float = setting(5.0, "STREAMFAN_UNSUBSCRIBE_GRACE_SECONDS", low=0, high=3600)
     """How long a channel stays subscribed after its last client."""
@@ -64,20 +99,39 @@ class Settings:
         redis_url = env.get("REDIS_URL") or None
         raw_secret = env.get("STREAMFAN_SECRET", "")
         if raw_secret:
-            if len(raw_secret.encode()) < _MIN_SECRET_BYTES:
-                raise SettingsError(f"STREAMFAN_SECRET must be at least {_MIN_SECRET_BYTES} bytes")
-            secret = raw_secret.encode()
+            secret = _strong_secret("STREAMFAN_SECRET", raw_secret)
         elif redis_url is not None:
             raise SettingsError("STREAMFAN_SECRET must be set, the same on every node, when REDIS_URL is set")
         else:
             log.warning("STREAMFAN_SECRET unset: tokens are signed with a random key and die with this process")
             secret = secrets.token_bytes(32)
+        previous = tuple(
+            _strong_secret("STREAMFAN_PREVIOUS_SECRETS", item.strip())
+            for item in env_str(env, "STREAMFAN_PREVIOUS_SECRETS", "").split(",")
+            if item.strip()
+        )
+        networks = {}
+        for name, default in (("STREAMFAN_TRUSTED_PROXIES", _LOOPBACK), ("STREAMFAN_LIMITS_EXEMPT", _LOOPBACK)):
+            try:
+                networks[name] = parse_networks(env_str(env, name, default))
+            except ValueError as exc:
+                raise SettingsError(f"{name}: {exc}") from None
+        hosts = tuple(h.strip().lower() for h in env_str(env, "STREAMFAN_ALLOWED_HOSTS", "").split(",") if h.strip())
         origins = tuple(o.strip() for o in env_str(env, "STREAMFAN_CORS_ORIGINS", "").split(",") if o.strip())
         for origin in origins:
             if origin == "*" or not origin.startswith(("http://", "https://")):
                 raise SettingsError(f"STREAMFAN_CORS_ORIGINS: {origin!r} is not an origin (no wildcards)")
         settings = read_settings(
-            cls, env, redis_url=redis_url, secret=secret, retention=Retention.from_env(env), cors_origins=origins
+            cls,
+            env,
+            redis_url=redis_url,
+            secret=secret,
+            previous_secrets=previous,
+            trusted_proxies=networks["STREAMFAN_TRUSTED_PROXIES"],
+            limits_exempt=networks["STREAMFAN_LIMITS_EXEMPT"],
+            allowed_hosts=hosts,
+            retention=Retention.from_env(env),
+            cors_origins=origins,
         )
         if settings.default_max_tokens > settings.max_tokens_limit:
             raise SettingsError("STREAMFAN_DEFAULT_MAX_TOKENS exceeds STREAMFAN_MAX_TOKENS_LIMIT")

@@ -19,9 +19,9 @@ import logging
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from server.auth import authorize
+from server.auth import Access
 from server.client_stream import ClientStream
-from server.context import HUB, METRICS, SETTINGS, STORE
+from server.context import GATE, HUB, METRICS, SETTINGS, STORE
 from server.errors import JSONError
 from server.history import history_after
 from server.pubsub import HubUnavailable
@@ -48,13 +48,38 @@ def requested_cursor(request: web.Request) -> EventId:
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    conversation_id = authorize(request, settings.secret, settings.cors_origins)
+    gate, hub, store = request.app[GATE], request.app[HUB], request.app[STORE]
+    if request.method != "GET":
+        raise JSONError(405, "Method Not Allowed", headers={"Allow": "GET"})
+    try:
+        access = await gate.conversation(request, store)
+    except (RedisError, OSError, TimeoutError):
+        raise JSONError(
+            503, "the service is briefly unavailable; try again", code="unavailable", headers={"Retry-After": "1"}
+        ) from None
     cursor = requested_cursor(request)
-    hub, store, metrics = request.app[HUB], request.app[STORE], request.app[METRICS]
+    address = gate.client(request)
+    limited = gate.limited(address)
+    if limited and hub.listener_count(access.conversation_id) >= settings.streams_per_conversation:
+        raise JSONError(
+            429, "too many open streams of this conversation", code="too_many_streams", headers={"Retry-After": "5"}
+        )
+    if limited:
+        gate.streams_per_ip.enter(address)
+    try:
+        return await _stream(request, access.conversation_id, cursor, access)
+    finally:
+        if limited:
+            gate.streams_per_ip.leave(address)
 
+
+async def _stream(request: web.Request, conversation_id: str, cursor: EventId, access: Access) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    hub, store, metrics = request.app[HUB], request.app[STORE], request.app[METRICS]
     response = EventStreamResponse(
         send_timeout=settings.send_timeout_seconds, send_buffer=settings.socket_send_buffer_bytes
     )
+    request.app[GATE].grant(response, request, access)  # the cookie lives on while the stream is used
     writer = await response.prepare(request)
     transport = request.transport
     if writer is None or transport is None:

@@ -86,6 +86,7 @@ class ConversationStore:
         self._cancel = redis.register_script(scripts.CANCEL)
         self._replay = redis.register_script(scripts.REPLAY)
         self._snapshot = redis.register_script(scripts.SNAPSHOT)
+        self._delete = redis.register_script(scripts.DELETE)
 
     def _argv(self, keys: ConversationKeys, *rest: str | int) -> list[str | int]:
         r = self._retention
@@ -109,6 +110,7 @@ class ConversationStore:
                 self._retention.jobs_max,
                 idempotency_key,
                 message_id,
+                self._retention.max_messages,
                 *job_fields,
             ),
         )
@@ -144,12 +146,15 @@ class ConversationStore:
             frames.append((parse_event_id(event_id.decode()), frame_from_entry(event_id, values[b"t"], values[b"d"])))
         return Page(frames)
 
-    async def snapshot(self, conversation_id: str) -> dict[str, Any]:
-        """The history API's body: finished messages, the answer in progress, and its last event id."""
+    async def snapshot(self, conversation_id: str, limit: int, before: int | None = None) -> dict[str, Any]:
+        """The history API's body: at most ``limit`` finished messages ending before position
+        ``before`` (the newest by default), the answer in progress, and the last event id."""
         keys = ConversationKeys(conversation_id)
-        stored, active, phase, draft, head = await self._snapshot(keys=list(keys.all), args=[])
+        stored, active, phase, draft, head, first, total, _ = await self._snapshot(
+            keys=list(keys.all), args=[limit, "" if before is None else before]
+        )
         messages: list[Message] = [json.loads(m) for m in stored]
-        if active is not None:
+        if active is not None and before is None:
             messages.append(
                 Message(
                     id=_text(active),
@@ -161,9 +166,20 @@ class ConversationStore:
         return {
             "id": conversation_id,
             "messages": messages,
+            "first_position": int(first),
+            "total_messages": int(total),
             "last_event_id": _text(head) if head else START_ID,
             "active_response_id": _text(active) if active is not None else None,
         }
+
+    async def generation(self, conversation_id: str) -> int:
+        """The conversation's token generation: tokens of an older one are revoked."""
+        value = await self._redis.hget(ConversationKeys(conversation_id).state, "gen")
+        return int(value) if value is not None else 0
+
+    async def delete(self, conversation_id: str, tombstone_seconds: int) -> int:
+        """Delete the conversation and revoke its tokens; returns the new generation."""
+        return int(await self._delete(keys=list(ConversationKeys(conversation_id).all), args=[tombstone_seconds]))
 
     async def ping(self) -> None:
         await self._redis.ping()

@@ -34,7 +34,7 @@ async def test_create_returns_id_token_and_a_scoped_httponly_cookie(client_facto
     resp = await client.post("/api/conversations")
     assert resp.status == 201
     body = await resp.json()
-    assert len(body["id"]) >= 16 and body["token"].startswith("v1.")
+    assert len(body["id"]) >= 16 and body["token"].startswith(body["id"] + ":0.")
     cookie = resp.headers["Set-Cookie"]
     assert f"Path=/api/conversations/{body['id']}" in cookie
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
@@ -182,8 +182,19 @@ async def test_cookie_authenticates_eventsource_but_not_cross_site_posts(client_
     events = await client.get(f"/api/conversations/{cid}/events")  # the cookie alone
     assert events.status == 200
     events.close()
-    same = await client.post(f"/api/conversations/{cid}/messages", json={"content": "hi"})
+    own = str(client.make_url("/")).rstrip("/")
+    same = await client.post(f"/api/conversations/{cid}/messages", json={"content": "hi"}, headers={"Origin": own})
     assert same.status == 202
+    no_origin = await client.post(f"/api/conversations/{cid}/cancel", json={})
+    assert no_origin.status == 403
+    cross_site = await client.post(
+        f"/api/conversations/{cid}/cancel", json={}, headers={"Origin": own, "Sec-Fetch-Site": "cross-site"}
+    )
+    assert cross_site.status == 403
+    as_form = await client.post(
+        f"/api/conversations/{cid}/cancel", data="x=1", headers={"Origin": own, "Content-Type": "text/plain"}
+    )
+    assert as_form.status == 415 and (await as_form.json())["error"] == "unsupported_media"
     evil = await client.post(f"/api/conversations/{cid}/cancel", json={}, headers={"Origin": "https://evil.example"})
     assert evil.status == 403
 

@@ -15,10 +15,19 @@ def test_defaults_without_redis_are_embedded() -> None:
 def test_redis_requires_a_shared_secret() -> None:
     with pytest.raises(SettingsError, match="STREAMFAN_SECRET"):
         Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0"})
+    redis = {"REDIS_URL": "redis://127.0.0.1:1/0"}
     with pytest.raises(SettingsError, match="at least 16"):
-        Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "STREAMFAN_SECRET": "short"})
-    ok = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "STREAMFAN_SECRET": "x" * 16})
-    assert ok.secret == b"x" * 16 and not ok.embedded
+        Settings.from_env({**redis, "STREAMFAN_SECRET": "short"})
+    with pytest.raises(SettingsError, match="too weak"):
+        Settings.from_env({**redis, "STREAMFAN_SECRET": "x" * 64})
+    with pytest.raises(SettingsError, match="whitespace"):
+        Settings.from_env({**redis, "STREAMFAN_SECRET": "0123456789 abcdef"})
+    with pytest.raises(SettingsError, match="STREAMFAN_PREVIOUS_SECRETS"):
+        Settings.from_env({**redis, "STREAMFAN_SECRET": "0123456789abcdef", "STREAMFAN_PREVIOUS_SECRETS": "aaaa"})
+    with pytest.raises(SettingsError, match="STREAMFAN_TRUSTED_PROXIES"):
+        Settings.from_env({**redis, "STREAMFAN_SECRET": "0123456789abcdef", "STREAMFAN_TRUSTED_PROXIES": "nginx"})
+    ok = Settings.from_env({**redis, "STREAMFAN_SECRET": "0123456789abcdef"})
+    assert ok.secret == b"0123456789abcdef" and not ok.embedded
 
 
 @pytest.mark.parametrize(
@@ -55,6 +64,8 @@ def test_the_readme_documents_every_setting() -> None:
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     special = ["REDIS_URL", "STREAMFAN_SECRET", "STREAMFAN_CORS_ORIGINS", "STREAMFAN_PRODUCER_NAME"]
+    special += ["STREAMFAN_PREVIOUS_SECRETS", "STREAMFAN_TRUSTED_PROXIES", "STREAMFAN_LIMITS_EXEMPT"]
+    special += ["STREAMFAN_ALLOWED_HOSTS"]
     special += [
         "STREAMFAN_SIM_TTFT_MS",
         "STREAMFAN_SIM_TOKENS_PER_SECOND",

@@ -85,6 +85,8 @@ class Retention:
     """Events kept per conversation (approximate, ``MAXLEN ~``)."""
     ttl_seconds: int = setting(86_400, "STREAMFAN_RETENTION_SECONDS", low=60, high=10**9)
     """A conversation expires this long after its last event."""
+    max_messages: int = setting(1000, "STREAMFAN_HISTORY_MAX_MESSAGES", low=10, high=10**7)
+    """Messages kept per conversation (the oldest are dropped, like the oldest events)."""
     jobs_max: int = setting(100_000, "STREAMFAN_JOBS_MAX", low=1, high=10**9)
     """Most generation jobs waiting or running; a post beyond it gets 503 (jobs are never trimmed)."""
 

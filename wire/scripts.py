@@ -50,7 +50,8 @@ POST_MESSAGE: Final = (
     _PRELUDE
     + r"""
 -- KEYS[5] = jobs stream. ARGV: 4 response id, 5 user message record, 6 user_message event data,
--- 7 most jobs waiting, 8 idempotency key, 9 message id, 10.. job fields as name, value pairs.
+-- 7 most jobs waiting, 8 idempotency key, 9 message id, 10 messages kept, 11.. job fields as name,
+-- value pairs.
 -- Returns {1, reply} (posted), {2, reply} (this idempotency key posted already: the same reply,
 -- so a retry after a lost reply is answered, never doubled), {0, active response id} while an
 -- answer is still generating, or {-1, ''} when the jobs backlog is full (nothing written). The
@@ -63,11 +64,12 @@ if redis.call('XLEN', KEYS[5]) >= tonumber(ARGV[7]) then return {-1, ''} end
 local id = append_event('user_message', ARGV[6])
 local reply = cjson.encode({message_id = ARGV[9], response_id = ARGV[4], event_id = id})
 redis.call('RPUSH', MESSAGES, ARGV[5])
+redis.call('LTRIM', MESSAGES, -tonumber(ARGV[10]), -1)
 redis.call('HSET', STATE, 'active', ARGV[4], 'phase', 'queued', 'next', 0, 'idem_key', ARGV[8], 'idem_reply', reply)
 redis.call('HDEL', STATE, 'cancel', 'owner')
 redis.call('SET', DRAFT, '')
 touch()
-redis.call('XADD', KEYS[5], '*', unpack(ARGV, 10))
+redis.call('XADD', KEYS[5], '*', unpack(ARGV, 11))
 return {1, reply}
 """
 )
@@ -143,12 +145,15 @@ FINISH: Final = (
     _PRELUDE
     + r"""
 -- ARGV: 4 response id, 5 owner ('' = whoever owns it: recovery of an abandoned answer),
--- 6 finish reason, 7 message status, 8 done event data, 9 (optional) why it failed.
+-- 6 finish reason, 7 message status, 8 done event data, 9 (optional) why it failed, 10 (optional)
+-- messages kept.
 -- Stores the assistant message (its content is the concatenation of the deltas) and publishes done.
 -- Returns the done event's id, or false if the answer is not active (finished already) or not ours.
 if redis.call('HGET', STATE, 'active') ~= ARGV[4] then return false end
 if ARGV[5] ~= '' and redis.call('HGET', STATE, 'owner') ~= ARGV[5] then return false end
-return finish(ARGV[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+local id = finish(ARGV[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+if ARGV[10] then redis.call('LTRIM', MESSAGES, -tonumber(ARGV[10]), -1) end
+return id
 """
 )
 
@@ -191,12 +196,32 @@ return {'ok', head_id, redis.call('XRANGE', KEYS[2], '(' .. cursor, '+', 'COUNT'
 """
 
 SNAPSHOT: Final = r"""
--- KEYS = ConversationKeys.all. Returns {finished messages, active response id, phase, draft,
--- last event id}, read atomically: the snapshot is exactly the history up to that event id.
-local st = redis.call('HMGET', KEYS[1], 'active', 'phase')
+-- KEYS = ConversationKeys.all. ARGV: 1 most messages, 2 position to end before ('' = the newest).
+-- Returns {messages, active response id, phase, draft, last event id, position of the first
+-- message returned, messages kept in all, generation}, read atomically: the snapshot is exactly
+-- the history up to that event id.
+local st = redis.call('HMGET', KEYS[1], 'active', 'phase', 'gen')
 local head = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
-return {redis.call('LRANGE', KEYS[2], 0, -1), st[1], st[2], redis.call('GET', KEYS[3]),
-        head[1] and head[1][1] or '0-0'}
+local total = redis.call('LLEN', KEYS[2])
+local stop = total
+if ARGV[2] ~= '' then stop = math.min(total, math.max(0, tonumber(ARGV[2]))) end
+local start = math.max(0, stop - tonumber(ARGV[1]))
+local messages = {}
+if stop > start then messages = redis.call('LRANGE', KEYS[2], start, stop - 1) end
+return {messages, st[1], st[2], redis.call('GET', KEYS[3]), head[1] and head[1][1] or '0-0', start, total,
+        tonumber(st[3]) or 0}
+"""
+
+DELETE: Final = r"""
+-- KEYS = ConversationKeys.all. ARGV: 1 how long the tombstone lives (the longest a token lives).
+-- Deletes the conversation and revokes every token issued for it: the state keeps only the next
+-- generation, so older tokens are refused. An answer being generated stops at its next chunk.
+-- Returns the new generation.
+local generation = (tonumber(redis.call('HGET', KEYS[1], 'gen')) or 0) + 1
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('HSET', KEYS[1], 'gen', generation)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return generation
 """
 
 

@@ -1,0 +1,75 @@
+"""Who may do what, per request: host, client address, token and its revocation, rate limits.
+
+One place composes the rules the handlers share: the Host is one we serve; the client address and
+scheme come from trusted proxies only (``server.peers``); the token opens this conversation
+(``server.auth``) and is of its current generation (not revoked, a Redis read); the client is within
+its rates (``server.limits``); every authorized response refreshes the cookie, and an https client
+gets HSTS and a ``Secure`` cookie.
+"""
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from server.auth import Access, Tokens, authorize, set_token_cookie
+from server.errors import JSONError
+from server.limits import RateLimit, StreamCount
+from server.peers import client_ip, client_scheme, within
+from server.settings import Settings
+from server.store import ConversationStore
+
+HSTS = "max-age=31536000"
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    settings: Settings
+    tokens: Tokens
+    creates: RateLimit
+    posts: RateLimit
+    streams_per_ip: StreamCount
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Gate":
+        return cls(
+            settings,
+            Tokens([*settings.previous_secrets, settings.secret], settings.token_max_age_seconds),
+            RateLimit("new conversations", settings.creates_per_minute / 60, max(1, settings.creates_per_minute // 3)),
+            RateLimit("messages", settings.posts_per_minute / 60, max(1, settings.posts_per_minute // 3)),
+            StreamCount("from this address", settings.streams_per_ip),
+        )
+
+    def client(self, request: web.BaseRequest) -> str:
+        """The client's address (for limits and logs), checking the Host on the way."""
+        hosts = self.settings.allowed_hosts
+        if hosts and request.host.rsplit(":", 1)[0].lower().strip("[]") not in hosts:
+            raise JSONError(421, "this host is not served here", code="misdirected")
+        return client_ip(request, self.settings.trusted_proxies)
+
+    def limited(self, address: str) -> bool:
+        return not within(address, self.settings.limits_exempt)
+
+    def https(self, request: web.BaseRequest) -> bool:
+        return client_scheme(request, self.settings.trusted_proxies) == "https"
+
+    def own_origin(self, request: web.BaseRequest) -> str:
+        return f"{client_scheme(request, self.settings.trusted_proxies)}://{request.host}"
+
+    async def conversation(self, request: web.Request, store: ConversationStore) -> Access:
+        """The request's verified, unrevoked access to its conversation, or a JSON 4xx."""
+        self.client(request)
+        access = authorize(request, self.tokens, self.own_origin(request), self.settings.cors_origins)
+        if await store.generation(access.conversation_id) != access.generation:
+            raise JSONError(404, "no such conversation")
+        return access
+
+    def grant(
+        self, response: web.StreamResponse, request: web.BaseRequest, access: Access, token: str | None = None
+    ) -> str:
+        """A fresh token for ``access`` (returned) in the conversation's cookie, and HSTS on https."""
+        token = token or self.tokens.issue(access.conversation_id, access.generation)
+        secure = self.https(request)
+        set_token_cookie(response, access.conversation_id, token, self.tokens.max_age, secure=secure)
+        if secure:
+            response.headers["Strict-Transport-Security"] = HSTS
+        return token
