@@ -50,6 +50,15 @@ class LocalCluster:
     env: Mapping[str, str] = field(default_factory=dict)
     """Extra environment for nodes and producers (generator pacing, heartbeats...)."""
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="streamfan-cluster-")))
+    nginx_limits: Mapping[str, str] = field(
+        default_factory=lambda: {
+            "STREAMFAN_NGINX_STREAMS_PER_IP": "10000",
+            "STREAMFAN_NGINX_API_RATE": "1000r/s",
+            "STREAMFAN_NGINX_API_BURST": "2000",
+        }
+    )
+    """The balancer's per-address limits: generous here, where every client is on loopback (compose
+    sets strict ones)."""
     redis_fsync: str = "everysec"
     """Redis' appendfsync ("always" where a test SIGKILLs Redis and counts on every write)."""
     redis: RedisServer | None = None
@@ -130,6 +139,7 @@ class LocalCluster:
             "NGINX_ERROR_LOG": str(self.workdir / "logs" / "nginx-error.log"),
             "STREAMFAN_LISTEN": f"127.0.0.1:{self.port}",
             "STREAMFAN_MAX_BODY": "64k",
+            **self.nginx_limits,
             "STREAMFAN_UPSTREAM_SERVERS": " ".join(
                 f"server 127.0.0.1:{m.port} max_fails=1 fail_timeout=5s;" for m in self.node_members
             ),

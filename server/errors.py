@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,17 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
             log.warning("Redis unavailable (%r; %d more since the last report)", exc, _redis_down.take_suppressed())
         raise JSONError(
             503, "the service is briefly unavailable; try again", code="unavailable", headers={"Retry-After": "1"}
+        ) from None
+    except ResponseError as exc:
+        if not isinstance(exc, OutOfMemoryError) and not str(exc).startswith("OOM"):
+            if _internal.allow():
+                log.exception("unhandled Redis error in %s %s", request.method, request.path)
+            raise JSONError(500, "internal error") from None
+        # maxmemory reached with noeviction: nothing is dropped, new writes wait for expiries.
+        if _redis_down.allow():
+            log.warning("Redis is full (maxmemory); refusing writes (%d more)", _redis_down.take_suppressed())
+        raise JSONError(
+            503, "storage is full; try again later", code="unavailable", headers={"Retry-After": "30"}
         ) from None
     except Exception:
         if _internal.allow():

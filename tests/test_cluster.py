@@ -319,6 +319,9 @@ def test_the_nginx_templates_render_to_a_config_nginx_accepts(tmp_path: Path) ->
         "STREAMFAN_LISTEN": "127.0.0.1:1",
         "STREAMFAN_MAX_BODY": "64k",
         "STREAMFAN_UPSTREAM_SERVERS": "server 127.0.0.1:2;",
+        "STREAMFAN_NGINX_STREAMS_PER_IP": "64",
+        "STREAMFAN_NGINX_API_RATE": "10r/s",
+        "STREAMFAN_NGINX_API_BURST": "40",
     }
     for name in ("nginx.conf", "streamfan.conf"):
         text = (ROOT / "deploy" / "nginx" / f"{name}.template").read_text()
@@ -327,7 +330,7 @@ def test_the_nginx_templates_render_to_a_config_nginx_accepts(tmp_path: Path) ->
         (tmp_path / name).write_text(rendered)
     site = (tmp_path / "streamfan.conf").read_text()
     assert "$http_host" in site and "$proxy_add_x_forwarded_for" in site  # nginx's own variables survive
-    for directive in ("proxy_buffering off", "proxy_read_timeout 1h", "gzip off", "keepalive 64"):
+    for directive in ("proxy_buffering off", "proxy_read_timeout 1h", "gzip off", "keepalive 64", "limit_conn"):
         assert directive in site
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     check = subprocess.run([nginx, "-t", "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
@@ -337,24 +340,26 @@ def test_the_nginx_templates_render_to_a_config_nginx_accepts(tmp_path: Path) ->
 def test_docker_compose_file_validates(tmp_path: Path) -> None:
     compose = shutil.which("docker-compose")
     assert compose is not None, "docker-compose is missing: ./scripts/test.sh installs it"
-    env = {**os.environ, "STREAMFAN_SECRET": "x" * 32}
-    (tmp_path / ".env").write_text("STREAMFAN_SECRET=" + "x" * 32 + "\n")
+    env = {**os.environ, "STREAMFAN_SECRET": "0123456789abcdef" * 2, "REDIS_PASSWORD": "fedcba9876543210" * 2}
+    (tmp_path / ".env").write_text("STREAMFAN_SECRET=" + "0123456789abcdef" * 2 + "\nREDIS_PASSWORD=x" * 1 + "\n")
     args = [compose, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml")]
     args += ["--env-file", str(tmp_path / ".env")]
     done = subprocess.run([*args, "config"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "replicas: 3" in done.stdout and "replicas: 2" in done.stdout
     assert "condition: service_healthy" in done.stdout
+    assert "noeviction" in done.stdout and "--requirepass" in done.stdout and "redis-server" in done.stdout
     profiles = subprocess.run([*args, "--profile", "loadtest", "config", "--services"], capture_output=True, text=True)
     assert set(profiles.stdout.split()) == {"redis", "producer", "server", "balancer", "loadtest"}, profiles.stderr
-    # Without a secret it refuses, saying why.
-    bare = {k: v for k, v in os.environ.items() if k != "STREAMFAN_SECRET"}
-    (tmp_path / "empty.env").write_text("")
-    refused = subprocess.run(
-        [*args[:-2], "--env-file", str(tmp_path / "empty.env"), "config"],
-        capture_output=True,
-        text=True,
-        env=bare,
-        cwd=tmp_path,
-    )
-    assert refused.returncode != 0 and "STREAMFAN_SECRET" in refused.stderr
+    # Without either secret it refuses, saying which.
+    bare = {k: v for k, v in os.environ.items() if k not in ("STREAMFAN_SECRET", "REDIS_PASSWORD")}
+    for name, content in (("REDIS_PASSWORD", ""), ("STREAMFAN_SECRET", "REDIS_PASSWORD=" + "a1b2c3d4e5f6a7b8" * 2)):
+        (tmp_path / "partial.env").write_text(content + "\n")
+        refused = subprocess.run(
+            [*args[:-2], "--env-file", str(tmp_path / "partial.env"), "config"],
+            capture_output=True,
+            text=True,
+            env=bare,
+            cwd=tmp_path,
+        )
+        assert refused.returncode != 0 and name in refused.stderr, refused.stderr

@@ -112,8 +112,11 @@ export class ConversationView {
   async #loadHistory() {
     const res = await fetch(`/api/conversations/${this.id}`, { credentials: "same-origin" });
     if (this.closed) return;
-    if (res.status === 401 || res.status === 404) {
-      throw new GoneError("This conversation does not exist, or was not started in this browser.");
+    if (res.status === 401) {
+      throw new GoneError("Your access to this conversation expired: it was not opened for too long.");
+    }
+    if (res.status === 404) {
+      throw new GoneError("This conversation does not exist (any more), or was not started in this browser.");
     }
     if (!res.ok) throw new Error(`Loading the conversation failed (${res.status}).`);
     const body = await res.json();
