@@ -3,6 +3,7 @@
 import asyncio
 import itertools
 import json
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,3 +104,16 @@ async def follow(
             if part.events:
                 cursor = part.events[-1].last_event_id
     return received, reconnects
+
+
+def raw_event_stream(
+    port: int, conversation_id: str, authorization: str, *, receive_buffer: int = 4096, **headers: str
+) -> socket.socket:
+    """A client that asks for the stream over a raw socket with a tiny window, and reads nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
+    extra = "".join(f"{name.replace('_', '-')}: {value}\r\n" for name, value in headers.items())
+    head = f"GET /api/conversations/{conversation_id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\n"
+    sock.sendall(f"{head}{extra}\r\n".encode())
+    return sock

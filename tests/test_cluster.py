@@ -215,28 +215,33 @@ async def test_an_nginx_reload_finishes_while_streams_are_open(
         stream.close()
 
 
+def _start_workers(tmp_path: Path, port: int, env: dict[str, str]) -> "subprocess.Popen[bytes]":
+    """``python -m server --workers 2`` on ``port``, logging to the test's folder."""
+    with (tmp_path / "workers.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", str(port), "--workers", "2"],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def test_workers_die_with_their_supervisor(tmp_path: Path) -> None:
     redis = RedisServer()
     redis.start()
     try:
         port = free_port()
         env = {**os.environ, "REDIS_URL": redis.url, "STREAMFAN_SECRET": SECRET.decode()}
-        with (tmp_path / "workers.log").open("wb") as log:
-            supervisor = subprocess.Popen(
-                [sys.executable, "-m", "server", "--port", str(port), "--workers", "2"],
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        supervisor = _start_workers(tmp_path, port, env)
         wait_for_port(port, proc=supervisor)
         deadline = time.monotonic() + 10
         while len(children := _children(supervisor.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert len(children) == 2
+        assert len(children) == 2, (children, (tmp_path / "workers.log").read_text()[-2000:])
         supervisor.kill()
         supervisor.wait()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20  # each worker shuts down gracefully on its SIGTERM
         while time.monotonic() < deadline and any(Path(f"/proc/{child}").exists() for child in children):
             time.sleep(0.1)
         assert not any(Path(f"/proc/{child}").exists() for child in children), "a worker outlived its supervisor"
@@ -253,14 +258,7 @@ def test_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:
         assert cluster.redis is not None
         port = free_port()
         env = {**os.environ, "REDIS_URL": cluster.redis.url, "STREAMFAN_SECRET": SECRET.decode(), **PACING}
-        with (tmp_path / "workers.log").open("wb") as log:
-            supervisor = subprocess.Popen(
-                [sys.executable, "-m", "server", "--port", str(port), "--workers", "2"],
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        supervisor = _start_workers(tmp_path, port, env)
         try:
             wait_for_port(port, proc=supervisor)
             deadline = time.monotonic() + 10

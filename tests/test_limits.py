@@ -16,7 +16,7 @@ import pytest
 from launch.cluster import LocalCluster
 from launch.processes import RedisServer
 from tests.conftest import Proc
-from tests.sse_client import read_events
+from tests.sse_client import raw_event_stream, read_events
 from tests.test_real_redis import producer_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,16 +33,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def raw_stream(port: int, cid: str, token: str, headers: dict[str, str]) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    head = f"GET /api/conversations/{cid}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-    sock.sendall(f"{head}{extra}\r\n".encode())
-    return sock
 
 
 async def test_floods_from_one_address_are_refused_and_the_others_are_served(
@@ -84,9 +74,15 @@ async def test_floods_from_one_address_are_refused_and_the_others_are_served(
         before = rss_kib(node.popen.pid)
 
         # 50 clients replay it and never read; then a connection flood from the same address.
-        sockets += [raw_stream(node.port, cid, token, BAD) for _ in range(READERS)]
+        sockets += [
+            raw_event_stream(node.port, cid, f"Bearer {token}", X_Forwarded_For=BAD["X-Forwarded-For"])
+            for _ in range(READERS)
+        ]
         await asyncio.sleep(1.0)
-        flood = [raw_stream(node.port, cid, token, BAD) for _ in range(30)]
+        flood = [
+            raw_event_stream(node.port, cid, f"Bearer {token}", X_Forwarded_For=BAD["X-Forwarded-For"])
+            for _ in range(30)
+        ]
         sockets += flood
         statuses = []
         for sock in flood:

@@ -20,7 +20,7 @@ from launch.processes import RedisServer
 from loadtest.http1 import ChunkedDecoder
 from loadtest.sse_parser import SSEParser
 from tests.conftest import Proc
-from tests.sse_client import Received, assert_strictly_increasing, follow, read_events
+from tests.sse_client import Received, assert_strictly_increasing, follow, raw_event_stream, read_events
 
 TRICKY = '  leading spaces\nline two\r\nCRLF\rlone CR\n\n🚀 emoji — naïve café 日本語 </script> "q" \\'
 LONG = " ".join(f"token{i}" for i in range(150))
@@ -192,13 +192,7 @@ async def test_slow_client_is_cut_off_without_slowing_others_then_resumes(
         cid, auth = body["id"], {"Authorization": f"Bearer {body['token']}"}
 
         # A client that reads nothing, with a tiny receive window.
-        slow = socket.socket()
-        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-        slow.connect(("127.0.0.1", node.port))
-        slow.sendall(
-            f"GET /api/conversations/{cid}/events HTTP/1.1\r\nHost: x\r\n"
-            f"Authorization: {auth['Authorization']}\r\n\r\n".encode()
-        )
+        slow = raw_event_stream(node.port, cid, auth["Authorization"], receive_buffer=2048)
         fast = await session.get(f"{node.url}/api/conversations/{cid}/events", headers=auth)
         await asyncio.sleep(0.2)
         body_bytes = io.BytesIO(json.dumps({"content": big, "max_tokens": 100000}).encode())

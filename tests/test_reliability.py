@@ -6,7 +6,6 @@ Faults are injected, not waited for: a proxy that loses one reply, ``CLIENT KILL
 import asyncio
 import hashlib
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -16,7 +15,7 @@ import pytest
 from launch.processes import RedisServer
 from tests.conftest import Proc
 from tests.faultproxy import FaultProxy
-from tests.sse_client import read_events
+from tests.sse_client import raw_event_stream, read_events
 from tests.test_real_redis import Cluster, producer_env
 from wire import scripts
 
@@ -218,13 +217,7 @@ async def test_a_live_client_that_accepts_nothing_is_cut_off_after_the_send_time
     async with aiohttp.ClientSession() as session:
         cluster = Cluster(redis_process, [node], node, spawn, session)
         cid, auth = await cluster.create()
-        slow = socket.socket()
-        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        slow.connect(("127.0.0.1", node.port))
-        slow.sendall(
-            f"GET /api/conversations/{cid}/events HTTP/1.1\r\nHost: x\r\n"
-            f"Authorization: {auth['Authorization']}\r\n\r\n".encode()
-        )
+        slow = raw_event_stream(node.port, cid, auth["Authorization"])
         try:
             await asyncio.sleep(0.3)
             async with session.post(
