@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from server.auth import Access, Tokens, authorize, set_token_cookie
+from server.auth import SESSION_COOKIE, Access, Sessions, Tokens, authorize, set_token_cookie
 from server.errors import JSONError
 from server.limits import RateLimit, StreamCount
 from server.peers import client_ip, client_scheme, within
 from server.settings import Settings
-from server.store import ConversationStore
+from server.store import ConversationStore, new_id
 
 HSTS = "max-age=31536000"
 
@@ -25,6 +25,7 @@ HSTS = "max-age=31536000"
 class Gate:
     settings: Settings
     tokens: Tokens
+    sessions: Sessions
     creates: RateLimit
     posts: RateLimit
     streams_per_ip: StreamCount
@@ -34,6 +35,7 @@ class Gate:
         return cls(
             settings,
             Tokens([*settings.previous_secrets, settings.secret], settings.token_max_age_seconds),
+            Sessions([*settings.previous_secrets, settings.secret], settings.token_max_age_seconds),
             RateLimit("new conversations", settings.creates_per_minute / 60, max(1, settings.creates_per_minute // 3)),
             RateLimit("messages", settings.posts_per_minute / 60, max(1, settings.posts_per_minute // 3)),
             StreamCount("from this address", settings.streams_per_ip),
@@ -73,3 +75,27 @@ class Gate:
         if secure:
             response.headers["Strict-Transport-Security"] = HSTS
         return token
+
+    def session(self, request: web.BaseRequest) -> str | None:
+        """The browser session of the request, if its cookie is ours and fresh."""
+        return self.sessions.verify(request.cookies.get(SESSION_COOKIE))
+
+    async def join(
+        self, response: web.StreamResponse, request: web.BaseRequest, access: Access, store: ConversationStore
+    ) -> None:
+        """Add the conversation to the browser's session (made now if it has none), so the browser's
+        one multiplexed stream may carry it. Only a browser (cookie or session) gets a session."""
+        session_id = self.session(request)
+        if session_id is None and not access.from_cookie and request.headers.get("Sec-Fetch-Site") is None:
+            return  # an API client: it has its tokens
+        session_id = session_id or new_id()
+        await store.join_session(session_id, access.conversation_id, access.generation, self.sessions.max_age)
+        response.set_cookie(
+            SESSION_COOKIE,
+            self.sessions.issue(session_id),
+            path="/api",
+            max_age=self.sessions.max_age,
+            httponly=True,
+            samesite="Strict",
+            secure=self.https(request),
+        )

@@ -78,7 +78,9 @@ async def create_conversation(request: web.Request) -> web.StreamResponse:
     conversation_id = new_id()
     token = gate.tokens.issue(conversation_id)
     response = web.json_response({"id": conversation_id, "token": token}, status=201)
-    gate.grant(response, request, Access(conversation_id, 0, from_cookie=False), token)
+    access = Access(conversation_id, 0, from_cookie=False)
+    gate.grant(response, request, access, token)
+    await gate.join(response, request, access, request.app[STORE])
     response.headers["Location"] = f"/api/conversations/{conversation_id}"
     return response
 
@@ -161,6 +163,7 @@ async def get_conversation(request: web.Request) -> web.StreamResponse:
     snapshot["token"] = token = gate.tokens.issue(access.conversation_id, access.generation)
     response = web.json_response(snapshot, headers={"Cache-Control": "no-store"})
     gate.grant(response, request, access, token)
+    await gate.join(response, request, access, request.app[STORE])
     return response
 
 

@@ -15,6 +15,7 @@ from server.errors import Handler, JSONError, guarded
 from server.http_policy import apply_headers, fallback
 from server.hub import Hub
 from server.metrics import NodeMetrics
+from server.mux_endpoint import stream_many
 from server.settings import Settings
 from server.sse_endpoint import stream_events
 from server.store import ConversationStore
@@ -63,6 +64,7 @@ def create_app(settings: Settings, redis: "Redis") -> web.Application:
         app.router.add_route(method, path, guarded(handler))
     # The event stream goes unwrapped: it raises only JSON errors, and only before it streams.
     app.router.add_get("/api/conversations/{conversation_id}/events", stream_events)
+    app.router.add_get("/api/stream", stream_many)
     app.router.add_route("*", r"/{tail:[\s\S]*}", fallback)  # last: JSON 404/405 and CORS preflights
     return app
 

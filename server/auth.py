@@ -29,6 +29,9 @@ from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
 from server.errors import JSONError
 
 COOKIE_NAME: Final = "streamfan_token"
+SESSION_COOKIE: Final = "streamfan_session"
+"""A browser's session: HttpOnly, SameSite=Strict, path ``/api``; it may read (never write) the
+conversations whose tokens this browser presented (``Gate.join``), over one multiplexed stream."""
 _ID_RE: Final = re.compile(r"\A[A-Za-z0-9_-]{16,64}\Z")
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _SALT: Final = "streamfan.conversation.v2"
@@ -70,6 +73,27 @@ class Tokens:
         if owner != conversation_id or not generation.isdigit():
             raise JSONError(404, "no such conversation")
         return int(generation)
+
+
+class Sessions:
+    """Signed, expiring session ids (itsdangerous), like the tokens but for a browser."""
+
+    def __init__(self, secrets: Sequence[bytes], max_age_seconds: int) -> None:
+        self._signer = TimestampSigner(list(secrets), salt="streamfan.session.v1", digest_method=hashlib.sha256)
+        self.max_age = max_age_seconds
+
+    def issue(self, session_id: str) -> str:
+        return self._signer.sign(session_id).decode("ascii")
+
+    def verify(self, value: str | None) -> str | None:
+        """The session id, or ``None`` for no, a forged or an expired cookie."""
+        if not value:
+            return None
+        try:
+            session_id = self._signer.unsign(value.encode("ascii"), max_age=self.max_age).decode("ascii")
+        except (BadSignature, UnicodeError, ValueError):
+            return None
+        return session_id if _ID_RE.match(session_id) else None
 
 
 def set_token_cookie(

@@ -15,8 +15,8 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
-from server.client_stream import ClientStream
 from server.feed import ChannelFeed
+from server.follower import Follower
 from server.pubsub import HubUnavailable, PubSubConnection
 from wire.keys import ConversationKeys
 
@@ -58,7 +58,7 @@ class ChannelTable:
         """No feed, grace timer or lock left (for leak checks)."""
         return not self._feeds and not self._grace and not self._locks
 
-    async def attach(self, conversation_id: str, client: ClientStream) -> ChannelFeed:
+    async def attach(self, conversation_id: str, client: Follower) -> ChannelFeed:
         """Add ``client`` (catching up) to the conversation's feed, subscribed and confirmed.
 
         The caller must ``detach`` it when done (a plain pair, not a context manager: one less
@@ -81,7 +81,7 @@ class ChannelTable:
             raise
         return feed
 
-    def detach(self, feed: ChannelFeed, client: ClientStream) -> None:
+    def detach(self, feed: ChannelFeed, client: Follower) -> None:
         feed.clients.discard(client)
         if not feed.clients and feed.name not in self._grace:
             loop = asyncio.get_running_loop()

@@ -23,7 +23,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from server.client_stream import ClientStream, http_chunk
+from server.client_stream import http_chunk
+from server.follower import Follower, mux_frame
 from server.history import history_after
 from server.metrics import NodeMetrics
 from server.store import ConversationStore, Reset
@@ -54,13 +55,24 @@ class FeedServices:
 
 
 class ChannelFeed:
-    __slots__ = ("_fill", "_generation", "_held", "_services", "clients", "conversation_id", "forwarded", "name")
+    __slots__ = (
+        "_fill",
+        "_generation",
+        "_held",
+        "_services",
+        "clients",
+        "conversation_id",
+        "forwarded",
+        "mux_prefix",
+        "name",
+    )
 
     def __init__(self, name: bytes, services: FeedServices) -> None:
         self.name = name
         self.conversation_id = conversation_id_from_channel(name)
         self._services = services
-        self.clients: set[ClientStream] = set()
+        self.clients: set[Follower] = set()
+        self.mux_prefix = b"id: " + self.conversation_id.encode() + b"/"
         self.forwarded: EventId | None = None
         self._held: list[bytes] | None = None
         """Live frames held back while the gap after a reconnect is filled."""
@@ -103,7 +115,7 @@ class ChannelFeed:
         self._cancel_fill()
         for client in list(self.clients):
             if not client.live:
-                client.cut_off()
+                client.stream.cut_off()
 
     # -- fan-out ------------------------------------------------------------------------------
 
@@ -123,9 +135,16 @@ class ChannelFeed:
             return  # forwarded already, from the history while a gap was filled
         self.forwarded = event_id
         chunk = http_chunk(frame)
+        muxed: tuple[bytes, bytes] | None = None
         clients = self.clients
         for client in clients:
-            client.deliver(event_id, frame, chunk)
+            if client.muxed:
+                if muxed is None:  # once per frame, for every multiplexed follower of the node
+                    mux = mux_frame(self.mux_prefix, frame)
+                    muxed = mux, http_chunk(mux)
+                client.deliver(event_id, *muxed)
+            else:
+                client.deliver(event_id, frame, chunk)
         metrics = self._services.metrics
         metrics.delivered.value += len(clients)
         metrics.bytes_written.value += len(clients) * len(chunk)
@@ -193,7 +212,7 @@ class ChannelFeed:
         self._held = None
         self.forwarded = None
         for client in list(self.clients):
-            client.cut_off()
+            client.stream.cut_off()
 
     def _cancel_fill(self) -> None:
         fill, self._fill = self._fill, None

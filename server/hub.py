@@ -19,8 +19,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from server.channels import ChannelTable, channel_name
-from server.client_stream import ClientStream, http_chunk
+from server.client_stream import http_chunk
 from server.feed import ChannelFeed, FeedServices
+from server.follower import Follower
 from server.metrics import NodeMetrics
 from server.pubsub import PubSubConnection
 from server.store import ConversationStore
@@ -75,17 +76,17 @@ class Hub:
         feed = self.channels.get(channel_name(conversation_id))
         return 0 if feed is None else len(feed.clients)
 
-    async def attach(self, conversation_id: str, client: ClientStream) -> ChannelFeed:
+    async def attach(self, conversation_id: str, client: Follower) -> ChannelFeed:
         return await self.channels.attach(conversation_id, client)
 
-    def detach(self, feed: ChannelFeed, client: ClientStream) -> None:
+    def detach(self, feed: ChannelFeed, client: Follower) -> None:
         self.channels.detach(feed, client)
 
     def close_all(self) -> None:
         """End every client's stream (node shutdown): each resumes on another node with its cursor."""
         for feed in self.channels:
             for client in list(feed.clients):
-                client.close()
+                client.stream.close()
 
     def idle(self) -> bool:
         """No channel, lock, timer or task left (for leak checks)."""
@@ -139,7 +140,8 @@ class Hub:
             now = loop.time()
             for feed in self.channels:
                 for client in list(feed.clients):
-                    client.heartbeat(HEARTBEAT, chunk, now)
+                    if client.live:
+                        client.stream.heartbeat(HEARTBEAT, chunk, now)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> "asyncio.Task[None]":
         task = asyncio.get_running_loop().create_task(coro, name=name)

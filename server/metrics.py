@@ -13,7 +13,14 @@ from wire.prometheus import LATENCY_BUCKETS, Counter, Gauge, Histogram, Registry
 class NodeMetrics:
     def __init__(self) -> None:
         registry = self.registry = Registry()
+        self.sockets_open = 0
         self.connections = registry.add(Counter("streamfan_connections_total", "SSE connections accepted."))
+        self.multiplexed = registry.add(
+            Counter(
+                "streamfan_multiplexed_streams_total",
+                "Multiplexed streams (/api/stream) accepted; each is also counted in connections.",
+            )
+        )
         self.delivered = registry.add(
             Counter("streamfan_events_delivered_total", "Live events written to SSE clients (replays not included).")
         )
@@ -53,7 +60,16 @@ class NodeMetrics:
 
     def bind(self, connections_open: Callable[[], float], channels: Callable[[], float]) -> None:
         """Gauges read at scrape time."""
-        self.registry.add(Gauge("streamfan_connections_open", "SSE connections open on this node.", connections_open))
+        self.registry.add(
+            Gauge(
+                "streamfan_connections_open",
+                "Conversations followed by open SSE connections on this node (a multiplexed one counts each).",
+                connections_open,
+            )
+        )
+        self.registry.add(
+            Gauge("streamfan_sockets_open", "SSE connections (sockets) open on this node.", lambda: self.sockets_open)
+        )
         self.registry.add(
             Gauge("streamfan_channels_subscribed", "Conversations this node is subscribed to in Redis.", channels)
         )

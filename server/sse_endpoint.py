@@ -15,6 +15,7 @@ Every write, from ``retry:`` to the last heartbeat, goes through the client's ``
 """
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -23,6 +24,7 @@ from server.auth import Access
 from server.client_stream import ClientStream
 from server.context import GATE, HUB, METRICS, SETTINGS, STORE
 from server.errors import JSONError
+from server.follower import Follower
 from server.history import history_after
 from server.pubsub import HubUnavailable
 from server.sse_response import EventStreamResponse
@@ -76,29 +78,14 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 async def _stream(request: web.Request, conversation_id: str, cursor: EventId, access: Access) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     hub, store, metrics = request.app[HUB], request.app[STORE], request.app[METRICS]
-    response = EventStreamResponse(
-        send_timeout=settings.send_timeout_seconds, send_buffer=settings.socket_send_buffer_bytes
-    )
-    request.app[GATE].grant(response, request, access)  # the cookie lives on while the stream is used
-    writer = await response.prepare(request)
-    transport = request.transport
-    if writer is None or transport is None:
+    # The cookie lives on while the stream is used.
+    response, stream = await event_stream_response(request, lambda r: request.app[GATE].grant(r, request, access))
+    if stream is None:
         return response
-    # The headers are on the wire: drop this response's copy of them (about 1 KiB per open stream).
-    response.headers.clear()
-    client = ClientStream(
-        transport,
-        writer,
-        chunked=bool(getattr(writer, "chunked", False)),
-        max_buffer=settings.client_buffer_bytes,
-        max_pending=settings.catchup_buffer_events,
-        send_timeout=settings.send_timeout_seconds,
-        on_close=response.stop_streaming,
-        on_slow=metrics.slow_clients.inc,
-    )
-    client.send_control(encode_retry(settings.retry_ms))
+    stream.send_control(encode_retry(settings.retry_ms))
+    client = Follower(stream, max_pending=settings.catchup_buffer_events)
     client.position = cursor
-    metrics.connections.inc()
+    metrics.sockets_open += 1
     try:
         feed = await hub.attach(conversation_id, client)
         try:
@@ -114,10 +101,43 @@ async def _stream(request: web.Request, conversation_id: str, cursor: EventId, a
     except (HubUnavailable, RedisError, OSError, TimeoutError) as exc:
         # The client reconnects with its cursor once the node can serve it again.
         log.warning("stream of a conversation ended early: %r", exc)
+    finally:
+        metrics.sockets_open -= 1
     return response
 
 
-async def catch_up(client: ClientStream, store: ConversationStore, conversation_id: str, page_size: int) -> int:
+async def event_stream_response(
+    request: web.Request, dress: Callable[[web.StreamResponse], object] | None = None
+) -> tuple[EventStreamResponse, ClientStream | None]:
+    """Send the stream's headers (``dress`` adds any, such as cookies, first) and make its write path.
+
+    The stream is ``None`` when the client left before the headers were sent.
+    """
+    settings, metrics = request.app[SETTINGS], request.app[METRICS]
+    response = EventStreamResponse(
+        send_timeout=settings.send_timeout_seconds, send_buffer=settings.socket_send_buffer_bytes
+    )
+    if dress is not None:
+        dress(response)
+    writer = await response.prepare(request)
+    transport = request.transport
+    if writer is None or transport is None:
+        return response, None
+    # The headers are on the wire: drop this response's copy of them (about 1 KiB per open stream).
+    response.headers.clear()
+    metrics.connections.inc()
+    return response, ClientStream(
+        transport,
+        writer,
+        chunked=bool(getattr(writer, "chunked", False)),
+        max_buffer=settings.client_buffer_bytes,
+        send_timeout=settings.send_timeout_seconds,
+        on_close=response.stop_streaming,
+        on_slow=metrics.slow_clients.inc,
+    )
+
+
+async def catch_up(client: Follower, store: ConversationStore, conversation_id: str, page_size: int) -> int:
     """Write the history after ``client.position``; returns how many events it wrote."""
     sent = 0
     while not client.closed:

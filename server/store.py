@@ -25,7 +25,7 @@ from wire.events import (
     user_message_data,
     user_message_record,
 )
-from wire.keys import JOBS_STREAM, ConversationKeys
+from wire.keys import JOBS_STREAM, ConversationKeys, SessionKeys
 from wire.sse import encode_event, frame_from_entry
 
 
@@ -180,6 +180,24 @@ class ConversationStore:
     async def delete(self, conversation_id: str, tombstone_seconds: int) -> int:
         """Delete the conversation and revoke its tokens; returns the new generation."""
         return int(await self._delete(keys=list(ConversationKeys(conversation_id).all), args=[tombstone_seconds]))
+
+    async def join_session(self, session_id: str, conversation_id: str, generation: int, ttl_seconds: int) -> None:
+        """Let ``session_id`` read the conversation (it proved a token of this generation)."""
+        key = SessionKeys(session_id).conversations
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(key, f"{conversation_id}:{generation}")
+            pipe.expire(key, ttl_seconds)
+            await pipe.execute()
+
+    async def session_allows(self, session_id: str, conversation_ids: list[str]) -> list[bool]:
+        """For each conversation: may the session read it (joined, at its current generation)?"""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for conversation_id in conversation_ids:
+                pipe.hget(ConversationKeys(conversation_id).state, "gen")
+            generations = await pipe.execute()
+        members = [f"{cid}:{int(gen or 0)}" for cid, gen in zip(conversation_ids, generations, strict=True)]
+        found = await self._redis.smismember(SessionKeys(session_id).conversations, members)
+        return [bool(flag) for flag in found]
 
     async def ping(self) -> None:
         await self._redis.ping()

@@ -4,6 +4,7 @@ import asyncio
 from typing import Any
 
 from server.client_stream import ClientStream
+from server.follower import Follower
 
 
 class FakeTransport:
@@ -36,17 +37,27 @@ def sent_ids(transport: FakeTransport) -> list[str]:
     return [line.removeprefix(b"id: ").decode() for line in lines if line.startswith(b"id: ")]
 
 
-def make_listener(transport: FakeTransport, *, max_buffer: int = 1 << 20, max_pending: int = 100) -> ClientStream:
-    closed: list[bool] = []
-    return ClientStream(
+def make_listener(
+    transport: FakeTransport,
+    *,
+    max_buffer: int = 1 << 20,
+    max_pending: int = 100,
+    writer: Any = None,
+    send_timeout: float = 5,
+    on_slow: Any = None,
+    conversation_id: str | None = None,
+) -> Follower:
+    """A follower of one conversation on a connection of its own (or, with ``conversation_id``, muxed)."""
+    stream = ClientStream(
         transport,  # type: ignore[arg-type]
-        None,
+        writer,
         chunked=True,
         max_buffer=max_buffer,
-        max_pending=max_pending,
-        send_timeout=5,
-        on_close=lambda: closed.append(True),
+        send_timeout=send_timeout,
+        on_close=lambda: None,
+        on_slow=on_slow,
     )
+    return Follower(stream, max_pending=max_pending, conversation_id=conversation_id)
 
 
 async def eventually(predicate: Any, within: float = 2.0) -> None:

@@ -2,8 +2,8 @@
 
 import asyncio
 
-from server.client_stream import ClientStream, http_chunk
-from tests.fakes import FakeTransport, make_listener
+from server.client_stream import http_chunk
+from tests.fakes import FakeTransport, make_listener, sent_ids
 from wire.events import delta_data
 from wire.sse import encode_event
 
@@ -15,13 +15,15 @@ def frame(event_id: str, text: str) -> bytes:
 async def test_one_write_path_keeps_order_across_replay_live_heartbeat_and_reset() -> None:
     transport = FakeTransport()
     client = make_listener(transport)
-    client.send_control(b"retry: 1000\n\n")
+    client.stream.send_control(b"retry: 1000\n\n")
     client.deliver((3, 0), frame("3-0", "live during replay"), b"unused")  # buffered while catching up
-    client.heartbeat(b":\n\n", http_chunk(b":\n\n"), 0.0)  # not while catching up
+    if client.live:  # the hub beats live followers only
+        client.stream.heartbeat(b":\n\n", http_chunk(b":\n\n"), 0.0)
     await client.replay([((1, 0), frame("1-0", "one")), ((2, 0), frame("2-0", "two")), ((3, 0), frame("3-0", "x"))])
     client.go_live()  # 3-0 came from history already: not twice
     client.deliver((3, 0), frame("3-0", "again"), http_chunk(frame("3-0", "again")))
-    client.heartbeat(b":\n\n", http_chunk(b":\n\n"), 0.0)
+    client.stream.heartbeat(b":\n\n", http_chunk(b":\n\n"), 1.0)
+    client.stream.heartbeat(b":\n\n", http_chunk(b":\n\n"), 1.0)  # one beat per tick per connection
     client.deliver((4, 0), frame("4-0", "four"), http_chunk(frame("4-0", "four")))
     reset = encode_event("2-0", "reset", '{"reason":"unknown_cursor"}')
     client.reset((2, 0), reset)
@@ -52,16 +54,23 @@ class StuckWriter:
 async def test_replay_to_a_client_that_does_not_read_is_bounded_and_cut_off() -> None:
     transport = FakeTransport(stalled=True)
     slow: list[bool] = []
-    client = ClientStream(
-        transport,  # type: ignore[arg-type]
-        StuckWriter(),  # type: ignore[arg-type]
-        chunked=True,
-        max_buffer=1 << 20,
-        max_pending=100,
-        send_timeout=0.05,
-        on_close=lambda: None,
-        on_slow=lambda: slow.append(True),
-    )
+    client = make_listener(transport, writer=StuckWriter(), send_timeout=0.05, on_slow=lambda: slow.append(True))
     await client.replay([((i, 0), frame(f"{i}-0", "x" * 1000)) for i in range(1, 500)])
     assert client.closed and transport.aborted and slow == [True]
     assert transport.data.count(b"event: delta") == 1  # one frame in flight, never the whole page
+
+
+async def test_muxed_followers_share_one_connection_and_name_their_conversation() -> None:
+    transport = FakeTransport()
+    a = make_listener(transport, conversation_id="conversation-aaaaaaaaa")
+    b = make_listener(transport, conversation_id="conversation-bbbbbbbbb")
+    b.stream = a.stream  # one connection, two conversations
+    await a.replay([((1, 0), frame("1-0", "a1"))])
+    await b.replay([((1, 0), frame("1-0", "b1")), ((2, 0), frame("2-0", "b2"))])
+    a.go_live()
+    b.go_live()
+    a.stream.heartbeat(b":\n\n", http_chunk(b":\n\n"), 1.0)
+    b.stream.heartbeat(b":\n\n", http_chunk(b":\n\n"), 1.0)
+    ids = ["conversation-aaaaaaaaa/1-0", "conversation-bbbbbbbbb/1-0", "conversation-bbbbbbbbb/2-0"]
+    assert sent_ids(transport) == ids
+    assert transport.data.count(b":\n\n") == 1

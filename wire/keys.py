@@ -53,6 +53,18 @@ class ConversationKeys:
         return (self.state, self.messages, self.draft, self.events)
 
 
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    """The Redis names of one browser session (the multiplexed stream's credential)."""
+
+    session_id: str
+
+    @property
+    def conversations(self) -> str:
+        """Set of ``<conversation id>:<token generation>`` this session proved it may read."""
+        return f"{PREFIX}:{{s:{self.session_id}}}:conversations"
+
+
 def conversation_id_from_channel(channel: bytes) -> str:
     """Inverse of ``ConversationKeys.channel``."""
     text = channel.decode("ascii")

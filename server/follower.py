@@ -1,0 +1,119 @@
+"""One conversation as one connection follows it: where it is, and what waits while it catches up.
+
+``/api/conversations/{id}/events`` has one follower on its connection; the multiplexed
+``/api/stream`` has one per conversation, sharing the connection's ``ClientStream`` (its write
+path and bounds). A multiplexed follower's frames say their conversation in the id line
+(``id: <conversation>/<event id>``), which ``ChannelFeed`` builds once per frame.
+
+Invariants (this class owns them):
+- ``position`` is the id of the last event written for this conversation; nothing at or before
+  it is written again.
+- While catching up (``pending`` is a list) live events wait in ``pending``, at most
+  ``max_pending`` of them; an overflow drops the list and sets ``overflowed``, and the catch-up
+  reads the history again from ``position``.
+"""
+
+from collections.abc import Sequence
+
+from server.client_stream import ClientStream, http_chunk
+from wire.events import EventId
+
+
+def mux_frame(prefix: bytes, frame: bytes) -> bytes:
+    """``frame`` with its id line naming the conversation: ``prefix`` is ``b"id: <conversation>/"``."""
+    return prefix + frame[4:] if frame.startswith(b"id: ") else frame
+
+
+class Follower:
+    __slots__ = ("max_pending", "muxed", "overflowed", "pending", "position", "prefix", "skip_until", "stream")
+
+    def __init__(self, stream: ClientStream, *, max_pending: int, conversation_id: str | None = None) -> None:
+        self.stream = stream
+        self.max_pending = max_pending
+        self.prefix = b"" if conversation_id is None else b"id: " + conversation_id.encode() + b"/"
+        self.muxed = conversation_id is not None
+        """Frames carry the conversation in their id line (the multiplexed stream)."""
+        self.pending: list[tuple[EventId, bytes]] | None = []
+        """Live frames (unprefixed) that arrived during catch-up; ``None`` once live."""
+        self.overflowed = False
+        """``pending`` overflowed and was dropped: catch-up must read the history again."""
+        self.position: EventId = (0, 0)
+        """The id of the last event written to this client for this conversation."""
+        self.skip_until: EventId | None = None
+        """Live frames up to this id were written already (from history or the catch-up buffer)."""
+
+    @property
+    def live(self) -> bool:
+        return self.pending is None
+
+    @property
+    def closed(self) -> bool:
+        return self.stream.closed
+
+    def deliver(self, event_id: EventId, frame: bytes, chunk: bytes) -> None:
+        """A live event: ``frame`` and ``chunk`` (it as an HTTP chunk) already in this follower's
+        form (prefixed when ``muxed``), built once per node, not per client."""
+        pending = self.pending
+        if pending is not None:
+            if len(pending) >= self.max_pending:
+                pending.clear()
+                self.overflowed = True
+            else:
+                pending.append((event_id, frame))
+            return
+        skip = self.skip_until
+        if skip is not None:
+            if event_id <= skip:
+                return
+            self.skip_until = None
+        self.position = event_id
+        # ClientStream.put, inlined: this runs once per client per event.
+        stream = self.stream
+        transport = stream.transport
+        if stream.closed or transport.is_closing():
+            stream.close()
+            return
+        data = chunk if stream.chunked else frame
+        transport.write(data)
+        if transport.get_write_buffer_size() - len(data) > stream.max_buffer:
+            stream.too_slow()
+
+    def go_live(self) -> None:
+        """Write the buffered live frames newer than ``position``, then take frames as they come.
+
+        Runs without awaiting, so no frame can slip between the history and the live stream.
+        """
+        pending, self.pending = self.pending or [], None
+        position = self.position
+        for event_id, frame in pending:
+            if event_id > position:
+                self.stream.put(self._framed(frame))
+                position = event_id
+        self.position = position
+        self.skip_until = position
+
+    async def replay(self, frames: Sequence[tuple[EventId, bytes]]) -> None:
+        """History events in order, with back-pressure; frames at or before ``position`` are skipped."""
+        stream = self.stream
+        for event_id, frame in frames:
+            if stream.closed:
+                return
+            if event_id <= self.position:
+                continue
+            stream.put(self._framed(frame), bounded=False)
+            self.position = event_id
+            await stream.drain()
+
+    def reset(self, head: EventId, frame: bytes) -> None:
+        """A ``reset`` event: the history cannot continue from ``position``; the client reloads.
+
+        Written whatever its id (after a Redis data loss the head may be older than ``position``),
+        and it moves ``position`` to the head: what follows the head is new to this client.
+        """
+        self.stream.put(self._framed(frame))
+        self.position = head
+        self.skip_until = head
+
+    def _framed(self, frame: bytes) -> bytes:
+        framed = mux_frame(self.prefix, frame) if self.muxed else frame
+        return http_chunk(framed) if self.stream.chunked else framed
