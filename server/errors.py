@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -124,19 +125,22 @@ _internal = LogLimit(1.0)
 
 class QuietBadRequests(logging.Filter):
     """For aiohttp's ``aiohttp.server`` logger: malformed HTTP is logged in one line, not a
-    traceback, and at most once per ``interval`` seconds (10,000 bad requests wrote 3 MB before)."""
+    traceback, at most once per ``interval`` seconds (10,000 bad requests wrote 3 MB before).
+    Anything else it logs (a handler's own failure) keeps its traceback, rate-limited too."""
 
     def __init__(self, interval: float = 10.0) -> None:
         super().__init__()
-        self._limit = LogLimit(interval)
+        self._bad = LogLimit(interval)
+        self._other = LogLimit(1.0)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._limit.allow():
-            return False
-        suppressed = self._limit.take_suppressed()
         exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return self._other.allow()
+        if not self._bad.allow():
+            return False
+        first_line = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         record.exc_info, record.exc_text, record.stack_info = None, None, None
-        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}" if exc else ""
-        record.msg = f"bad request ({detail or record.getMessage()[:160]}); {suppressed} more since the last report"
-        record.args = ()
+        record.msg = "bad request (%s: %s); %d more since the last report"
+        record.args = (type(exc).__name__, first_line, self._bad.take_suppressed())
         return True

@@ -195,3 +195,28 @@ async def test_the_message_list_is_capped_and_the_history_paginated(client_facto
         resp = await client.get(f"/api/conversations/{cid}?{query}", headers=auth)
         assert resp.status == 400, query
     assert json.dumps(page)
+
+
+def test_malformed_http_is_logged_in_one_line_but_a_handler_bug_keeps_its_traceback() -> None:
+    import io
+    import logging
+
+    from aiohttp.http_exceptions import BadStatusLine
+
+    from server.errors import QuietBadRequests
+
+    out = io.StringIO()
+    logger = logging.Logger("aiohttp.server.test")
+    logger.addHandler(logging.StreamHandler(out))
+    logger.addFilter(QuietBadRequests())
+    for _ in range(1000):
+        try:
+            raise BadStatusLine("GET \x00 HTTP/1.1")
+        except BadStatusLine:
+            logger.error("Error handling request", exc_info=True)
+    try:
+        raise TypeError("a real bug")
+    except TypeError:
+        logger.error("Error handling request", exc_info=True)
+    text = out.getvalue()
+    assert text.count("bad request (BadStatusLine") == 1 and text.count("Traceback") == 1 and "a real bug" in text

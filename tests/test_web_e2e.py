@@ -204,7 +204,7 @@ def test_one_tab_renders_the_stored_answer_exactly(cluster: LocalCluster, contex
 
 def test_ten_tabs_in_one_context_follow_one_conversation(cluster: LocalCluster, context: BrowserContext) -> None:
     streams: list[str] = []
-    context.on("request", lambda r: streams.append(r.url) if "/events" in r.url else None)
+    context.on("request", lambda r: streams.append(r.url) if "/api/stream" in r.url else None)
     cid, tabs = tabs_on_one_conversation(cluster, context, 10)
     send(tabs[4], LONG)  # from a tab that is not the leader
     for tab in tabs:

@@ -89,6 +89,19 @@ async function openConversation(id) {
     onState,
     onChange: followOutput,
     onError: showError,
+    onGone: (reason) => {
+      if (view !== current) return;
+      current = null;
+      onActive(null, null);
+      onState("idle", false);
+      showError(
+        reason === "expired"
+          ? "Your access to this conversation expired. Send a message to start a new one."
+          : "This conversation does not exist any more. Send a message to start a new one.",
+      );
+      forgetConversation(id);
+      renderSidebar();
+    },
     onFirstMessage: (content) => {
       rememberConversation(id, content.slice(0, 80));
       renderSidebar();

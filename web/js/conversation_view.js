@@ -22,7 +22,8 @@ function newer(a, b) {
 }
 
 export class ConversationView {
-  // hooks: onActive(responseId | null), onFirstMessage(content), onChange(), onState(state, leader)
+  // hooks: onActive(responseId | null), onFirstMessage(content), onChange(), onState(state, leader),
+  // onError(message), onGone(reason)
   constructor(id, ui, hooks) {
     this.id = id;
     this.ui = ui;
@@ -76,6 +77,18 @@ export class ConversationView {
     if (this.closed) return;
     if (this.loading) {
       this.queued.push([type, raw, id]);
+      return;
+    }
+    if (type === "gone") {
+      // Deleted, revoked, or never this browser's: stop following it.
+      let reason = "not_found";
+      try {
+        reason = JSON.parse(raw).reason || reason;
+      } catch {
+        // keep the default
+      }
+      this.close();
+      this.hooks.onGone(reason);
       return;
     }
     if (type === "reset") {

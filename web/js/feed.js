@@ -1,126 +1,251 @@
-// One conversation's live events for this tab, with one stream per browser, not per tab.
+// Live events for every conversation this browser shows, over ONE connection for all its tabs.
 //
-// Browsers allow 6 HTTP/1.1 connections per host, so one EventSource per tab hangs the 7th tab. The
-// tabs of a conversation elect a leader with the Web Locks API: the lock holder alone opens the
-// stream and relays every event over a BroadcastChannel; when it closes, the lock passes to another
-// tab, which resumes the stream from its own last event id. Tabs apply events by id (each tab skips
-// ids it has seen), so a handover can neither lose nor double anything.
+// Browsers allow 6 HTTP/1.1 connections per host, so a stream per conversation (or per tab) hangs
+// the 7th. One tab per browser holds the lock "streamfan:stream" (Web Locks) and, with it, the only
+// EventSource: the node's multiplexed stream (/api/stream?c=<id>.<cursor>&...), which carries every
+// conversation any tab follows. Tabs tell the leader what they follow (with their cursors) over a
+// BroadcastChannel; the leader relays each event, named by its id line "<conversation>/<event id>".
+// When the set changes, or the stream breaks, the leader reconnects with each conversation's
+// cursor, and when the leader's tab closes another tab takes the lock and does the same: tabs apply
+// events by id (each skips ids it has seen), so nothing is lost or doubled.
 //
-// The leader reconnects by itself: EventSource retries network errors, and after a non-200 answer
-// (where EventSource gives up for good) this code retries with backoff, passing its cursor.
+// Without Web Locks (an insecure origin) every tab streams on its own: one connection per tab.
 
-const EVENT_TYPES = ["user_message", "delta", "done", "reset"];
-const BACKOFF_FIRST_MS = 500;
+const EVENT_TYPES = ["user_message", "delta", "done", "reset", "gone"];
+const BACKOFF_FIRST_MS = 300;
 const BACKOFF_MAX_MS = 15_000;
+const REGROUP_MS = 40; // followers announced together reconnect once
 
-export class ConversationFeed {
-  // handlers: onEvent(type, data, id), onState(state, leader), cursor() -> last applied event id
-  constructor(conversationId, handlers) {
-    this.id = conversationId;
-    this.handlers = handlers;
-    this.state = "connecting";
+function olderId(a, b) {
+  if (!a) return true;
+  if (!b) return false;
+  const [x, y] = a.split("-").map(Number);
+  const [u, v] = b.split("-").map(Number);
+  return x < u || (x === u && y < v);
+}
+
+class BrowserStream {
+  constructor() {
+    this.tab = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+    this.local = new Map(); // conversation id -> handlers of this tab
     this.leader = false;
+    this.started = false;
+    this.state = "connecting";
+    // Leader only: conversation id -> {tabs: Set, cursor}
+    this.wanted = new Map();
     this.source = null;
-    this.retryTimer = null;
+    this.timer = null;
     this.backoff = BACKOFF_FIRST_MS;
-    this.stopped = false;
-    this.release = null;
-    this.lockAbort = new AbortController();
-    this.channel = new BroadcastChannel(`streamfan:${conversationId}`);
+    this.channel = new BroadcastChannel("streamfan:stream");
     this.channel.onmessage = (message) => this.#onMessage(message.data);
-    this.onOnline = () => { if (this.leader && !this.source) this.#connect(); };
-    window.addEventListener("online", this.onOnline);
+    window.addEventListener("online", () => { if (this.leader) this.#reconnectSoon(0); });
+    window.addEventListener("pagehide", () => this.#leave());
   }
 
-  start() {
+  follow(id, handlers) {
+    this.local.set(id, handlers);
+    this.#start();
+    const cursor = handlers.cursor();
+    if (this.leader) this.#want(this.tab, id, cursor);
+    else this.channel.postMessage({ kind: "follow", tab: this.tab, id, cursor });
+    handlers.onState(this.state, this.leader);
+  }
+
+  unfollow(id) {
+    if (!this.local.delete(id)) return;
+    if (this.leader) this.#unwant(this.tab, id);
+    else this.channel.postMessage({ kind: "unfollow", tab: this.tab, id });
+  }
+
+  #start() {
+    if (this.started) return;
+    this.started = true;
     if (!navigator.locks) {
-      // No Web Locks (an insecure origin): every tab streams on its own.
       this.#lead();
       return;
     }
-    this.#setState("connecting");
-    this.channel.postMessage({ kind: "hello" }); // the leader answers with its state
+    this.channel.postMessage({ kind: "hello", tab: this.tab }); // a leader answers with its state
     navigator.locks
-      .request(`streamfan:${this.id}`, { signal: this.lockAbort.signal }, () => {
-        if (this.stopped) return undefined;
+      .request("streamfan:stream", () => {
         this.#lead();
         return new Promise((resolve) => { this.release = resolve; });
       })
-      .catch((err) => { if (err.name !== "AbortError") console.error("stream lock failed", err); });
+      .catch((err) => console.error("stream lock failed", err));
   }
 
-  stop() {
-    this.stopped = true;
-    this.lockAbort.abort();
-    this.#closeSource();
-    clearTimeout(this.retryTimer);
+  #leave() {
+    if (this.source) this.source.close();
     if (this.release) this.release();
-    this.channel.close();
-    window.removeEventListener("online", this.onOnline);
+    for (const id of this.local.keys()) this.channel.postMessage({ kind: "unfollow", tab: this.tab, id });
   }
+
+  // -- leader ---------------------------------------------------------------------------------------
 
   #lead() {
     this.leader = true;
-    this.#connect();
+    for (const [id, handlers] of this.local) this.#want(this.tab, id, handlers.cursor(), false);
+    this.channel.postMessage({ kind: "leader", tab: this.tab }); // the others announce what they follow
+    this.#reconnectSoon(0);
+  }
+
+  #want(tab, id, cursor, reconnect = true) {
+    let entry = this.wanted.get(id);
+    const fresh = !entry;
+    if (!entry) {
+      entry = { tabs: new Set(), cursor };
+      this.wanted.set(id, entry);
+    }
+    entry.tabs.add(tab);
+    // A tab behind the stream needs the events it missed: reconnect from its cursor.
+    const behind = !fresh && olderId(cursor, entry.cursor);
+    if (behind) entry.cursor = cursor;
+    if (reconnect && (fresh || behind)) this.#reconnectSoon(REGROUP_MS);
+  }
+
+  #unwant(tab, id) {
+    const entry = this.wanted.get(id);
+    if (!entry) return;
+    entry.tabs.delete(tab);
+    if (entry.tabs.size === 0) {
+      this.wanted.delete(id);
+      this.#reconnectSoon(REGROUP_MS);
+    }
+  }
+
+  #reconnectSoon(delay) {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.#connect(), delay);
   }
 
   #connect() {
-    if (this.stopped) return;
-    clearTimeout(this.retryTimer);
-    const cursor = this.handlers.cursor();
-    const query = cursor ? `?last_event_id=${encodeURIComponent(cursor)}` : "";
-    const source = new EventSource(`/api/conversations/${this.id}/events${query}`);
+    if (this.source) {
+      this.source.close();
+      this.source = null;
+    }
+    if (this.wanted.size === 0) {
+      this.#setState("idle");
+      return;
+    }
+    const query = [...this.wanted].map(([id, entry]) => `c=${id}.${entry.cursor || ""}`).join("&");
+    const source = new EventSource(`/api/stream?${query}`);
     this.source = source;
-    this.#setState("connecting");
+    if (this.state !== "live") this.#setState("connecting");
     source.onopen = () => {
       this.backoff = BACKOFF_FIRST_MS;
       this.#setState("live");
     };
     source.onerror = () => {
       if (source !== this.source) return;
-      if (source.readyState === EventSource.CLOSED) {
-        // A non-200 answer (node down behind the balancer, 502/503...): EventSource gave up.
-        this.#closeSource();
-        this.#setState(navigator.onLine ? "reconnecting" : "offline");
-        const delay = this.backoff * (0.75 + Math.random() * 0.5);
-        this.backoff = Math.min(this.backoff * 2, BACKOFF_MAX_MS);
-        this.retryTimer = setTimeout(() => this.#connect(), delay);
-      } else {
-        this.#setState(navigator.onLine ? "reconnecting" : "offline");
-      }
+      // Reconnect ourselves, with every conversation's latest cursor (EventSource's own retry
+      // would resend the cursors of the URL), with backoff. A refused stream (not a 200) may mean
+      // a conversation is gone or the session expired: ask each conversation first.
+      const refused = source.readyState === EventSource.CLOSED;
+      source.close();
+      this.source = null;
+      this.#setState(navigator.onLine ? "reconnecting" : "offline");
+      const delay = this.backoff * (0.75 + Math.random() * 0.5);
+      this.backoff = Math.min(this.backoff * 2, BACKOFF_MAX_MS);
+      if (refused) this.#probe().finally(() => this.#reconnectSoon(delay));
+      else this.#reconnectSoon(delay);
     };
     for (const type of EVENT_TYPES) {
       source.addEventListener(type, (event) => {
         if (source !== this.source) return;
-        if (this.state !== "live") this.#setState("live");
-        this.handlers.onEvent(type, event.data, event.lastEventId);
-        this.channel.postMessage({ kind: "event", type, data: event.data, id: event.lastEventId });
+        const slash = event.lastEventId.indexOf("/");
+        if (slash < 0) return;
+        const id = event.lastEventId.slice(0, slash);
+        const eventId = event.lastEventId.slice(slash + 1);
+        const entry = this.wanted.get(id);
+        if (entry && eventId) entry.cursor = eventId;
+        if (type === "gone") this.wanted.delete(id);
+        this.#deliver(id, type, event.data, eventId);
+        this.channel.postMessage({ kind: "event", id, type, data: event.data, eventId });
       });
     }
   }
 
-  #closeSource() {
-    if (this.source) {
-      this.source.close();
-      this.source = null;
-    }
+  // After a refused stream: each conversation's history answers 404/401 if it is gone (or this
+  // browser may no longer read it), and a readable one renews the session cookie on the way.
+  async #probe() {
+    clearTimeout(this.timer);
+    await Promise.all([...this.wanted.keys()].map(async (id) => {
+      let status = 0;
+      try {
+        status = (await fetch(`/api/conversations/${id}?limit=1`, { credentials: "same-origin" })).status;
+      } catch {
+        return; // the network: keep trying
+      }
+      if (status === 401 || status === 404) {
+        this.wanted.delete(id);
+        const data = JSON.stringify({ reason: status === 401 ? "expired" : "not_found" });
+        this.#deliver(id, "gone", data, "");
+        this.channel.postMessage({ kind: "event", id, type: "gone", data, eventId: "" });
+      }
+    }));
   }
 
   #setState(state) {
     this.state = state;
-    this.handlers.onState(state, this.leader);
+    for (const handlers of this.local.values()) handlers.onState(state, this.leader);
     if (this.leader) this.channel.postMessage({ kind: "state", state });
   }
 
+  // -- every tab ------------------------------------------------------------------------------------
+
+  #deliver(id, type, data, eventId) {
+    const handlers = this.local.get(id);
+    if (handlers) handlers.onEvent(type, data, eventId);
+  }
+
   #onMessage(message) {
-    if (this.stopped) return;
-    if (message.kind === "event") {
-      this.handlers.onEvent(message.type, message.data, message.id);
-    } else if (message.kind === "state" && !this.leader) {
-      this.state = message.state;
-      this.handlers.onState(message.state, false);
-    } else if (message.kind === "hello" && this.leader) {
-      this.channel.postMessage({ kind: "state", state: this.state });
+    switch (message.kind) {
+      case "event":
+        this.#deliver(message.id, message.type, message.data, message.eventId);
+        break;
+      case "state":
+        if (!this.leader) {
+          this.state = message.state;
+          for (const handlers of this.local.values()) handlers.onState(message.state, false);
+        }
+        break;
+      case "leader":
+        if (!this.leader) {
+          for (const [id, handlers] of this.local) {
+            this.channel.postMessage({ kind: "follow", tab: this.tab, id, cursor: handlers.cursor() });
+          }
+        }
+        break;
+      case "hello":
+        if (this.leader) this.channel.postMessage({ kind: "state", state: this.state });
+        break;
+      case "follow":
+        if (this.leader) this.#want(message.tab, message.id, message.cursor);
+        break;
+      case "unfollow":
+        if (this.leader) this.#unwant(message.tab, message.id);
+        break;
+      default:
+        break;
     }
+  }
+}
+
+let shared = null;
+
+// One conversation's live events for this tab (the interface the page uses).
+export class ConversationFeed {
+  // handlers: onEvent(type, data, id), onState(state, leader), cursor() -> last applied event id
+  constructor(conversationId, handlers) {
+    this.id = conversationId;
+    this.handlers = handlers;
+  }
+
+  start() {
+    shared = shared || new BrowserStream();
+    shared.follow(this.id, this.handlers);
+  }
+
+  stop() {
+    if (shared) shared.unfollow(this.id);
   }
 }

@@ -1,0 +1,144 @@
+"""Any number of tabs and conversations on one connection, in Chromium, against the README's command.
+
+`python -m server` (the embedded default) serves 20 tabs over 12 conversations in one browser
+context: every tab loads at once, every answer streams live in every tab and ends equal to the
+history, and the node holds ONE event stream for the whole browser. Then the node restarts (the
+embedded broker forgets everything) and the page says the conversation is gone.
+"""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, sync_playwright
+
+from launch.processes import free_port, wait_for_port
+from tests.conftest import ROOT
+from tests.test_web_e2e import CHROMIUM_ARGS, chromium_path, open_page, rendered_text, send, wait_finished
+
+pytestmark = pytest.mark.timeout(240)
+
+CONVERSATIONS = 12
+TABS = 20
+ENV = {
+    "STREAMFAN_GENERATOR": "echo",
+    "STREAMFAN_SIM_TTFT_MS": "50",
+    "STREAMFAN_SIM_TOKENS_PER_SECOND": "30",
+    "STREAMFAN_SIM_JITTER": "0",
+    "STREAMFAN_HEARTBEAT_SECONDS": "2",
+}
+
+
+class Node:
+    def __init__(self, port: int, log: Path) -> None:
+        self.port, self.log = port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "server", "--port", str(self.port)],
+                env={**os.environ, **ENV},
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise AssertionError(f"no metric {name}")
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    node = Node(free_port(), tmp_path / "node.log")
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def context() -> Iterator[BrowserContext]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 900, "height": 700})
+        try:
+            yield context
+        finally:
+            context.close()
+            browser.close()
+
+
+def start_conversation(page: Page, text: str) -> str:
+    page.click("#new-chat")
+    send(page, text)
+    page.wait_for_url("**/c/*")
+    wait_finished(page)
+    return page.url.rsplit("/", 1)[1]
+
+
+def test_twenty_tabs_over_twelve_conversations_share_one_stream(node: Node, context: BrowserContext) -> None:
+    first = open_page(context, node.url + "/")
+    ids = [start_conversation(first, f"warm up {i}") for i in range(CONVERSATIONS)]
+    tabs: list[Page] = []
+    for i in range(TABS):
+        cid = ids[i % CONVERSATIONS]
+        started = time.monotonic()
+        tab = open_page(context, f"{node.url}/c/{cid}")
+        tab.wait_for_selector("article.msg.assistant[data-status=complete]", state="attached", timeout=5_000)
+        tab.wait_for_selector("#connection[data-state=live]", timeout=5_000)
+        assert time.monotonic() - started < 1.0 or i == 0, f"tab {i} took {time.monotonic() - started:.2f} s"
+        tabs.append(tab)
+    first.close()
+
+    # Every conversation answers at once; every tab of it streams the answer live.
+    for i in range(CONVERSATIONS):
+        send(tabs[i], f"answer number {i} " + " ".join(f"w{i}.{k}" for k in range(30)))
+    for i, tab in enumerate(tabs):
+        tab.wait_for_selector("article.msg.assistant:nth-of-type(4)", state="attached", timeout=20_000)
+        wait_finished(tab)
+        cid = ids[i % CONVERSATIONS]
+        stored = tab.evaluate(f"fetch('/api/conversations/{cid}').then(r => r.json())")
+        assert rendered_text(tab) == stored["messages"][-1]["content"]
+        assert stored["messages"][-1]["content"].startswith(f"answer number {i % CONVERSATIONS} ")
+    assert node.metric("streamfan_sockets_open") == 1  # one event stream for the whole browser
+    assert all(not tab.errors for tab in tabs)  # type: ignore[attr-defined]
+
+
+def test_a_restarted_embedded_node_says_the_conversation_is_gone(node: Node, context: BrowserContext) -> None:
+    page = open_page(context, node.url + "/")
+    send(page, " ".join(f"long{k}" for k in range(300)))
+    page.wait_for_url("**/c/*")
+    page.wait_for_function(
+        "() => (document.querySelector('article.msg.assistant .md')?.innerText || '').includes('long10')",
+        timeout=20_000,
+    )
+    node.stop()
+    node.start()  # the embedded broker starts empty: the conversation no longer exists
+    page.wait_for_selector("#error:not([hidden])", timeout=5_000)
+    assert "does not exist" in page.locator("#error").inner_text()
+    assert page.locator("#send").is_visible() and not page.locator("#stop").is_visible()
+    send(page, "a new conversation works")  # the composer works again
+    page.wait_for_url(lambda url: "/c/" in url and url.rsplit("/", 1)[1] not in ("",))
+    wait_finished(page)
+    assert rendered_text(page) == "a new conversation works"
