@@ -1,6 +1,8 @@
 """``python -m server --host H --port P [--workers N]``: run a relay node (embedded broker without REDIS_URL)."""
 
 import argparse
+import asyncio
+import errno
 import logging
 import os
 import resource
@@ -76,6 +78,15 @@ def main(argv: list[str] | None = None) -> None:
         app.on_cleanup.append(lambda _app: redis.aclose())
 
     loop = uvloop.new_event_loop()
+    try:
+        _serve(app, args, loop, settings.shutdown_seconds)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            sys.exit(f"server: port {args.port} on {args.host} is in use; choose another with --port N")
+        raise
+
+
+def _serve(app: web.Application, args: argparse.Namespace, loop: asyncio.AbstractEventLoop, shutdown: float) -> None:
     web.run_app(
         app,
         host=args.host,
@@ -83,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         loop=loop,
         handler_cancellation=True,
         access_log=None,
-        shutdown_timeout=settings.shutdown_seconds,
+        shutdown_timeout=shutdown,
         reuse_port=args.reuse_port or None,
         print=lambda text: logging.getLogger("server").info("%s", text.strip()),
     )

@@ -142,3 +142,24 @@ def test_a_restarted_embedded_node_says_the_conversation_is_gone(node: Node, con
     page.wait_for_url(lambda url: "/c/" in url and url.rsplit("/", 1)[1] not in ("",))
     wait_finished(page)
     assert rendered_text(page) == "a new conversation works"
+
+
+def test_errors_are_said_in_plain_words(node: Node, context: BrowserContext) -> None:
+    page = open_page(context, node.url + "/c/not-an-id")
+    page.wait_for_selector("#error:not([hidden])", timeout=5_000)
+    assert "not a conversation" in page.locator("#error").inner_text()
+    node.stop()
+    send(page, "nobody is there")
+    page.wait_for_function("() => document.querySelector('#error').innerText.includes('Could not reach the server')")
+    assert "Failed to fetch" not in page.locator("#error").inner_text()
+
+
+def test_a_busy_port_says_which_option_to_use(node: Node) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "--port", str(node.port)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1 and f"port {node.port}" in done.stderr and "--port" in done.stderr

@@ -144,20 +144,44 @@ function blankConversation() {
 
 // -- actions --------------------------------------------------------------------------------------
 
-async function api(path, body) {
-  const res = await fetch(path, {
-    method: "POST",
-    credentials: "same-origin",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
-  });
+// What the reader is told when a request fails: plain words, never "Failed to fetch".
+const REFUSALS = {
+  busy: "An answer is still being written (perhaps asked from another tab): wait for it, or stop it.",
+  rate_limited: "You are sending too fast. Wait a moment and try again.",
+  overloaded: "The model is busy with many answers right now. Try again in a few seconds.",
+  unavailable: "The service is briefly unavailable. Try again in a few seconds.",
+  token_expired: "Your access to this conversation expired. Start a new one.",
+  not_found: "This conversation does not exist any more. Start a new one.",
+  payload_too_large: "That message is too long.",
+};
+
+async function api(path, body, headers = {}) {
+  let res;
+  try {
+    res = await fetch(path, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", ...headers },
+      body: JSON.stringify(body),
+    });
+  } catch {
+    throw new Error(
+      navigator.onLine
+        ? "Could not reach the server. Check that it is running, then try again."
+        : "You are offline. Reconnect, then try again.",
+    );
+  }
   let json = {};
   try {
     json = await res.json();
   } catch {
     // an empty or non-JSON body (a balancer's error page)
   }
-  if (!res.ok) throw new Error(json.message || `The server answered ${res.status}.`);
+  if (!res.ok) {
+    const err = new Error(REFUSALS[json.error] || json.message || `The server refused the request (${res.status}).`);
+    err.code = json.error;
+    throw err;
+  }
   return json;
 }
 
@@ -173,7 +197,9 @@ async function send(content) {
       await openConversation(created.id);
     }
     const view = current;
-    const posted = await api(`/api/conversations/${view.id}/messages`, { content });
+    // One key per message: a retry after a lost reply is answered with the first reply.
+    const key = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+    const posted = await api(`/api/conversations/${view.id}/messages`, { content }, { "Idempotency-Key": key });
     ui.input.value = "";
     autoGrow();
     if (view === current) view.posted(posted.message_id, posted.response_id, content);
@@ -299,8 +325,14 @@ document.querySelector(".main").addEventListener("click", (event) => {
 
 function route() {
   const match = location.pathname.match(ID_PATH);
-  if (match) openConversation(match[1]);
-  else blankConversation();
+  if (match) {
+    openConversation(match[1]);
+  } else {
+    blankConversation();
+    if (location.pathname.startsWith("/c/")) {
+      showError("This link is not a conversation's address. Start a new conversation below.");
+    }
+  }
 }
 window.addEventListener("popstate", route);
 window.addEventListener("pagehide", () => { if (current) current.close(); });
