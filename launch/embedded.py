@@ -11,7 +11,7 @@ from aiohttp import web
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
 
-from producer.generator import load_generator
+from producer.generator import close_generator, load_generator
 from producer.settings import ProducerSettings
 from producer.worker import Worker
 from server.app import create_app
@@ -25,7 +25,8 @@ def create_embedded_app(settings: Settings, producer_settings: ProducerSettings)
 
     async def run_producer(app: web.Application) -> AsyncIterator[None]:
         redis = FakeRedis(server=broker)
-        worker = Worker(redis, producer_settings, load_generator(producer_settings.generator, producer_settings.pacing))
+        generator = load_generator(producer_settings.generator, producer_settings.pacing)
+        worker = Worker(redis, producer_settings, generator)
         app[METRICS].registry.include(worker.metrics.registry)  # one process, one /metrics
         task = asyncio.create_task(worker.run(), name="embedded-producer")
         yield
@@ -36,6 +37,7 @@ def create_embedded_app(settings: Settings, producer_settings: ProducerSettings)
         except TimeoutError:
             task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await close_generator(generator)
         await redis.aclose()
 
     app.cleanup_ctx.append(run_producer)

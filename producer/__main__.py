@@ -8,7 +8,7 @@ import sys
 import uvloop
 
 from launch.redis_client import connect
-from producer.generator import load_generator
+from producer.generator import close_generator, load_generator
 from producer.metrics import serve_metrics
 from producer.settings import ProducerSettings
 from producer.worker import Worker
@@ -21,7 +21,8 @@ async def _main(settings: ProducerSettings) -> None:
     assert settings.redis_url is not None
     # The socket timeout outlasts the jobs read's 2 s block.
     redis = connect(settings.redis_url, max_connections=settings.redis_max_connections, timeout_seconds=10)
-    worker = Worker(redis, settings, load_generator(settings.generator, settings.pacing))
+    generator = load_generator(settings.generator, settings.pacing)
+    worker = Worker(redis, settings, generator)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, worker.shutdown)
@@ -30,6 +31,7 @@ async def _main(settings: ProducerSettings) -> None:
         async with serve_metrics(worker.metrics, settings.metrics_host, settings.metrics_port):
             await worker.run()
     finally:
+        await close_generator(generator)
         await redis.aclose()
 
 

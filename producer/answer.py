@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from producer.generator import Generator, Resumable
+from producer.generator import Completion, GenerationFailed, Generator, Resumable, WithHistory
 from producer.metrics import ProducerMetrics
 from producer.publisher import Appended, Publisher
 from wire.events import FinishReason, Job
@@ -30,6 +30,7 @@ class AnswerWriter:
     async def answer(self, job: Job, posted_at: float | None, *, recovered: bool) -> None:
         """Claim the answer, generate it chunk by chunk, and finish it (stop, length or cancelled)."""
         owner = self._owner
+        completion = Completion()
         claim = await self._publisher.claim(job.conversation_id, job.response_id, owner, recovered=recovered)
         if claim.status == "resume":
             chunks = await self._takeover(job, claim.next_index)
@@ -39,12 +40,17 @@ class AnswerWriter:
         elif claim.status == "ok":
             # ``next_index`` > 0 only when this producer's own earlier attempt got that far.
             index = claim.next_index
-            chunks = self._generator.generate(job.prompt, job.max_tokens)
+            generator = self._generator
+            if isinstance(generator, WithHistory):
+                history = await self._publisher.history(job.conversation_id)
+                chunks = generator.generate_with_history(history, job.max_tokens, completion)
+            else:
+                chunks = generator.generate(job.prompt, job.max_tokens)
             if index:
                 chunks = _skip(chunks, index)
         else:
             return  # finished already, cancelled while queued, superseded, or a live producer runs it
-        await self._stream(job, chunks, index, posted_at)
+        await self._stream(job, chunks, index, posted_at, completion)
 
     async def _takeover(self, job: Job, next_index: int) -> AsyncIterator[str] | None:
         """A half-written answer whose producer stopped: continue it, or end it as failed (the policy)."""
@@ -65,9 +71,12 @@ class AnswerWriter:
         self.metrics.jobs.inc_labels(FinishReason.FAILED.value)
         return None
 
-    async def _stream(self, job: Job, chunks: AsyncIterator[str], index: int, posted_at: float | None) -> None:
+    async def _stream(
+        self, job: Job, chunks: AsyncIterator[str], index: int, posted_at: float | None, completion: Completion
+    ) -> None:
         owner = self._owner
         reason = FinishReason.STOP
+        error = ""
         first_at = 0.0
         first_index = index
         metrics = self.metrics
@@ -92,11 +101,19 @@ class AnswerWriter:
                         metrics.time_to_first_token.observe(max(0.0, first_at - posted_at))
                 index += 1
                 metrics.tokens.value += 1
+        except GenerationFailed as exc:
+            log.warning("response %s failed upstream: %s", job.response_id, exc)
+            reason, error = FinishReason.FAILED, str(exc)
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
-                await aclose()
-        await self._publisher.finish(job.conversation_id, job.response_id, owner, reason)
+                await aclose()  # a cancel reaches the model server: it stops generating
+        if reason is FinishReason.STOP and completion.finish_reason == "length":
+            reason = FinishReason.LENGTH
+        usage = None
+        if completion.prompt_tokens is not None or completion.completion_tokens is not None:
+            usage = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens}
+        await self._publisher.finish(job.conversation_id, job.response_id, owner, reason, error, usage=usage)
         metrics.jobs.inc_labels(reason.value)
         elapsed = time.time() - first_at
         if index - first_index > 1 and elapsed > 0:

@@ -10,7 +10,7 @@ import asyncio
 import importlib
 import random
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -22,9 +22,36 @@ _STOPWORDS = frozenset(
 )
 
 
+class GenerationFailed(Exception):
+    """The model could not write the answer; ``str(self)`` says why, in words a reader can be shown."""
+
+
+@dataclass(slots=True)
+class Completion:
+    """What one generation learnt besides its text, filled in as its stream ends."""
+
+    finish_reason: str | None = None
+    """The model's own: ``length`` ends the answer as ``length``."""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
 class Generator(Protocol):
     def generate(self, prompt: str, max_tokens: int) -> AsyncIterator[str]:
         """Yield the answer's chunks in order; the producer stops after ``max_tokens`` of them."""
+        ...
+
+
+@runtime_checkable
+class WithHistory(Protocol):
+    """A generator that answers from the whole conversation, not only the last message."""
+
+    def generate_with_history(
+        self, history: Sequence[Mapping[str, str]], max_tokens: int, completion: Completion
+    ) -> AsyncIterator[str]:
+        """Yield the chunks answering ``history`` (``role``/``content`` dicts, oldest first); fill
+        ``completion`` (finish reason, usage) as the stream ends; raise ``GenerationFailed`` with a
+        reason a reader can be shown."""
         ...
 
 
@@ -151,14 +178,26 @@ def compose_answer(prompt: str, seed: int = 0) -> str:
     return "\n\n".join(parts)
 
 
+async def close_generator(generator: Generator) -> None:
+    """Release what a generator holds (an HTTP client), if it holds anything."""
+    aclose = getattr(generator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 def load_generator(spec: str, pacing: Pacing) -> Generator:
-    """``simulated`` (the default), ``echo``, or ``package.module:factory`` returning a Generator."""
+    """``simulated`` (the default), ``echo``, ``openai`` (an OpenAI-compatible server, see
+    ``producer.upstream``), or ``package.module:factory`` returning a Generator."""
+    if spec == "openai":
+        from producer.upstream import OpenAIGenerator, UpstreamSettings
+
+        return OpenAIGenerator(UpstreamSettings.from_env())
     if spec == "simulated":
         return SimulatedLLM(pacing)
     if spec == "echo":
         return EchoGenerator(pacing)
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"STREAMFAN_GENERATOR={spec!r}: use 'simulated', 'echo' or 'package.module:factory'")
+        raise ValueError(f"STREAMFAN_GENERATOR={spec!r}: use 'simulated', 'echo', 'openai' or 'package.module:factory'")
     factory: Callable[[], Generator] = getattr(importlib.import_module(module_name), attr)
     return factory()

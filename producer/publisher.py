@@ -5,9 +5,10 @@ whose reply was lost to a Redis hiccup is simply retried: nothing is doubled, no
 """
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
@@ -20,7 +21,7 @@ from producer.batcher import ScriptBatcher
 from wire import scripts
 from wire.backoff import Backoff
 from wire.env import Retention
-from wire.events import FinishReason, assistant_status, delta_data, done_data
+from wire.events import FinishReason, assistant_status, delta_data, done_data, dumps
 from wire.keys import ConversationKeys
 
 log = logging.getLogger(__name__)
@@ -100,9 +101,17 @@ class Publisher:
         return Appended(int(result[0]))
 
     async def finish(
-        self, conversation_id: str, response_id: str, owner: str, reason: FinishReason, error: str = ""
+        self,
+        conversation_id: str,
+        response_id: str,
+        owner: str,
+        reason: FinishReason,
+        error: str = "",
+        *,
+        usage: Mapping[str, int | None] | None = None,
     ) -> bool:
-        """Store the answer and publish ``done``; ``owner=''`` finishes an abandoned answer."""
+        """Store the answer (with the model's ``usage``) and publish ``done``; ``owner=''``
+        finishes an abandoned answer."""
         keys, argv = self._call(
             ConversationKeys(conversation_id),
             response_id,
@@ -112,9 +121,22 @@ class Publisher:
             done_data(response_id, reason, error),
             error,
             self._retention.max_messages,
+            dumps(usage) if usage else "",
         )
         result = await self._retrying(lambda: self._finish(keys=keys, args=argv))
         return result is not None
+
+    async def history(self, conversation_id: str) -> list[dict[str, str]]:
+        """The conversation's finished messages as ``role``/``content``, oldest first (the model's
+        input); answers that failed or were cancelled with no text are left out."""
+        key = ConversationKeys(conversation_id).messages
+        stored = await self._retrying(lambda: self._redis.lrange(key, 0, -1))
+        history = []
+        for raw in stored:
+            message = json.loads(raw)
+            if message.get("content"):
+                history.append({"role": message["role"], "content": message["content"]})
+        return history
 
     async def draft(self, conversation_id: str) -> str:
         """The text of the answer in progress (what a producer taking it over continues from)."""

@@ -29,7 +29,7 @@ class ProducerSettings:
     redis_max_connections: int = setting(64, "STREAMFAN_REDIS_MAX_CONNECTIONS", low=2, high=100_000)
     """Connections to Redis; more callers wait for one."""
     generator: str = setting("simulated", "STREAMFAN_GENERATOR")
-    """'simulated', 'echo', or 'package.module:factory'."""
+    """'simulated', 'echo', 'openai' (an OpenAI-compatible server), or 'package.module:factory'."""
     pacing: Pacing = field(default_factory=Pacing)
     """STREAMFAN_SIM_TTFT_MS, STREAMFAN_SIM_TOKENS_PER_SECOND, STREAMFAN_SIM_JITTER, STREAMFAN_SIM_SEED."""
     retention: Retention = field(default_factory=Retention)
@@ -58,8 +58,8 @@ class ProducerSettings:
         )
         if settings.takeover not in ("continue", "fail"):
             raise SettingsError(f"STREAMFAN_TAKEOVER={settings.takeover!r}: use 'continue' or 'fail'")
-        if settings.generator not in ("simulated", "echo") and ":" not in settings.generator:
+        if settings.generator not in ("simulated", "echo", "openai") and ":" not in settings.generator:
             raise SettingsError(
-                f"STREAMFAN_GENERATOR={settings.generator!r}: use 'simulated', 'echo' or 'module:factory'"
+                f"STREAMFAN_GENERATOR={settings.generator!r}: use 'simulated', 'echo', 'openai' or 'module:factory'"
             )
         return settings

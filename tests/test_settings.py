@@ -72,6 +72,10 @@ def test_the_readme_documents_every_setting() -> None:
         "STREAMFAN_SIM_JITTER",
         "STREAMFAN_SIM_SEED",
     ]
-    names = env_names(Settings) + env_names(ProducerSettings) + env_names(Retention) + special
+    from producer.upstream import UpstreamSettings
+
+    special += ["OPENAI_API_KEY"]
+    names = env_names(Settings) + env_names(ProducerSettings) + env_names(Retention) + env_names(UpstreamSettings)
+    names += special
     missing = [name for name in names if f"`{name}`" not in readme]
     assert missing == []

@@ -33,11 +33,12 @@ local function touch()
   end
 end
 
-local function finish(rid, reason, status, done, err)
+local function finish(rid, reason, status, done, err, usage)
   local id = append_event('done', done)
   local content = redis.call('GET', DRAFT) or ''
   local message = {id = rid, role = 'assistant', content = content, status = status, finish_reason = reason}
   if err and err ~= '' then message['error'] = err end
+  if usage and usage ~= '' then message['usage'] = cjson.decode(usage) end
   redis.call('RPUSH', MESSAGES, cjson.encode(message))
   redis.call('HDEL', STATE, 'active', 'phase', 'owner', 'cancel', 'next')
   redis.call('DEL', DRAFT)
@@ -146,12 +147,12 @@ FINISH: Final = (
     + r"""
 -- ARGV: 4 response id, 5 owner ('' = whoever owns it: recovery of an abandoned answer),
 -- 6 finish reason, 7 message status, 8 done event data, 9 (optional) why it failed, 10 (optional)
--- messages kept.
+-- messages kept, 11 (optional) the model's usage as JSON.
 -- Stores the assistant message (its content is the concatenation of the deltas) and publishes done.
 -- Returns the done event's id, or false if the answer is not active (finished already) or not ours.
 if redis.call('HGET', STATE, 'active') ~= ARGV[4] then return false end
 if ARGV[5] ~= '' and redis.call('HGET', STATE, 'owner') ~= ARGV[5] then return false end
-local id = finish(ARGV[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+local id = finish(ARGV[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[11])
 if ARGV[10] then redis.call('LTRIM', MESSAGES, -tonumber(ARGV[10]), -1) end
 return id
 """

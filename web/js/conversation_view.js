@@ -114,7 +114,7 @@ export class ConversationView {
       this.#answer(data.response_id).md.append(data.text);
       if (this.active !== data.response_id) this.#setActive(data.response_id);
     } else if (type === "done") {
-      this.#finish(this.#answer(data.response_id), data.finish_reason);
+      this.#finish(this.#answer(data.response_id), data.finish_reason, data.error);
       if (this.active === data.response_id) this.#setActive(null);
     }
     this.hooks.onChange();
@@ -142,7 +142,7 @@ export class ConversationView {
         const entry = this.#answer(m.id);
         entry.md.append(m.content);
         if (m.id !== body.active_response_id) {
-          this.#finish(entry, m.finish_reason || (m.status === "complete" ? "stop" : m.status));
+          this.#finish(entry, m.finish_reason || (m.status === "complete" ? "stop" : m.status), m.error);
         }
       }
     }
@@ -213,13 +213,14 @@ export class ConversationView {
     return entry;
   }
 
-  #finish(entry, reason) {
+  #finish(entry, reason, error) {
     if (entry.article.dataset.status !== "generating") return;
     entry.md.finish();
     entry.article.dataset.status = reason === "stop" || reason === "length" ? "complete" : reason;
     entry.article.dataset.finishReason = reason;
     entry.article.setAttribute("aria-busy", "false");
-    entry.note.textContent = FINISH_NOTES[reason] || "";
+    const note = FINISH_NOTES[reason] || "";
+    entry.note.textContent = error ? `${note}: ${error}` : note;
   }
 
   #setActive(responseId) {

@@ -1,0 +1,144 @@
+"""A real model behind streamfan: any OpenAI-compatible server, through the official ``openai`` package.
+
+``STREAMFAN_GENERATOR=openai`` streams Chat Completions from ``OPENAI_BASE_URL`` (OpenAI, vLLM,
+llama.cpp's server, Ollama's ``/v1``, LiteLLM...) with ``OPENAI_API_KEY`` and
+``STREAMFAN_OPENAI_MODEL``. The conversation's finished messages become the upstream ``messages``
+(after ``STREAMFAN_OPENAI_SYSTEM_PROMPT``, if any).
+
+- Failures before the first token are retried with jittered backoff (``STREAMFAN_OPENAI_RETRIES``);
+  after it, or past the retries, the answer ends ``failed`` with a reason a reader can be shown.
+- Closing the chunk iterator (a cancel, a shutdown) closes the upstream HTTP response, so the model
+  server stops generating.
+- At most ``STREAMFAN_OPENAI_CONCURRENCY`` requests per producer are in flight upstream.
+- The usage (tokens in and out) and the upstream's finish reason (``length``) are kept on the call.
+"""
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import openai
+from openai import AsyncOpenAI
+
+from producer.generator import Completion, GenerationFailed
+from wire.backoff import Backoff
+from wire.env import read_settings, setting
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    base_url: str = setting("", "OPENAI_BASE_URL")
+    """The OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1 (Ollama); empty: api.openai.com."""
+    api_key: str = field(default="", repr=False)
+    """OPENAI_API_KEY (a placeholder is sent when empty: local servers accept any)."""
+    model: str = setting("gpt-4o-mini", "STREAMFAN_OPENAI_MODEL")
+    """The model name the server knows."""
+    temperature: float = setting(0.7, "STREAMFAN_OPENAI_TEMPERATURE", low=0, high=2)
+    """Sampling temperature."""
+    system_prompt: str = setting("", "STREAMFAN_OPENAI_SYSTEM_PROMPT")
+    """Sent first in every conversation (empty: none)."""
+    timeout_seconds: float = setting(60.0, "STREAMFAN_OPENAI_TIMEOUT_SECONDS", low=1, high=3600)
+    """Bound on connecting, on the first token, and on every gap between tokens."""
+    retries: int = setting(2, "STREAMFAN_OPENAI_RETRIES", low=0, high=10)
+    """Retries of a request that failed before its first token."""
+    concurrency: int = setting(64, "STREAMFAN_OPENAI_CONCURRENCY", low=1, high=10_000)
+    """Requests this producer keeps in flight upstream at once; more wait their turn."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        env = os.environ if env is None else env
+        return read_settings(cls, env, api_key=env.get("OPENAI_API_KEY", ""))
+
+
+class OpenAIGenerator:
+    """A ``Generator`` (and ``WithHistory``) streaming from an OpenAI-compatible server."""
+
+    def __init__(self, settings: UpstreamSettings, client: AsyncOpenAI | None = None) -> None:
+        self.settings = settings
+        self._client = client or AsyncOpenAI(
+            base_url=settings.base_url or None,
+            api_key=settings.api_key or "not-needed",
+            timeout=settings.timeout_seconds,
+            max_retries=0,  # retries are ours: only before the first token
+        )
+        self._slots = asyncio.Semaphore(settings.concurrency)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (the process that made this generator calls it when it stops)."""
+        await self._client.close()
+
+    def generate(self, prompt: str, max_tokens: int) -> AsyncIterator[str]:
+        return self.generate_with_history([{"role": "user", "content": prompt}], max_tokens, Completion())
+
+    async def generate_with_history(
+        self, history: Sequence[Mapping[str, str]], max_tokens: int, completion: Completion
+    ) -> AsyncIterator[str]:
+        """The answer's text chunks for a conversation whose messages are ``history`` (oldest first)."""
+        messages: list[Any] = []
+        if self.settings.system_prompt:
+            messages.append({"role": "system", "content": self.settings.system_prompt})
+        messages += [{"role": m["role"], "content": m["content"]} for m in history]
+        async with self._slots:
+            stream = await self._open(messages, max_tokens)
+            chunks = stream.__aiter__()
+            try:
+                while True:
+                    # The timeout spans the wait for the next chunk only, never this generator's
+                    # consumer (a timeout across a yield would cancel whoever is iterating).
+                    try:
+                        async with asyncio.timeout(self.settings.timeout_seconds):
+                            chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        return
+                    if chunk.usage is not None:
+                        completion.prompt_tokens = chunk.usage.prompt_tokens
+                        completion.completion_tokens = chunk.usage.completion_tokens
+                    for choice in chunk.choices:
+                        if choice.finish_reason:
+                            completion.finish_reason = choice.finish_reason
+                        if choice.delta and choice.delta.content:
+                            yield choice.delta.content
+            except TimeoutError:
+                raise GenerationFailed("the model stopped answering (timed out)") from None
+            except openai.APIError as exc:
+                raise GenerationFailed(f"the model failed mid-answer ({_brief(exc)})") from None
+            finally:
+                await stream.close()  # a cancel closes the HTTP response: the server stops generating
+
+    async def _open(self, messages: list[Any], max_tokens: int) -> Any:
+        """The upstream stream, retried with backoff while nothing was generated yet."""
+        backoff = Backoff(first=0.5, cap=5.0)
+        attempt = 0
+        while True:
+            try:
+                return await self._client.chat.completions.create(
+                    model=self.settings.model,
+                    messages=messages,
+                    max_tokens=max_tokens,
+                    temperature=self.settings.temperature,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            except (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError) as exc:
+                error: openai.APIError = exc
+            except openai.APIStatusError as exc:
+                if exc.status_code < 500:
+                    raise GenerationFailed(f"the model refused the request ({_brief(exc)})") from None
+                error = exc
+            attempt += 1
+            if attempt > self.settings.retries:
+                raise GenerationFailed(f"the model could not be reached ({_brief(error)})")
+            delay = backoff.next_delay()
+            log.warning("upstream request failed (%s); retry %d in %.1fs", _brief(error), attempt, delay)
+            await asyncio.sleep(delay)
+
+
+def _brief(exc: BaseException) -> str:
+    status = getattr(exc, "status_code", None)
+    text = str(getattr(exc, "message", "") or exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    return f"{status}: {text}" if status else text
