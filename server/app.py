@@ -8,7 +8,7 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import api, health
+from server import api, health, openai_chat
 from server.access import Gate
 from server.context import GATE, HUB, METRICS, REDIS, SETTINGS, STORE
 from server.errors import Handler, JSONError, guarded
@@ -57,6 +57,11 @@ def create_app(settings: Settings, redis: "Redis") -> web.Application:
         ("GET", "/readyz", health.readyz),
         ("GET", "/metrics", health.metrics),
     ]
+    if settings.api_keys:  # the OpenAI-compatible endpoints exist only with keys
+        routes += [
+            ("POST", "/v1/chat/completions", openai_chat.chat_completions),
+            ("GET", "/v1/models", openai_chat.list_models),
+        ]
     if (WEB_ROOT / "index.html").exists():
         routes += [("GET", "/", _index), ("GET", "/c/{conversation_id}", _index)]
         routes += [("GET", "/static/{path:.+}", _static)]

@@ -87,7 +87,9 @@ class Follower:
         position = self.position
         for event_id, frame in pending:
             if event_id > position:
-                self.stream.put(self._framed(frame))
+                data = self._framed(frame)
+                if data:
+                    self.stream.put(data)
                 position = event_id
         self.position = position
         self.skip_until = position
@@ -100,9 +102,11 @@ class Follower:
                 return
             if event_id <= self.position:
                 continue
-            stream.put(self._framed(frame), bounded=False)
+            data = self._framed(frame)
             self.position = event_id
-            await stream.drain()
+            if data:
+                stream.put(data, bounded=False)
+                await stream.drain()
 
     def reset(self, head: EventId, frame: bytes) -> None:
         """A ``reset`` event: the history cannot continue from ``position``; the client reloads.
@@ -110,10 +114,13 @@ class Follower:
         Written whatever its id (after a Redis data loss the head may be older than ``position``),
         and it moves ``position`` to the head: what follows the head is new to this client.
         """
-        self.stream.put(self._framed(frame))
+        data = self._framed(frame)
+        if data:
+            self.stream.put(data)
         self.position = head
         self.skip_until = head
 
     def _framed(self, frame: bytes) -> bytes:
+        """``frame`` as this follower writes it (empty: nothing to write), framed for the wire."""
         framed = mux_frame(self.prefix, frame) if self.muxed else frame
         return http_chunk(framed) if self.stream.chunked else framed

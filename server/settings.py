@@ -41,6 +41,10 @@ class Settings:
     """STREAMFAN_TRUSTED_PROXIES: proxies whose X-Forwarded-For/-Proto are believed."""
     limits_exempt: tuple[Network, ...] = field(default_factory=lambda: parse_networks(_LOOPBACK))
     """STREAMFAN_LIMITS_EXEMPT: clients never rate- or stream-limited."""
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    """STREAMFAN_API_KEYS: comma-separated keys of the OpenAI-compatible endpoints (none: they are off)."""
+    model_name: str = setting("streamfan", "STREAMFAN_MODEL_NAME")
+    """The model name the OpenAI-compatible endpoints list and answer with (when a request names none)."""
     allowed_hosts: tuple[str, ...] = ()
     """STREAMFAN_ALLOWED_HOSTS: comma-separated Host names served (empty: any)."""
     token_max_age_seconds: int = setting(86_400, "STREAMFAN_TOKEN_MAX_AGE_SECONDS", low=60, high=10**9)
@@ -116,6 +120,10 @@ class Settings:
                 networks[name] = parse_networks(env_str(env, name, default))
             except ValueError as exc:
                 raise SettingsError(f"{name}: {exc}") from None
+        api_keys = tuple(k.strip() for k in env_str(env, "STREAMFAN_API_KEYS", "").split(",") if k.strip())
+        for key in api_keys:
+            if len(key) < _MIN_SECRET_BYTES or any(ch.isspace() for ch in key):
+                raise SettingsError(f"STREAMFAN_API_KEYS: each key needs {_MIN_SECRET_BYTES}+ characters, no spaces")
         hosts = tuple(h.strip().lower() for h in env_str(env, "STREAMFAN_ALLOWED_HOSTS", "").split(",") if h.strip())
         origins = tuple(o.strip() for o in env_str(env, "STREAMFAN_CORS_ORIGINS", "").split(",") if o.strip())
         for origin in origins:
@@ -130,6 +138,7 @@ class Settings:
             trusted_proxies=networks["STREAMFAN_TRUSTED_PROXIES"],
             limits_exempt=networks["STREAMFAN_LIMITS_EXEMPT"],
             allowed_hosts=hosts,
+            api_keys=api_keys,
             retention=Retention.from_env(env),
             cors_origins=origins,
         )

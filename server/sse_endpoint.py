@@ -115,7 +115,9 @@ async def event_stream_response(
     """
     settings, metrics = request.app[SETTINGS], request.app[METRICS]
     response = EventStreamResponse(
-        send_timeout=settings.send_timeout_seconds, send_buffer=settings.socket_send_buffer_bytes
+        send_timeout=settings.send_timeout_seconds,
+        send_buffer=settings.socket_send_buffer_bytes,
+        method=request.method,  # the handler checked it; the OpenAI dialects stream a POST
     )
     if dress is not None:
         dress(response)

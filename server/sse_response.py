@@ -39,14 +39,15 @@ def tune_socket(request: BaseRequest, send_timeout: float, send_buffer: int) -> 
 class EventStreamResponse(EventSourceResponse):
     _ended: "asyncio.Future[None] | None" = None
 
-    def __init__(self, *, send_timeout: float, send_buffer: int) -> None:
+    def __init__(self, *, send_timeout: float, send_buffer: int, method: str = "GET") -> None:
         super().__init__(send_timeout=send_timeout)
         del self.headers["Connection"]
         self._socket_options = (send_timeout, send_buffer)
+        self._method = method
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
-        if request.method != "GET":
-            raise HTTPMethodNotAllowed(request.method, ("GET",))
+        if request.method != self._method:
+            raise HTTPMethodNotAllowed(request.method, (self._method,))
         if self.prepared:
             return await super().prepare(request)
         tune_socket(request, *self._socket_options)

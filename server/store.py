@@ -19,6 +19,7 @@ from wire.events import (
     Phase,
     ResetReason,
     done_data,
+    dumps,
     format_event_id,
     parse_event_id,
     reset_data,
@@ -180,6 +181,20 @@ class ConversationStore:
     async def delete(self, conversation_id: str, tombstone_seconds: int) -> int:
         """Delete the conversation and revoke its tokens; returns the new generation."""
         return int(await self._delete(keys=list(ConversationKeys(conversation_id).all), args=[tombstone_seconds]))
+
+    async def seed(self, conversation_id: str, messages: list[dict[str, str]]) -> None:
+        """Store earlier messages of a conversation that arrives whole (the OpenAI dialects)."""
+        if not messages:
+            return
+        key = ConversationKeys(conversation_id).messages
+        records = [
+            dumps({"id": new_id(), "role": m["role"], "content": m["content"], "status": "complete"}) for m in messages
+        ]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, *records)
+            pipe.ltrim(key, -self._retention.max_messages, -1)
+            pipe.expire(key, self._retention.ttl_seconds)
+            await pipe.execute()
 
     async def join_session(self, session_id: str, conversation_id: str, generation: int, ttl_seconds: int) -> None:
         """Let ``session_id`` read the conversation (it proved a token of this generation)."""

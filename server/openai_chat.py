@@ -1,0 +1,267 @@
+"""The OpenAI Chat Completions dialect: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+Every request is a streamfan conversation: its messages are stored (the last one posted as the
+user's message), the producer answers it like any other, and the response names the conversation
+(``X-Streamfan-Conversation``, with its token in ``X-Streamfan-Token``), so the same answer can be
+followed or resumed on any node through ``/api/conversations/{id}/events``.
+
+The stream is the OpenAI format exactly: ``data: {chat.completion.chunk}`` per delta (the first
+with ``role: "assistant"``), a last chunk with ``finish_reason``, a ``choices: []`` usage chunk when
+``stream_options.include_usage``, then ``data: [DONE]``; a failed answer is ``data: {"error": ...}``.
+No ``id:`` or ``retry:`` line is ever sent and heartbeats are comments: the official Python SDK
+fails on a data-less frame once it has seen either, and the JS SDK on an ``event:`` without data.
+
+Keys: ``STREAMFAN_API_KEYS`` (comma-separated; not the conversation tokens). With none, these
+endpoints do not exist (404).
+"""
+
+import asyncio
+import hmac
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from server.context import GATE, HUB, SETTINGS, STORE
+from server.errors import JSONError
+from server.follower import Follower
+from server.sse_endpoint import catch_up, event_stream_response
+from server.store import Busy, Overloaded, new_id
+
+_POLL_SECONDS = 0.1
+
+
+class OpenAIError(JSONError):
+    """An error in OpenAI's format: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, kind: str, code: str | None = None) -> None:
+        self.status_code = status
+        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        web.HTTPException.__init__(self, text=json.dumps(body), content_type="application/json")
+
+
+def check_key(request: web.Request) -> None:
+    keys: tuple[str, ...] = request.app[SETTINGS].api_keys
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    valid = scheme.lower() == "bearer" and any(
+        hmac.compare_digest(presented.strip().encode(), key.encode()) for key in keys
+    )
+    if not valid:
+        raise OpenAIError(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+
+
+async def list_models(request: web.Request) -> web.StreamResponse:
+    check_key(request)
+    name = request.app[SETTINGS].model_name
+    return web.json_response(
+        {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "streamfan"}]}
+    )
+
+
+def _text(content: Any) -> str | None:
+    """A message's text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        parts = [p.get("text") for p in content if p.get("type") == "text"]
+        if all(isinstance(t, str) for t in parts):
+            return "".join(str(t) for t in parts)
+    return None
+
+
+def _request(body: Any, settings: Any) -> tuple[list[dict[str, str]], int, bool, bool, str]:
+    if not isinstance(body, dict):
+        raise OpenAIError(400, "The body must be a JSON object.", "invalid_request_error")
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise OpenAIError(400, "'messages' must be a non-empty array.", "invalid_request_error")
+    messages: list[dict[str, str]] = []
+    for message in raw:
+        role = message.get("role") if isinstance(message, dict) else None
+        text = _text(message.get("content")) if isinstance(message, dict) else None
+        if role not in ("system", "developer", "user", "assistant") or text is None:
+            raise OpenAIError(400, "Each message needs a role and text content.", "invalid_request_error")
+        if len(text) > settings.max_message_chars or "\x00" in text:
+            raise OpenAIError(400, "A message is too long or holds NUL.", "invalid_request_error")
+        messages.append({"role": "system" if role == "developer" else str(role), "content": text})
+    if messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
+        raise OpenAIError(400, "The last message must be the user's, with text.", "invalid_request_error")
+    limit = body.get("max_completion_tokens", body.get("max_tokens", settings.default_max_tokens))
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= settings.max_tokens_limit:
+        raise OpenAIError(400, f"max_tokens must be 1 to {settings.max_tokens_limit}.", "invalid_request_error")
+    options = body.get("stream_options") or {}
+    include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+    requested = body.get("model")
+    model = requested if isinstance(requested, str) and requested else str(settings.model_name)
+    return messages, int(limit), bool(body.get("stream")), include_usage, model
+
+
+class ChatFollower(Follower):
+    """A follower that writes the conversation's answer as chat.completion.chunk data lines."""
+
+    __slots__ = ("created", "done", "model", "name", "response_id", "started")
+
+    def __init__(self, stream: Any, *, max_pending: int, response_id: str, model: str) -> None:
+        super().__init__(stream, max_pending=max_pending)
+        self.response_id = response_id
+        self.name = f"chatcmpl-{response_id}"
+        self.model = model
+        self.created = int(time.time())
+        self.started = False
+        self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        choices = [] if finish == "-" else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+        body = {
+            "id": self.name,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
+        return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+
+    def translate(self, frame: bytes) -> bytes:
+        _, _, rest = frame.partition(b"\nevent: ")
+        event_type, _, data_line = rest.partition(b"\ndata: ")
+        if event_type not in (b"delta", b"done"):
+            return b""
+        data = json.loads(data_line.rstrip(b"\n"))
+        if data.get("response_id") != self.response_id:
+            return b""
+        if event_type == b"delta":
+            delta: dict[str, Any] = {"content": data["text"]}
+            if not self.started:
+                self.started = True
+                delta = {"role": "assistant", **delta}
+            return self.chunk(delta)
+        if not self.done.done():
+            self.done.set_result(data)
+        reason = data["finish_reason"]
+        if reason == "failed":
+            error = {"message": data.get("error") or "the answer failed", "type": "server_error", "code": None}
+            return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+        opener = b"" if self.started else self.chunk({"role": "assistant", "content": ""})
+        return opener + self.chunk({}, "length" if reason == "length" else "stop")
+
+    def deliver(self, event_id: Any, frame: bytes, chunk: bytes) -> None:
+        pending = self.pending
+        if pending is not None:
+            if len(pending) < self.max_pending:
+                pending.append((event_id, frame))
+            else:
+                pending.clear()
+                self.overflowed = True
+            return
+        if self.skip_until is not None and event_id <= self.skip_until:
+            return
+        self.position = event_id
+        data = self.translate(frame)
+        if data:
+            self.stream.put(self.stream.framed(data))
+
+    def _framed(self, frame: bytes) -> bytes:
+        data = self.translate(frame)
+        return self.stream.framed(data) if data else b""
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    check_key(request)
+    settings, store, gate = request.app[SETTINGS], request.app[STORE], request.app[GATE]
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise OpenAIError(400, "The body is not valid JSON.", "invalid_request_error") from None
+    messages, limit, streaming, include_usage, model = _request(body, settings)
+    conversation_id = new_id()
+    token = gate.tokens.issue(conversation_id)
+    await store.seed(conversation_id, messages[:-1])
+    headers = {"X-Streamfan-Conversation": conversation_id, "X-Streamfan-Token": token}
+    if not streaming:
+        return await _whole(request, conversation_id, messages[-1]["content"], limit, model, headers)
+    return await _streamed(request, conversation_id, messages[-1]["content"], limit, model, include_usage, headers)
+
+
+async def _post(request: web.Request, conversation_id: str, content: str, limit: int) -> str:
+    result = await request.app[STORE].post_message(conversation_id, content, limit, "node:" + new_id())
+    if isinstance(result, Busy | Overloaded):
+        raise OpenAIError(503, "The model is busy; try again shortly.", "server_error")
+    return result.response_id
+
+
+async def _streamed(
+    request: web.Request,
+    conversation_id: str,
+    content: str,
+    limit: int,
+    model: str,
+    include_usage: bool,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    settings, hub, store = request.app[SETTINGS], request.app[HUB], request.app[STORE]
+
+    def dress(response: web.StreamResponse) -> None:
+        response.headers.update(headers)
+
+    response, stream = await event_stream_response(request, dress)
+    if stream is None:
+        return response
+    # Subscribe before posting, so no event of the answer can be missed.
+    follower = ChatFollower(stream, max_pending=settings.catchup_buffer_events, response_id="", model=model)
+    feed = await hub.attach(conversation_id, follower)
+    try:
+        follower.response_id = await _post(request, conversation_id, content, limit)
+        follower.name = f"chatcmpl-{follower.response_id}"
+        await catch_up(follower, store, conversation_id, settings.replay_page_events)
+        follower.go_live()
+        waits: list[asyncio.Future[Any]] = [follower.done, response.ended]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if follower.done.done() and not stream.closed:
+            if include_usage and follower.done.result()["finish_reason"] != "failed":
+                usage = await _usage(request, conversation_id)
+                stream.put(stream.framed(follower.chunk({}, "-", usage=usage)))
+            stream.put(stream.framed(b"data: [DONE]\n\n"))
+    finally:
+        hub.detach(feed, follower)
+    return response
+
+
+async def _usage(request: web.Request, conversation_id: str) -> dict[str, int]:
+    snapshot = await request.app[STORE].snapshot(conversation_id, 1)
+    usage = (snapshot["messages"][-1].get("usage") if snapshot["messages"] else None) or {}
+    prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _whole(
+    request: web.Request, conversation_id: str, content: str, limit: int, model: str, headers: dict[str, str]
+) -> web.StreamResponse:
+    response_id = await _post(request, conversation_id, content, limit)
+    store = request.app[STORE]
+    while True:
+        snapshot = await store.snapshot(conversation_id, 1)
+        if snapshot["active_response_id"] != response_id:
+            break
+        await asyncio.sleep(_POLL_SECONDS)
+    answer = snapshot["messages"][-1]
+    if answer.get("finish_reason") == "failed":
+        raise OpenAIError(502, answer.get("error") or "the answer failed", "server_error")
+    usage = await _usage(request, conversation_id)
+    body = {
+        "id": f"chatcmpl-{response_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer["content"], "refusal": None},
+                "logprobs": None,
+                "finish_reason": "length" if answer.get("finish_reason") == "length" else "stop",
+            }
+        ],
+        "usage": usage,
+    }
+    return web.json_response(body, headers=headers)

@@ -1,0 +1,96 @@
+"""The OpenAI-compatible endpoints, driven by the official ``openai`` SDK against a real node on real Redis.
+
+Every client's text must equal the answer streamfan stored: the same conversation can be followed
+through the native API with the conversation id and token the response names.
+"""
+
+import json
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+
+from launch.processes import RedisServer
+from tests.conftest import Proc
+from tests.test_real_redis import producer_env
+
+pytestmark = pytest.mark.timeout(90)
+
+KEY = "sk-test-0123456789abcdef"
+PROMPT = "streamed through the official SDK — naïve café 🚀"
+
+
+@pytest.fixture
+def node(redis_process: RedisServer, spawn: Callable[..., Proc]) -> Proc:
+    served = spawn("server", {"REDIS_URL": redis_process.url, "STREAMFAN_API_KEYS": f"{KEY},another-key-0123456789"})
+    spawn("producer", producer_env(redis_process, tokens_per_second=300))
+    return served
+
+
+def stored(node: Proc, conversation: str, token: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{node.url}/api/conversations/{conversation}", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return dict(json.loads(resp.read())["messages"][-1])
+
+
+def test_the_python_sdk_streams_and_waits_and_the_answer_is_the_stored_one(node: Proc) -> None:
+    client = openai.OpenAI(base_url=f"{node.url}/v1", api_key=KEY)
+    assert [m.id for m in client.models.list().data] == ["streamfan"]
+
+    whole = client.chat.completions.with_raw_response.create(
+        model="streamfan", messages=[{"role": "system", "content": "be kind"}, {"role": "user", "content": PROMPT}]
+    )
+    completion = whole.parse()
+    assert completion.choices[0].message.content == PROMPT and completion.choices[0].finish_reason == "stop"
+    answer = stored(node, whole.headers["X-Streamfan-Conversation"], whole.headers["X-Streamfan-Token"])
+    assert answer["content"] == PROMPT
+
+    raw = client.chat.completions.with_raw_response.create(
+        model="streamfan",
+        messages=[{"role": "user", "content": PROMPT}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert (
+        text
+        == PROMPT
+        == stored(node, raw.headers["X-Streamfan-Conversation"], raw.headers["X-Streamfan-Token"])["content"]
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+
+
+async def test_the_async_python_sdk_streams_too(node: Proc) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{node.url}/v1", api_key=KEY)
+    try:
+        stream = await client.chat.completions.create(
+            model="streamfan", messages=[{"role": "user", "content": PROMPT}], stream=True
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text == PROMPT
+    finally:
+        await client.close()
+
+
+def test_a_wrong_key_is_refused_in_openai_form(node: Proc) -> None:
+    client = openai.OpenAI(base_url=f"{node.url}/v1", api_key="sk-wrong-0123456789abcdef")
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client.models.list()
+    assert caught.value.code == "invalid_api_key"
+    good = openai.OpenAI(base_url=f"{node.url}/v1", api_key=KEY)
+    with pytest.raises(openai.BadRequestError):
+        good.chat.completions.create(model="streamfan", messages=[])
+
+
+def test_without_keys_the_endpoints_do_not_exist(redis_process: RedisServer, spawn: Callable[..., Proc]) -> None:
+    bare = spawn("server", {"REDIS_URL": redis_process.url})
+    client = openai.OpenAI(base_url=f"{bare.url}/v1", api_key=KEY)
+    with pytest.raises(openai.NotFoundError):
+        client.models.list()
