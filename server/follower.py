@@ -124,3 +124,44 @@ class Follower:
         """``frame`` as this follower writes it (empty: nothing to write), framed for the wire."""
         framed = mux_frame(self.prefix, frame) if self.muxed else frame
         return http_chunk(framed) if self.stream.chunked else framed
+
+
+class TranslatingFollower(Follower):
+    """A follower that writes each event in another dialect (OpenAI chunks, AI SDK parts).
+
+    ``translate`` turns one of the conversation's frames into the bytes to send (empty: nothing);
+    it runs once per client, unlike the native fan-out's once per node: the dialects are for API
+    clients, a handful per answer.
+    """
+
+    __slots__ = ()
+
+    def translate(self, frame: bytes) -> bytes:
+        raise NotImplementedError
+
+    def deliver(self, event_id: EventId, frame: bytes, chunk: bytes) -> None:
+        pending = self.pending
+        if pending is not None:
+            if len(pending) < self.max_pending:
+                pending.append((event_id, frame))
+            else:
+                pending.clear()
+                self.overflowed = True
+            return
+        if self.skip_until is not None and event_id <= self.skip_until:
+            return
+        self.position = event_id
+        data = self.translate(frame)
+        if data:
+            self.stream.put(self.stream.framed(data))
+
+    def _framed(self, frame: bytes) -> bytes:
+        data = self.translate(frame)
+        return self.stream.framed(data) if data else b""
+
+
+def frame_parts(frame: bytes) -> tuple[bytes, bytes, bytes]:
+    """(event id, type, one-line data) of a frame of ours."""
+    head, _, rest = frame.partition(b"\nevent: ")
+    event_type, _, data = rest.partition(b"\ndata: ")
+    return head.removeprefix(b"id: "), event_type, data.rstrip(b"\n")

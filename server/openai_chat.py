@@ -25,7 +25,7 @@ from aiohttp import web
 
 from server.context import GATE, HUB, SETTINGS, STORE
 from server.errors import JSONError
-from server.follower import Follower
+from server.follower import TranslatingFollower, frame_parts
 from server.sse_endpoint import catch_up, event_stream_response
 from server.store import Busy, Overloaded, new_id
 
@@ -97,7 +97,7 @@ def _request(body: Any, settings: Any) -> tuple[list[dict[str, str]], int, bool,
     return messages, int(limit), bool(body.get("stream")), include_usage, model
 
 
-class ChatFollower(Follower):
+class ChatFollower(TranslatingFollower):
     """A follower that writes the conversation's answer as chat.completion.chunk data lines."""
 
     __slots__ = ("created", "done", "model", "name", "response_id", "started")
@@ -124,11 +124,10 @@ class ChatFollower(Follower):
         return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
 
     def translate(self, frame: bytes) -> bytes:
-        _, _, rest = frame.partition(b"\nevent: ")
-        event_type, _, data_line = rest.partition(b"\ndata: ")
+        _, event_type, data_line = frame_parts(frame)
         if event_type not in (b"delta", b"done"):
             return b""
-        data = json.loads(data_line.rstrip(b"\n"))
+        data = json.loads(data_line)
         if data.get("response_id") != self.response_id:
             return b""
         if event_type == b"delta":
@@ -145,26 +144,6 @@ class ChatFollower(Follower):
             return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
         opener = b"" if self.started else self.chunk({"role": "assistant", "content": ""})
         return opener + self.chunk({}, "length" if reason == "length" else "stop")
-
-    def deliver(self, event_id: Any, frame: bytes, chunk: bytes) -> None:
-        pending = self.pending
-        if pending is not None:
-            if len(pending) < self.max_pending:
-                pending.append((event_id, frame))
-            else:
-                pending.clear()
-                self.overflowed = True
-            return
-        if self.skip_until is not None and event_id <= self.skip_until:
-            return
-        self.position = event_id
-        data = self.translate(frame)
-        if data:
-            self.stream.put(self.stream.framed(data))
-
-    def _framed(self, frame: bytes) -> bytes:
-        data = self.translate(frame)
-        return self.stream.framed(data) if data else b""
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,194 @@
+"""The Vercel AI SDK dialect (UI message stream v1): ``useChat`` on streamfan, resumable.
+
+- ``POST /api/chat``: the default transport's body ``{id, messages, trigger, messageId}``. The chat
+  id names a streamfan conversation (derived from it with the node secret, the same on every node);
+  the last user message is posted (earlier ones are stored first when the conversation is new).
+- ``GET /api/chat/{id}/stream`` (``resume: true``): 204 when nothing is being generated; else
+  ``start``, ``text-start``, ONE ``text-delta`` with all the text so far (the client starts from an
+  empty message), then the live deltas: a snapshot read atomically with its last event id, so
+  nothing is lost or doubled, in O(1) events whatever the answer's length.
+- ``POST /api/chat/{id}/stop``: cancels the answer being generated (idempotent).
+
+Frames are ``data: {part}`` lines: ``start``, ``text-start``, ``text-delta``..., ``text-end``,
+``finish`` (or ``error``), then ``data: [DONE]``. Parts carry no extra fields (ai 5.x to 7 reject
+them); the cursor rides in the SSE ``id:`` line, which their parser ignores. Heartbeats are
+comments. Headers: ``x-vercel-ai-ui-message-stream: v1``, ``x-accel-buffering: no``.
+Keys: the OpenAI endpoints' ``STREAMFAN_API_KEYS`` (``Authorization: Bearer``, set in the
+transport's ``headers``); without keys these endpoints do not exist.
+"""
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from aiohttp import web
+
+from server.context import HUB, SETTINGS, STORE
+from server.errors import JSONError
+from server.follower import TranslatingFollower, frame_parts
+from server.openai_chat import check_key
+from server.sse_endpoint import catch_up, event_stream_response
+from server.store import Busy, Overloaded, new_id
+from wire.events import EventId, parse_event_id
+
+HEADERS = {"x-vercel-ai-ui-message-stream": "v1", "x-accel-buffering": "no"}
+
+
+def part(body: dict[str, Any], event_id: bytes = b"") -> bytes:
+    data = b"data: " + json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return (b"id: " + event_id + b"\n" + data) if event_id else data
+
+
+def conversation_of(request: web.Request, chat_id: object) -> str:
+    """The conversation a chat id names: an HMAC under the node secret, so every node agrees and
+    nobody picks another chat's conversation without a key."""
+    if not isinstance(chat_id, str) or not 1 <= len(chat_id) <= 200:
+        raise JSONError(400, "'id' must be the chat's id (1 to 200 characters)", code="bad_field", field="id")
+    mac = hmac.new(request.app[SETTINGS].secret, b"ai-sdk-chat:" + chat_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:18]).decode()
+
+
+class UIMessageFollower(TranslatingFollower):
+    """Writes one answer as UI message stream parts."""
+
+    __slots__ = ("done", "part_id", "response_id", "started")
+
+    def __init__(self, stream: Any, *, max_pending: int, response_id: str, text_so_far: str | None) -> None:
+        super().__init__(stream, max_pending=max_pending)
+        self.response_id = response_id
+        self.part_id = f"text-{response_id}"
+        self.started = text_so_far is not None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if text_so_far is not None:
+            opening = part({"type": "start", "messageId": response_id}) + part(
+                {"type": "text-start", "id": self.part_id}
+            )
+            if text_so_far:
+                opening += part({"type": "text-delta", "id": self.part_id, "delta": text_so_far})
+            stream.put(stream.framed(opening))
+
+    def translate(self, frame: bytes) -> bytes:
+        event_id, event_type, data_line = frame_parts(frame)
+        if event_type not in (b"delta", b"done"):
+            return b""
+        data = json.loads(data_line)
+        if data.get("response_id") != self.response_id:
+            return b""
+        out = b""
+        if not self.started:
+            self.started = True
+            out += part({"type": "start", "messageId": self.response_id}) + part(
+                {"type": "text-start", "id": self.part_id}
+            )
+        if event_type == b"delta":
+            return out + part({"type": "text-delta", "id": self.part_id, "delta": data["text"]}, event_id)
+        if not self.done.done():
+            self.done.set_result(None)
+        out += part({"type": "text-end", "id": self.part_id})
+        if data["finish_reason"] == "failed":
+            out += part({"type": "error", "errorText": data.get("error") or "the answer failed"}, event_id)
+        else:
+            out += part({"type": "finish"}, event_id)
+        return out + b"data: [DONE]\n\n"
+
+
+def _last_user_text(messages: Any) -> tuple[list[dict[str, str]], str]:
+    """The UI messages as role/content (text parts joined), and the last user message's text."""
+    if not isinstance(messages, list) or not messages:
+        raise JSONError(400, "'messages' must be a non-empty array", code="bad_field", field="messages")
+    plain: list[dict[str, str]] = []
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
+            raise JSONError(400, "each message needs a role", code="bad_field", field="messages")
+        parts = message.get("parts") or []
+        text = "".join(p.get("text", "") for p in parts if isinstance(p, dict) and p.get("type") == "text")
+        if not isinstance(text, str):
+            raise JSONError(400, "text parts must hold text", code="bad_field", field="messages")
+        plain.append({"role": str(message["role"]), "content": text})
+    if plain[-1]["role"] != "user" or not plain[-1]["content"].strip():
+        raise JSONError(400, "the last message must be the user's, with text", code="bad_field", field="messages")
+    return plain, plain[-1]["content"]
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    check_key(request)
+    settings, store, hub = request.app[SETTINGS], request.app[STORE], request.app[HUB]
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise JSONError(400, "the body is not valid JSON", code="bad_json") from None
+    if not isinstance(body, dict):
+        raise JSONError(400, "the body must be a JSON object", code="bad_json")
+    conversation_id = conversation_of(request, body.get("id"))
+    plain, content = _last_user_text(body.get("messages"))
+    if len(content) > settings.max_message_chars:
+        raise JSONError(400, "the message is too long", code="bad_field", field="messages")
+    if (await store.snapshot(conversation_id, 1))["total_messages"] == 0:
+        await store.seed(conversation_id, plain[:-1])
+    response, stream = await event_stream_response(request, lambda r: r.headers.update(HEADERS))
+    if stream is None:
+        return response
+    follower = UIMessageFollower(stream, max_pending=settings.catchup_buffer_events, response_id="", text_so_far=None)
+    feed = await hub.attach(conversation_id, follower)  # before posting: nothing can be missed
+    try:
+        result = await store.post_message(conversation_id, content, settings.default_max_tokens, "node:" + new_id())
+        if isinstance(result, Busy | Overloaded):
+            stream.put(stream.framed(part({"type": "error", "errorText": "an answer is still being generated"})))
+            stream.put(stream.framed(b"data: [DONE]\n\n"))
+            return response
+        follower.response_id, follower.part_id = result.response_id, f"text-{result.response_id}"
+        follower.position = parse_event_id(result.event_id)
+        await _follow(response, follower, conversation_id, request)
+    finally:
+        hub.detach(feed, follower)
+    return response
+
+
+async def resume(request: web.Request) -> web.StreamResponse:
+    """``GET /api/chat/{id}/stream``: the answer in progress, compacted, then live; 204 if none."""
+    check_key(request)
+    settings, store, hub = request.app[SETTINGS], request.app[STORE], request.app[HUB]
+    conversation_id = conversation_of(request, request.match_info["chat_id"])
+    snapshot = await store.snapshot(conversation_id, 1)
+    active = snapshot["active_response_id"]
+    if active is None:
+        return web.Response(status=204)
+    draft = snapshot["messages"][-1]["content"] if snapshot["messages"] else ""
+    response, stream = await event_stream_response(request, lambda r: r.headers.update(HEADERS))
+    if stream is None:
+        return response
+    follower = UIMessageFollower(
+        stream, max_pending=settings.catchup_buffer_events, response_id=active, text_so_far=draft
+    )
+    position: EventId = parse_event_id(snapshot["last_event_id"])
+    follower.position = position
+    feed = await hub.attach(conversation_id, follower)
+    try:
+        await _follow(response, follower, conversation_id, request)
+    finally:
+        hub.detach(feed, follower)
+    return response
+
+
+async def _follow(response: Any, follower: UIMessageFollower, conversation_id: str, request: web.Request) -> None:
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    await catch_up(follower, store, conversation_id, settings.replay_page_events)
+    if follower.closed:
+        return
+    follower.go_live()
+    waits: list[asyncio.Future[Any]] = [follower.done, response.ended]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+
+
+async def stop(request: web.Request) -> web.StreamResponse:
+    """``POST /api/chat/{id}/stop``: cancel the answer being generated; 204 whether or not one was."""
+    check_key(request)
+    store = request.app[STORE]
+    conversation_id = conversation_of(request, request.match_info["chat_id"])
+    active = await store.active_response(conversation_id)
+    if active is not None:
+        await store.cancel(conversation_id, active)
+    return web.Response(status=204)
