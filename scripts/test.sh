@@ -13,6 +13,9 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need_apt+=(fonts-noto-color-emoji)
+# Node.js drives the JS clients (the openai package, the AI SDK's chat transport).
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -29,6 +32,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "==> installing Python dependencies"
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "==> installing the JS clients the tests drive (tests/node, from its lock file)"
+npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
 echo "==> ruff format --check, ruff check, mypy"
 .venv/bin/ruff format --check .

@@ -46,10 +46,10 @@ class EventStreamResponse(EventSourceResponse):
         self._method = method
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:  # aiohttp prepares a returned response again: it is the writer we have
+            return await StreamResponse.prepare(self, request)
         if request.method != self._method:
             raise HTTPMethodNotAllowed(request.method, (self._method,))
-        if self.prepared:
-            return await super().prepare(request)
         tune_socket(request, *self._socket_options)
         writer = await StreamResponse.prepare(self, request)
         self._ended = asyncio.get_running_loop().create_future()
