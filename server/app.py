@@ -8,7 +8,7 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import ai_sdk, api, health, openai_chat
+from server import ai_sdk, api, health, openai_chat, openai_responses
 from server.access import Gate
 from server.context import GATE, HUB, METRICS, REDIS, SETTINGS, STORE
 from server.errors import Handler, JSONError, guarded
@@ -61,6 +61,9 @@ def create_app(settings: Settings, redis: "Redis") -> web.Application:
         routes += [
             ("POST", "/v1/chat/completions", openai_chat.chat_completions),
             ("GET", "/v1/models", openai_chat.list_models),
+            ("POST", "/v1/responses", openai_responses.create),
+            ("GET", "/v1/responses/{response_id}", openai_responses.retrieve),
+            ("POST", "/v1/responses/{response_id}/cancel", openai_responses.cancel),
             ("POST", "/api/chat", ai_sdk.chat),
             ("GET", "/api/chat/{chat_id}/stream", ai_sdk.resume),
             ("POST", "/api/chat/{chat_id}/stop", ai_sdk.stop),

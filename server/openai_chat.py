@@ -29,8 +29,6 @@ from server.follower import TranslatingFollower, frame_parts
 from server.sse_endpoint import catch_up, event_stream_response
 from server.store import Busy, Overloaded, new_id
 
-_POLL_SECONDS = 0.1
-
 
 class OpenAIError(JSONError):
     """An error in OpenAI's format: ``{"error": {"message", "type", "param", "code"}}``."""
@@ -219,12 +217,8 @@ async def _whole(
 ) -> web.StreamResponse:
     response_id = await _post(request, conversation_id, content, limit)
     store = request.app[STORE]
-    while True:
-        snapshot = await store.snapshot(conversation_id, 1)
-        if snapshot["active_response_id"] != response_id:
-            break
-        await asyncio.sleep(_POLL_SECONDS)
-    answer = snapshot["messages"][-1]
+    await store.wait_idle(conversation_id)
+    answer = (await store.snapshot(conversation_id, 1))["messages"][-1]
     if answer.get("finish_reason") == "failed":
         raise OpenAIError(502, answer.get("error") or "the answer failed", "server_error")
     usage = await _usage(request, conversation_id)

@@ -1,5 +1,6 @@
 """The node's Redis operations on conversations: post, cancel, snapshot and history replay."""
 
+import asyncio
 import json
 import secrets
 from dataclasses import dataclass
@@ -172,6 +173,15 @@ class ConversationStore:
             "last_event_id": _text(head) if head else START_ID,
             "active_response_id": _text(active) if active is not None else None,
         }
+
+    async def wait_idle(self, conversation_id: str, poll_seconds: float = 0.1) -> None:
+        """Until the conversation has no answer in progress (the OpenAI dialects' whole answers).
+
+        Polls the state: a client that takes its answer whole needs no subscription.
+        """
+        key = ConversationKeys(conversation_id).state
+        while await self._redis.hexists(key, "active"):  # noqa: ASYNC110 - polling Redis, not a local flag
+            await asyncio.sleep(poll_seconds)
 
     async def generation(self, conversation_id: str) -> int:
         """The conversation's token generation: tokens of an older one are revoked."""

@@ -1,0 +1,68 @@
+"""The Responses dialect with the official Python SDK: streamed, whole, background, resumed elsewhere, cancelled."""
+
+from collections.abc import Callable
+
+import openai
+import pytest
+
+from launch.processes import RedisServer
+from tests.conftest import Proc
+from tests.test_real_redis import producer_env
+
+pytestmark = pytest.mark.timeout(90)
+
+KEY = "sk-test-0123456789abcdef"
+PROMPT = "answered through the Responses API — naïve café 🚀"
+LONG = " ".join(f"piece{i}" for i in range(150))
+
+
+@pytest.fixture
+def nodes(redis_process: RedisServer, spawn: Callable[..., Proc]) -> list[Proc]:
+    env = {"REDIS_URL": redis_process.url, "STREAMFAN_API_KEYS": KEY}
+    served = [spawn("server", env), spawn("server", env)]
+    spawn("producer", producer_env(redis_process, tokens_per_second=80))
+    return served
+
+
+def client(node: Proc) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{node.url}/v1", api_key=KEY)
+
+
+def test_streamed_and_whole_responses_carry_the_answer(nodes: list[Proc]) -> None:
+    api = client(nodes[0])
+    events = list(api.responses.create(model="streamfan", input=PROMPT, stream=True))
+    numbers = [e.sequence_number for e in events]
+    assert numbers == list(range(len(events)))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == PROMPT == events[-1].response.output_text
+    whole = api.responses.create(model="streamfan", input=[{"role": "user", "content": PROMPT}], instructions="be kind")
+    assert whole.status == "completed" and whole.output_text == PROMPT
+    assert api.responses.retrieve(whole.id).output_text == PROMPT
+
+
+def test_a_background_response_resumes_on_another_node_from_its_sequence_number(nodes: list[Proc]) -> None:
+    first, second = client(nodes[0]), client(nodes[1])
+    started = first.responses.create(model="streamfan", input=LONG, background=True)
+    assert started.status == "in_progress"
+    head = []
+    stream = first.responses.retrieve(started.id, stream=True)
+    for event in stream:
+        head.append(event)
+        if len(head) == 20:
+            break
+    stream.close()  # the connection is cut mid-answer
+    last = head[-1].sequence_number
+    rest = list(second.responses.retrieve(started.id, stream=True, starting_after=last))
+    assert rest[0].sequence_number == last + 1 and rest[-1].type == "response.completed"
+    text = "".join(e.delta for e in head + rest if e.type == "response.output_text.delta")
+    assert text == LONG == second.responses.retrieve(started.id).output_text
+
+
+def test_cancel_is_idempotent(nodes: list[Proc]) -> None:
+    api = client(nodes[0])
+    started = api.responses.create(model="streamfan", input=LONG, background=True)
+    cancelled = api.responses.cancel(started.id)
+    assert cancelled.status == "cancelled" and api.responses.cancel(started.id).status == "cancelled"
+    with pytest.raises(openai.NotFoundError):
+        api.responses.retrieve("resp_doesnotexist000000")
