@@ -29,8 +29,8 @@ from server.history import history_after
 from server.pubsub import HubUnavailable
 from server.sse_response import EventStreamResponse
 from server.store import ConversationStore, Reset
-from wire.events import EventId, parse_event_id
-from wire.sse import encode_retry
+from wire.events import EventId, EventType, dumps, parse_event_id
+from wire.sse import encode_event, encode_retry
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             503, "the service is briefly unavailable; try again", code="unavailable", headers={"Retry-After": "1"}
         ) from None
     cursor = requested_cursor(request)
+    compact = request.query.get("catchup", "events")
+    if compact not in ("events", "snapshot"):
+        raise JSONError(400, "catchup must be 'events' or 'snapshot'", code="bad_field", field="catchup")
     address = gate.client(request)
     limited = gate.limited(address)
     if limited and hub.listener_count(access.conversation_id) >= settings.streams_per_conversation:
@@ -69,13 +72,15 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     if limited:
         gate.streams_per_ip.enter(address)
     try:
-        return await _stream(request, access.conversation_id, cursor, access)
+        return await _stream(request, access.conversation_id, cursor, access, snapshot=compact == "snapshot")
     finally:
         if limited:
             gate.streams_per_ip.leave(address)
 
 
-async def _stream(request: web.Request, conversation_id: str, cursor: EventId, access: Access) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, conversation_id: str, cursor: EventId, access: Access, *, snapshot: bool
+) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     hub, store, metrics = request.app[HUB], request.app[STORE], request.app[METRICS]
     # The cookie lives on while the stream is used.
@@ -89,6 +94,8 @@ async def _stream(request: web.Request, conversation_id: str, cursor: EventId, a
     try:
         feed = await hub.attach(conversation_id, client)
         try:
+            if snapshot and cursor == (0, 0):
+                await _send_snapshot(client, store, conversation_id)
             replayed = await catch_up(client, store, conversation_id, settings.replay_page_events)
             if replayed:
                 metrics.replays.inc()
@@ -104,6 +111,19 @@ async def _stream(request: web.Request, conversation_id: str, cursor: EventId, a
     finally:
         metrics.sockets_open -= 1
     return response
+
+
+async def _send_snapshot(client: Follower, store: ConversationStore, conversation_id: str) -> None:
+    """The compacted catch-up (``?catchup=snapshot``, for a client with no cursor): one ``snapshot``
+    event holding the history API's body, with the id of the last event it includes, instead of
+    every event so far; the client is subscribed already, so what follows it arrives live."""
+    body = await store.snapshot(conversation_id, 200)
+    head = parse_event_id(body["last_event_id"])
+    if head == (0, 0):
+        return  # nothing happened yet: nothing to compact
+    frame = encode_event(body["last_event_id"], EventType.SNAPSHOT, dumps(body))
+    client.stream.put(client.stream.framed(frame))
+    client.position = head
 
 
 async def event_stream_response(

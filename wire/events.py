@@ -16,6 +16,9 @@ class EventType(StrEnum):
     DONE = "done"
     RESET = "reset"
     """Sent by a node, never stored: the client's cursor cannot be honoured; reload the snapshot."""
+    SNAPSHOT = "snapshot"
+    """Sent by a node, never stored, with ``?catchup=snapshot``: the history API's body up to its
+    id, in place of every event before it."""
     GONE = "gone"
     """Sent by a node on the multiplexed stream, never stored: this conversation is not (any more)
     readable by this browser (deleted, revoked, or never joined); stop following it."""

@@ -1,0 +1,33 @@
+"""The compacted catch-up: one ``snapshot`` event instead of every event so far, then live."""
+
+import json
+from typing import Any
+
+from producer.generator import Pacing
+from tests.conftest import fast_producer
+from tests.sse_client import read_events
+from tests.test_api import create, post
+
+LONG = " ".join(f"word{i}" for i in range(200))
+
+
+async def test_a_refresh_mid_answer_gets_the_text_so_far_in_one_event_then_live(client_factory: Any) -> None:
+    slow = fast_producer(pacing=Pacing(ttft_seconds=0.01, tokens_per_second=100, jitter=0.0))
+    client = await client_factory(producer=slow)
+    cid, auth = await create(client)
+    first = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    posted = await post(client, cid, auth, LONG)
+    await read_events(first, count=40)  # mid-answer
+    first.close()
+    resp = await client.get(f"/api/conversations/{cid}/events?catchup=snapshot", headers=auth)
+    got = await read_events(resp, within=15)
+    resp.close()
+    assert got.events[0].type == "snapshot" and all(e.type != "user_message" for e in got.events)
+    snapshot = json.loads(got.events[0].data)
+    assert got.events[0].last_event_id == snapshot["last_event_id"]
+    draft = snapshot["messages"][-1]["content"]
+    assert snapshot["active_response_id"] == posted["response_id"] and LONG.startswith(draft)
+    assert draft + got.text() == LONG  # nothing lost or doubled between the snapshot and live
+    assert len(got.events) < 200 + 5
+    bad = await client.get(f"/api/conversations/{cid}/events?catchup=all", headers=auth)
+    assert bad.status == 400
