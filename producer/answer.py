@@ -5,7 +5,9 @@ on; a job recovered from a producer that stopped is taken over and, by the ``STR
 policy, continued from its chunks so far (generators that are ``Resumable``) or ended as failed.
 """
 
+import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -19,13 +21,22 @@ log = logging.getLogger(__name__)
 
 class AnswerWriter:
     def __init__(
-        self, publisher: Publisher, generator: Generator, metrics: ProducerMetrics, *, owner: str, takeover: str
+        self,
+        publisher: Publisher,
+        generator: Generator,
+        metrics: ProducerMetrics,
+        *,
+        owner: str,
+        takeover: str,
+        orphan_seconds: float | None = None,
     ) -> None:
+        """``orphan_seconds``: cancel an answer nobody followed that long (``None``: keep them all)."""
         self._publisher = publisher
         self._generator = generator
         self.metrics = metrics
         self._owner = owner
         self._takeover_policy = takeover
+        self._orphan_seconds = orphan_seconds
 
     async def answer(self, job: Job, posted_at: float | None, *, recovered: bool) -> None:
         """Claim the answer, generate it chunk by chunk, and finish it (stop, length or cancelled)."""
@@ -80,8 +91,18 @@ class AnswerWriter:
         first_at = 0.0
         first_index = index
         metrics = self.metrics
+        loop = asyncio.get_running_loop()
+        orphan_seconds = self._orphan_seconds
+        check_at = loop.time() + orphan_seconds if orphan_seconds else math.inf
         try:
             async for text in chunks:
+                if loop.time() >= check_at:
+                    assert orphan_seconds is not None
+                    check_at = loop.time() + orphan_seconds / 4
+                    if not await self._publisher.watched(job.conversation_id):
+                        metrics.orphans.inc()
+                        reason, error = FinishReason.CANCELLED, "nobody was following this answer"
+                        break
                 if index >= job.max_tokens:
                     reason = FinishReason.LENGTH
                     break

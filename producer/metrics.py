@@ -22,6 +22,12 @@ class ProducerMetrics:
             Counter("streamfan_producer_jobs_total", "Jobs ended, by finish reason.", label_names=("reason",))
         )
         self.tokens = registry.add(Counter("streamfan_producer_tokens_total", "Chunks published."))
+        self.orphans = registry.add(
+            Counter(
+                "streamfan_producer_orphans_total",
+                "Answers cancelled because nobody followed them any more (STREAMFAN_ORPHANS=cancel).",
+            )
+        )
         self.takeovers = registry.add(
             Counter(
                 "streamfan_producer_takeovers_total",

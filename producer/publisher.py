@@ -138,6 +138,11 @@ class Publisher:
                 history.append({"role": message["role"], "content": message["content"]})
         return history
 
+    async def watched(self, conversation_id: str) -> bool:
+        """Does any node have a client of the conversation (recently)?"""
+        key = ConversationKeys(conversation_id).watched
+        return bool(await self._retrying(lambda: self._redis.exists(key)))
+
     async def draft(self, conversation_id: str) -> str:
         """The text of the answer in progress (what a producer taking it over continues from)."""
         value = await self._retrying(lambda: self._redis.get(ConversationKeys(conversation_id).draft))

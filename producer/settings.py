@@ -28,6 +28,9 @@ class ProducerSettings:
     """On SIGTERM, how long answers in flight may finish."""
     redis_max_connections: int = setting(64, "STREAMFAN_REDIS_MAX_CONNECTIONS", low=2, high=100_000)
     """Connections to Redis; more callers wait for one."""
+    orphans: str = setting("keep", "STREAMFAN_ORPHANS")
+    """An answer nobody follows any more (STREAMFAN_ORPHAN_SECONDS): 'keep' generating it (a returning
+    tab finds it whole) or 'cancel' it (frees the model server)."""
     generator: str = setting("simulated", "STREAMFAN_GENERATOR")
     """'simulated', 'echo', 'openai' (an OpenAI-compatible server), or 'package.module:factory'."""
     pacing: Pacing = field(default_factory=Pacing)
@@ -56,6 +59,8 @@ class ProducerSettings:
             pacing=pacing,
             retention=Retention.from_env(env),
         )
+        if settings.orphans not in ("keep", "cancel"):
+            raise SettingsError(f"STREAMFAN_ORPHANS={settings.orphans!r}: use 'keep' or 'cancel'")
         if settings.takeover not in ("continue", "fail"):
             raise SettingsError(f"STREAMFAN_TAKEOVER={settings.takeover!r}: use 'continue' or 'fail'")
         if settings.generator not in ("simulated", "echo", "openai") and ":" not in settings.generator:

@@ -47,7 +47,12 @@ class Worker:
         self._settings = settings
         self._publisher = Publisher(redis, settings.retention, retry_seconds=settings.publish_retry_seconds)
         self._writer = AnswerWriter(
-            self._publisher, generator, self.metrics, owner=settings.name, takeover=settings.takeover
+            self._publisher,
+            generator,
+            self.metrics,
+            owner=settings.name,
+            takeover=settings.takeover,
+            orphan_seconds=settings.retention.orphan_seconds if settings.orphans == "cancel" else None,
         )
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._in_flight: dict[bytes, asyncio.Task[None]] = {}

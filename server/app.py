@@ -40,6 +40,7 @@ def create_app(settings: Settings, redis: "Redis") -> web.Application:
         timeout_seconds=settings.redis_timeout_seconds,
         replay_page=settings.replay_page_events,
         heartbeat_seconds=settings.heartbeat_seconds,
+        orphan_seconds=settings.retention.orphan_seconds,
         metrics=metrics,
     )
     metrics.bind(lambda: hub.connection_count, lambda: hub.channel_count)

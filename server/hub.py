@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from server.channels import ChannelTable, channel_name
 from server.client_stream import http_chunk
@@ -40,10 +41,13 @@ class Hub:
         timeout_seconds: float,
         replay_page: int,
         heartbeat_seconds: float,
+        orphan_seconds: float = 60.0,
         metrics: NodeMetrics | None = None,
     ) -> None:
         self.metrics = metrics or NodeMetrics()
         self._heartbeat_seconds = heartbeat_seconds
+        self._orphan_seconds = orphan_seconds
+        self._store = store
         self._tasks: set[asyncio.Task[None]] = set()
         self.connection = PubSubConnection(redis, self, timeout_seconds=timeout_seconds)
         services = FeedServices(store, replay_page, timeout_seconds, self.metrics, self._spawn)
@@ -98,6 +102,7 @@ class Hub:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.connection.run(), name="hub-pubsub")
                 tasks.create_task(self._heartbeat(), name="hub-heartbeat")
+                tasks.create_task(self._watch(), name="hub-watch")
         finally:
             self.channels.cancel_timers()
             for task in list(self._tasks):
@@ -142,6 +147,19 @@ class Hub:
                 for client in list(feed.clients):
                     if client.live:
                         client.stream.heartbeat(HEARTBEAT, chunk, now)
+
+    async def _watch(self) -> None:
+        """Tell the producers which conversations have clients here (orphaned answers may be stopped)."""
+        ttl_ms = int(self._orphan_seconds * 1000)
+        while True:
+            await asyncio.sleep(self._orphan_seconds / 3)
+            watched = [feed.conversation_id for feed in self.channels if feed.clients]
+            if not watched:
+                continue
+            try:
+                await self._store.mark_watched(watched, ttl_ms)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.debug("marking watched conversations failed: %r", exc)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> "asyncio.Task[None]":
         task = asyncio.get_running_loop().create_task(coro, name=name)

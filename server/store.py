@@ -174,6 +174,13 @@ class ConversationStore:
             "active_response_id": _text(active) if active is not None else None,
         }
 
+    async def mark_watched(self, conversation_ids: list[str], ttl_ms: int) -> None:
+        """Say these conversations have clients here, for ``ttl_ms`` (see ``ConversationKeys.watched``)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for conversation_id in conversation_ids:
+                pipe.set(ConversationKeys(conversation_id).watched, b"1", px=ttl_ms)
+            await pipe.execute()
+
     async def wait_idle(self, conversation_id: str, poll_seconds: float = 0.1) -> None:
         """Until the conversation has no answer in progress (the OpenAI dialects' whole answers).
 

@@ -1,5 +1,6 @@
 """The compacted catch-up: one ``snapshot`` event instead of every event so far, then live."""
 
+import asyncio
 import json
 from typing import Any
 
@@ -31,3 +32,34 @@ async def test_a_refresh_mid_answer_gets_the_text_so_far_in_one_event_then_live(
     assert len(got.events) < 200 + 5
     bad = await client.get(f"/api/conversations/{cid}/events?catchup=all", headers=auth)
     assert bad.status == 400
+
+
+async def orphan_outcome(client_factory: Any, policy: str) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from tests.conftest import node_settings
+    from wire.env import Retention
+
+    retention = replace(Retention(), orphan_seconds=1.0)
+    producer = fast_producer(
+        retention=retention, orphans=policy, pacing=Pacing(ttft_seconds=0.01, tokens_per_second=60, jitter=0.0)
+    )
+    client = await client_factory(settings=node_settings(retention=retention), producer=producer)
+    cid, auth = await create(client)
+    stream = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    await post(client, cid, auth, " ".join(f"w{i}" for i in range(240)))  # 4 s of answer
+    await read_events(stream, count=10)
+    stream.close()  # the only tab closes
+    for _ in range(100):
+        body = await (await client.get(f"/api/conversations/{cid}", headers=auth)).json()
+        if body["active_response_id"] is None:
+            return dict(body["messages"][-1])
+        await asyncio.sleep(0.1)
+    raise AssertionError("the answer never ended")
+
+
+async def test_an_orphaned_answer_is_kept_by_default_and_cancelled_when_asked(client_factory: Any) -> None:
+    kept = await orphan_outcome(client_factory, "keep")
+    assert kept["finish_reason"] == "stop"  # closing a tab alone never cancels
+    cancelled = await orphan_outcome(client_factory, "cancel")
+    assert cancelled["finish_reason"] == "cancelled" and cancelled["error"] == "nobody was following this answer"

@@ -74,7 +74,7 @@ def test_the_readme_documents_every_setting() -> None:
     ]
     from producer.upstream import UpstreamSettings
 
-    special += ["OPENAI_API_KEY"]
+    special += ["OPENAI_API_KEY", "STREAMFAN_API_KEYS"]
     names = env_names(Settings) + env_names(ProducerSettings) + env_names(Retention) + env_names(UpstreamSettings)
     names += special
     missing = [name for name in names if f"`{name}`" not in readme]

@@ -87,6 +87,8 @@ class Retention:
     """A conversation expires this long after its last event."""
     max_messages: int = setting(1000, "STREAMFAN_HISTORY_MAX_MESSAGES", low=10, high=10**7)
     """Messages kept per conversation (the oldest are dropped, like the oldest events)."""
+    orphan_seconds: float = setting(60.0, "STREAMFAN_ORPHAN_SECONDS", low=1, high=86_400)
+    """An answer nobody has followed on any node for this long is orphaned (see STREAMFAN_ORPHANS)."""
     jobs_max: int = setting(100_000, "STREAMFAN_JOBS_MAX", low=1, high=10**9)
     """Most generation jobs waiting or running; a post beyond it gets 503 (jobs are never trimmed)."""
 

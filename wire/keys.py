@@ -48,6 +48,12 @@ class ConversationKeys:
         return f"{self._base}:draft"
 
     @property
+    def watched(self) -> str:
+        """String that exists while some node has a client of the conversation (refreshed by the
+        nodes, expiring ``STREAMFAN_ORPHAN_SECONDS`` after the last one left): orphaned answers."""
+        return f"{self._base}:watched"
+
+    @property
     def all(self) -> tuple[str, str, str, str]:
         """The keys that expire together (the events stream expires with them)."""
         return (self.state, self.messages, self.draft, self.events)
