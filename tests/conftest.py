@@ -1,8 +1,10 @@
 """Shared fixtures: in-process nodes on fakeredis, and real redis-server processes."""
 
 import os
+import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
+from playwright.sync_api import BrowserContext, sync_playwright
 
 from launch.embedded import create_embedded_app
 from launch.processes import Member, RedisServer, free_port, wait_for_port
@@ -120,3 +123,93 @@ def run_loadtest(tmp_path: Path, *args: str, timeout: float = 120) -> tuple[dict
     result: dict[str, Any] = json.loads(report.read_text())
     assert result["ok"] and result["lost"] == result["duplicated"] == result["reordered"] == 0
     return result, done.stdout
+
+
+# -- the README's command and a browser (the page's tests) --------------------------------------------
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # Background tabs must keep running their timers and streams as foreground ones do.
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+]
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("Debian's chromium is not installed: ./scripts/test.sh installs it (apt-get install chromium)")
+    return path
+
+
+EMBEDDED_ENV = {
+    "STREAMFAN_GENERATOR": "echo",
+    "STREAMFAN_SIM_TTFT_MS": "50",
+    "STREAMFAN_SIM_TOKENS_PER_SECOND": "30",
+    "STREAMFAN_SIM_JITTER": "0",
+    "STREAMFAN_HEARTBEAT_SECONDS": "2",
+}
+
+
+class EmbeddedNode:
+    """`python -m server` (the README's command: the embedded default) as a process of the test."""
+
+    def __init__(self, port: int, log: Path) -> None:
+        self.port, self.log = port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "server", "--port", str(self.port)],
+                env={**os.environ, **EMBEDDED_ENV},
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise AssertionError(f"no metric {name}")
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[EmbeddedNode]:
+    node = EmbeddedNode(free_port(), tmp_path / "node.log")
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def context() -> Iterator[BrowserContext]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 900, "height": 700})
+        try:
+            yield context
+        finally:
+            context.close()
+            browser.close()

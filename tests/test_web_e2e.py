@@ -9,7 +9,6 @@ test knows the answer it expects; every test also compares with the stored histo
 
 import http.server
 import json
-import shutil
 import signal
 import threading
 import urllib.request
@@ -21,24 +20,11 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from launch.cluster import LocalCluster
 from launch.processes import free_port
-from tests.conftest import ROOT
+from tests.conftest import CHROMIUM_ARGS, ROOT, chromium_path
 
 pytestmark = pytest.mark.timeout(180)
 
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    # Background tabs must keep running their timers and streams as foreground ones do.
-    "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-]
 ANSWER_WAIT_MS = 60_000
 
 TRICKY = (
@@ -66,13 +52,6 @@ MARKDOWN = (
     "\n"
     "  Indented note: leading spaces are kept."
 )
-
-
-def chromium_path() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("Debian's chromium is not installed: ./scripts/test.sh installs it (apt-get install chromium)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +165,8 @@ def test_one_tab_renders_the_stored_answer_exactly(cluster: LocalCluster, contex
     assert answer.locator("ol > li").count() == 2
     assert answer.locator(".code-lang").inner_text() == "python"
     code = answer.locator(".code-block code")
-    assert code.evaluate("el => el.textContent") == 'def greet(name: str) -> str:\n    return f"hello {name}"'
+    # CommonMark: a code block's text ends with its last line's newline.
+    assert code.evaluate("el => el.textContent") == 'def greet(name: str) -> str:\n    return f"hello {name}"\n'
     assert "hljs" in (code.get_attribute("class") or "") and code.locator("span.hljs-keyword").count() >= 2
     assert answer.locator("table tbody tr").count() == 2 and answer.locator("td.align-center").count() == 2
     link = answer.locator("a[href='https://example.com/docs']")

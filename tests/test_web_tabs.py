@@ -6,87 +6,20 @@ history, and the node holds ONE event stream for the whole browser. Then the nod
 embedded broker forgets everything) and the page says the conversation is gone.
 """
 
-import os
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, sync_playwright
+from playwright.sync_api import BrowserContext, Page
 
-from launch.processes import free_port, wait_for_port
-from tests.conftest import ROOT
-from tests.test_web_e2e import CHROMIUM_ARGS, chromium_path, open_page, rendered_text, send, wait_finished
+from tests.conftest import ROOT, EmbeddedNode
+from tests.test_web_e2e import open_page, rendered_text, send, wait_finished
 
 pytestmark = pytest.mark.timeout(240)
 
 CONVERSATIONS = 12
 TABS = 20
-ENV = {
-    "STREAMFAN_GENERATOR": "echo",
-    "STREAMFAN_SIM_TTFT_MS": "50",
-    "STREAMFAN_SIM_TOKENS_PER_SECOND": "30",
-    "STREAMFAN_SIM_JITTER": "0",
-    "STREAMFAN_HEARTBEAT_SECONDS": "2",
-}
-
-
-class Node:
-    def __init__(self, port: int, log: Path) -> None:
-        self.port, self.log = port, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server", "--port", str(self.port)],
-                env={**os.environ, **ENV},
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for_port(self.port, proc=self.proc)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(15)
-
-    def metric(self, name: str) -> float:
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
-            for line in resp.read().decode().splitlines():
-                if line.startswith(name + " "):
-                    return float(line.split()[1])
-        raise AssertionError(f"no metric {name}")
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    node = Node(free_port(), tmp_path / "node.log")
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
-
-
-@pytest.fixture
-def context() -> Iterator[BrowserContext]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 900, "height": 700})
-        try:
-            yield context
-        finally:
-            context.close()
-            browser.close()
 
 
 def start_conversation(page: Page, text: str) -> str:
@@ -97,7 +30,7 @@ def start_conversation(page: Page, text: str) -> str:
     return page.url.rsplit("/", 1)[1]
 
 
-def test_twenty_tabs_over_twelve_conversations_share_one_stream(node: Node, context: BrowserContext) -> None:
+def test_twenty_tabs_over_twelve_conversations_share_one_stream(node: EmbeddedNode, context: BrowserContext) -> None:
     first = open_page(context, node.url + "/")
     ids = [start_conversation(first, f"warm up {i}") for i in range(CONVERSATIONS)]
     tabs: list[Page] = []
@@ -125,7 +58,7 @@ def test_twenty_tabs_over_twelve_conversations_share_one_stream(node: Node, cont
     assert all(not tab.errors for tab in tabs)  # type: ignore[attr-defined]
 
 
-def test_a_restarted_embedded_node_says_the_conversation_is_gone(node: Node, context: BrowserContext) -> None:
+def test_a_restarted_embedded_node_says_the_conversation_is_gone(node: EmbeddedNode, context: BrowserContext) -> None:
     page = open_page(context, node.url + "/")
     send(page, " ".join(f"long{k}" for k in range(300)))
     page.wait_for_url("**/c/*")
@@ -144,7 +77,7 @@ def test_a_restarted_embedded_node_says_the_conversation_is_gone(node: Node, con
     assert rendered_text(page) == "a new conversation works"
 
 
-def test_errors_are_said_in_plain_words(node: Node, context: BrowserContext) -> None:
+def test_errors_are_said_in_plain_words(node: EmbeddedNode, context: BrowserContext) -> None:
     page = open_page(context, node.url + "/c/not-an-id")
     page.wait_for_selector("#error:not([hidden])", timeout=5_000)
     assert "not a conversation" in page.locator("#error").inner_text()
@@ -154,7 +87,7 @@ def test_errors_are_said_in_plain_words(node: Node, context: BrowserContext) -> 
     assert "Failed to fetch" not in page.locator("#error").inner_text()
 
 
-def test_a_busy_port_says_which_option_to_use(node: Node) -> None:
+def test_a_busy_port_says_which_option_to_use(node: EmbeddedNode) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "server", "--port", str(node.port)],
         cwd=ROOT,
