@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 
-from producer.generator import Completion, GenerationFailed, Generator, Resumable, WithHistory
+from producer.generation import Completion, GenerationFailed, Generator, Resumable, WithHistory
 from producer.metrics import ProducerMetrics
 from producer.publisher import Appended, Publisher
 from wire.events import FinishReason, Job

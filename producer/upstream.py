@@ -23,7 +23,7 @@ from typing import Any, Self
 import openai
 from openai import AsyncOpenAI
 
-from producer.generator import Completion, GenerationFailed
+from producer.generation import Completion, GenerationFailed
 from wire.backoff import Backoff
 from wire.env import read_settings, setting
 

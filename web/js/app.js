@@ -1,6 +1,7 @@
 // streamfan's chat page: conversations, streaming answers, one shared stream per conversation.
 "use strict";
 
+import { api } from "./api.js";
 import { ConversationView, GoneError } from "./conversation_view.js";
 import { forgetConversation, listConversations, onConversationsChanged, rememberConversation } from "./conversations.js";
 
@@ -143,47 +144,6 @@ function blankConversation() {
 }
 
 // -- actions --------------------------------------------------------------------------------------
-
-// What the reader is told when a request fails: plain words, never "Failed to fetch".
-const REFUSALS = {
-  busy: "An answer is still being written (perhaps asked from another tab): wait for it, or stop it.",
-  rate_limited: "You are sending too fast. Wait a moment and try again.",
-  overloaded: "The model is busy with many answers right now. Try again in a few seconds.",
-  unavailable: "The service is briefly unavailable. Try again in a few seconds.",
-  token_expired: "Your access to this conversation expired. Start a new one.",
-  not_found: "This conversation does not exist any more. Start a new one.",
-  payload_too_large: "That message is too long.",
-};
-
-async function api(path, body, headers = {}) {
-  let res;
-  try {
-    res = await fetch(path, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json", ...headers },
-      body: JSON.stringify(body),
-    });
-  } catch {
-    throw new Error(
-      navigator.onLine
-        ? "Could not reach the server. Check that it is running, then try again."
-        : "You are offline. Reconnect, then try again.",
-    );
-  }
-  let json = {};
-  try {
-    json = await res.json();
-  } catch {
-    // an empty or non-JSON body (a balancer's error page)
-  }
-  if (!res.ok) {
-    const err = new Error(REFUSALS[json.error] || json.message || `The server refused the request (${res.status}).`);
-    err.code = json.error;
-    throw err;
-  }
-  return json;
-}
 
 async function send(content) {
   if (!content.trim() || current?.active) return;
