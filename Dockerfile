@@ -13,7 +13,10 @@ COPY wire ./wire
 COPY server ./server
 COPY producer ./producer
 COPY loadtest ./loadtest
-RUN pip install -e . \
+COPY launch ./launch
+# openssl makes the balancer's development certificate (the tls-init service of docker-compose.yml).
+RUN apt-get update && apt-get install -y --no-install-recommends openssl && rm -rf /var/lib/apt/lists/* \
+    && pip install -e . \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin streamfan
 COPY web ./web
 COPY deploy ./deploy

@@ -65,9 +65,16 @@ class LocalCluster:
     members: list[Member] = field(default_factory=list)
     nginx: "subprocess.Popen[bytes] | None" = None
 
+    tls_port: int = 0
+    """The balancer's HTTPS + HTTP/2 port (0: a free one), with a self-signed certificate."""
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}"
 
     @property
     def node_members(self) -> list[Member]:
@@ -130,6 +137,8 @@ class LocalCluster:
     def _start_nginx(self) -> None:
         if self.port == 0:
             self.port = free_port()
+        if self.tls_port == 0:
+            self.tls_port = free_port()
         runtime = self.workdir / "nginx"
         runtime.mkdir(exist_ok=True)
         os.chmod(self.workdir, 0o755)
@@ -138,6 +147,8 @@ class LocalCluster:
             "NGINX_RUNTIME_DIR": str(runtime),
             "NGINX_ERROR_LOG": str(self.workdir / "logs" / "nginx-error.log"),
             "STREAMFAN_LISTEN": f"127.0.0.1:{self.port}",
+            "STREAMFAN_TLS_LISTEN": f"127.0.0.1:{self.tls_port}",
+            **self._dev_certificate(),
             "STREAMFAN_MAX_BODY": "64k",
             **self.nginx_limits,
             "STREAMFAN_UPSTREAM_SERVERS": " ".join(
@@ -161,6 +172,33 @@ class LocalCluster:
                 process_group=0,
             )
         wait_for_port(self.port, proc=self.nginx)
+
+    def _dev_certificate(self) -> dict[str, str]:
+        """A self-signed certificate for localhost (made once per cluster with openssl)."""
+        folder = self.workdir / "tls"
+        cert, key = folder / "cert.pem", folder / "key.pem"
+        if not cert.exists():
+            folder.mkdir(exist_ok=True)
+            openssl = [find_binary("openssl", "openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes"]
+            subprocess.run(
+                [
+                    *openssl,
+                    "-days",
+                    "30",
+                    "-keyout",
+                    str(key),
+                    "-out",
+                    str(cert),
+                    "-subj",
+                    "/CN=localhost",
+                    "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            os.chmod(key, 0o644)  # nginx's workers run as nobody when started as root
+        return {"STREAMFAN_TLS_CERT": str(cert), "STREAMFAN_TLS_KEY": str(key)}
 
     def restart_balancer(self, sig: int = signal.SIGKILL) -> None:
         """Stop nginx with ``sig`` and start it again on the same port."""
@@ -221,7 +259,11 @@ def main(argv: list[str] | None = None) -> None:
         log.info("redis %s; logs in %s", cluster.redis.url, cluster.workdir / "logs")
         for member in cluster.members:
             log.info("%s pid %d on %s", member.name, member.popen.pid, member.url)
-        log.info("streamfan is up: open %s (Ctrl-C stops everything)", cluster.url)
+        log.info(
+            "streamfan is up: open %s, or %s over HTTP/2 with a self-signed certificate (Ctrl-C stops everything)",
+            cluster.url,
+            cluster.tls_url,
+        )
         reported: set[str] = set()
         while not stopping:
             time.sleep(0.5)

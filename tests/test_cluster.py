@@ -311,6 +311,18 @@ def _state(pid: int) -> str:
 
 
 def test_the_nginx_templates_render_to_a_config_nginx_accepts(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"),
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     values = {
         "NGINX_RUNTIME_DIR": str(tmp_path),
         "NGINX_ERROR_LOG": str(tmp_path / "error.log"),
@@ -320,6 +332,9 @@ def test_the_nginx_templates_render_to_a_config_nginx_accepts(tmp_path: Path) ->
         "STREAMFAN_NGINX_STREAMS_PER_IP": "64",
         "STREAMFAN_NGINX_API_RATE": "10r/s",
         "STREAMFAN_NGINX_API_BURST": "40",
+        "STREAMFAN_TLS_LISTEN": "127.0.0.1:2",
+        "STREAMFAN_TLS_CERT": str(cert),
+        "STREAMFAN_TLS_KEY": str(key),
     }
     for name in ("nginx.conf", "streamfan.conf"):
         text = (ROOT / "deploy" / "nginx" / f"{name}.template").read_text()
@@ -348,7 +363,9 @@ def test_docker_compose_file_validates(tmp_path: Path) -> None:
     assert "condition: service_healthy" in done.stdout
     assert "noeviction" in done.stdout and "--requirepass" in done.stdout and "redis-server" in done.stdout
     profiles = subprocess.run([*args, "--profile", "loadtest", "config", "--services"], capture_output=True, text=True)
-    assert set(profiles.stdout.split()) == {"redis", "producer", "server", "balancer", "loadtest"}, profiles.stderr
+    assert set(profiles.stdout.split()) == {"redis", "producer", "server", "tls-init", "balancer", "loadtest"}, (
+        profiles.stderr
+    )
     # Without either secret it refuses, saying which.
     bare = {k: v for k, v in os.environ.items() if k not in ("STREAMFAN_SECRET", "REDIS_PASSWORD")}
     for name, content in (("REDIS_PASSWORD", ""), ("STREAMFAN_SECRET", "REDIS_PASSWORD=" + "a1b2c3d4e5f6a7b8" * 2)):
@@ -361,3 +378,10 @@ def test_docker_compose_file_validates(tmp_path: Path) -> None:
             cwd=tmp_path,
         )
         assert refused.returncode != 0 and name in refused.stderr, refused.stderr
+
+
+def test_the_image_holds_every_package_the_processes_import() -> None:
+    """No Docker daemon here to build it: at least every package must be copied into the image."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in ("wire", "server", "producer", "loadtest", "launch", "web", "deploy"):
+        assert f"COPY {package} ./{package}" in dockerfile, package
