@@ -96,3 +96,30 @@ def test_a_busy_port_says_which_option_to_use(node: EmbeddedNode) -> None:
         timeout=30,
     )
     assert done.returncode == 1 and f"port {node.port}" in done.stderr and "--port" in done.stderr
+
+
+def test_titles_are_plain_and_conversations_can_be_renamed_and_deleted(
+    node: EmbeddedNode, context: BrowserContext
+) -> None:
+    page = open_page(context, node.url + "/")
+    send(page, "## **Streaming** _answers_ to `many` tabs\n\nwith details")
+    page.wait_for_url("**/c/*")
+    cid = page.url.rsplit("/", 1)[1]
+    wait_finished(page)
+    link = page.locator(f"#conversation-list a[href='/c/{cid}']")
+    assert link.inner_text() == "Streaming answers to many tabs with details"
+    page.once("dialog", lambda dialog: dialog.accept("Renamed by hand"))
+    page.click(f"#conversation-list button.rename-chat[data-id='{cid}']")
+    page.wait_for_function(
+        f"document.querySelector(`#conversation-list a[href='/c/{cid}']`).innerText === 'Renamed by hand'"
+    )
+    assert page.locator("#title").inner_text() == "Renamed by hand"
+    page.reload()  # the name is kept, not replaced by the first message's
+    page.wait_for_selector("#connection[data-state=live]")
+    assert page.locator(f"#conversation-list a[href='/c/{cid}']").inner_text() == "Renamed by hand"
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click(f"#conversation-list button.delete-chat[data-id='{cid}']")
+    page.wait_for_function(f"!document.querySelector(`#conversation-list a[href='/c/{cid}']`)")
+    assert page.url.endswith("/") and page.locator("article.msg").count() == 0
+    status = page.evaluate(f"fetch('/api/conversations/{cid}').then(r => r.status)")
+    assert status in (401, 404)  # deleted on the node, its cookie no longer opens it

@@ -11,14 +11,14 @@ const REFUSALS = {
   payload_too_large: "That message is too long.",
 };
 
-export async function api(path, body, headers = {}) {
+export async function api(path, body, headers = {}, method = "POST") {
   let res;
   try {
     res = await fetch(path, {
-      method: "POST",
+      method,
       credentials: "same-origin",
       headers: { "Content-Type": "application/json", ...headers },
-      body: JSON.stringify(body),
+      body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch {
     throw new Error(

@@ -3,7 +3,8 @@
 
 import { api } from "./api.js";
 import { ConversationView, GoneError } from "./conversation_view.js";
-import { forgetConversation, listConversations, onConversationsChanged, rememberConversation } from "./conversations.js";
+import { forgetConversation, listConversations, plainTitle, rememberConversation } from "./conversations.js";
+import { Sidebar } from "./sidebar.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -31,7 +32,7 @@ function onActive(responseId, was) {
 }
 
 function setTitle(text) {
-  const title = text ? text.replace(/\s+/g, " ").trim().slice(0, 60) : "streamfan";
+  const title = text ? plainTitle(text).slice(0, 60) : "streamfan";
   ui.title.textContent = title || "streamfan";
   document.title = text ? `${title} · streamfan` : "streamfan";
 }
@@ -104,9 +105,9 @@ async function openConversation(id) {
       renderSidebar();
     },
     onFirstMessage: (content) => {
-      rememberConversation(id, content.slice(0, 80));
+      rememberConversation(id, content);
       renderSidebar();
-      setTitle(content);
+      setTitle(listConversations().find((c) => c.id === id)?.title || content);
     },
   });
   current = view;
@@ -153,7 +154,7 @@ async function send(content) {
     if (!current) {
       const created = await api("/api/conversations", {});
       history.pushState(null, "", `/c/${created.id}`);
-      rememberConversation(created.id, content.slice(0, 80));
+      rememberConversation(created.id, content);
       await openConversation(created.id);
     }
     const view = current;
@@ -242,44 +243,15 @@ async function copyText(buttonEl, text) {
 
 // -- sidebar --------------------------------------------------------------------------------------
 
-function renderSidebar() {
-  const items = listConversations().map((c) => {
-    const li = document.createElement("li");
-    const a = document.createElement("a");
-    a.href = `/c/${c.id}`;
-    a.textContent = c.title || "New chat";
-    if (c.id === current?.id) a.setAttribute("aria-current", "page");
-    li.append(a);
-    return li;
-  });
-  ui.list.replaceChildren(...items);
-}
-
-ui.list.addEventListener("click", (event) => {
-  const a = event.target.closest("a");
-  if (!a || event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;
-  event.preventDefault();
-  const id = a.pathname.match(ID_PATH)?.[1];
-  if (id && id !== current?.id) {
-    history.pushState(null, "", a.pathname);
-    openConversation(id);
-  }
-  closeSidebar();
+const sidebar = new Sidebar(ui, {
+  currentId: () => current?.id,
+  open: (id) => openConversation(id),
+  blank: () => blankConversation(),
+  setTitle,
+  showError,
 });
-onConversationsChanged(renderSidebar);
-
-function closeSidebar() {
-  document.body.classList.remove("sidebar-open");
-  ui.toggle.setAttribute("aria-expanded", "false");
-}
-ui.toggle.addEventListener("click", () => {
-  const open = document.body.classList.toggle("sidebar-open");
-  ui.toggle.setAttribute("aria-expanded", String(open));
-});
-// On a phone the sidebar covers the page: a tap beside it or Esc closes it.
-document.querySelector(".main").addEventListener("click", (event) => {
-  if (document.body.classList.contains("sidebar-open") && !event.target.closest("#toggle-sidebar")) closeSidebar();
-});
+const renderSidebar = () => sidebar.render();
+const closeSidebar = () => sidebar.close();
 
 // -- start ----------------------------------------------------------------------------------------
 

@@ -21,11 +21,32 @@ function save(list) {
   }
 }
 
+// A conversation's title from its first message: plain words, no markdown, one short line.
+export function plainTitle(text) {
+  return text
+    .replace(/```[\s\S]*?(```|$)/g, " ")
+    .replace(/!?\[([^\]]*)\]\([^)]*\)/g, "$1")
+    .replace(/^[ \t]{0,3}(#{1,6}|>|[-*+]|\d+[.)])[ \t]+/gm, "")
+    .replace(/[*_~`]+/g, "")
+    .replace(/\s+/g, " ")
+    .trim()
+    .slice(0, 80);
+}
+
+// Keep the conversation at the top of the list; its title is set once (or renamed), never replaced.
 export function rememberConversation(id, title) {
   const list = listConversations();
   const existing = list.find((c) => c.id === id);
-  const entry = { id, title: title || existing?.title || "New chat", updated: Date.now() };
+  const entry = { id, title: existing?.title || (title && plainTitle(title)) || "New chat", updated: Date.now() };
   save([entry, ...list.filter((c) => c.id !== id)]);
+}
+
+export function renameConversation(id, title) {
+  const list = listConversations();
+  const entry = list.find((c) => c.id === id);
+  if (!entry) return;
+  entry.title = plainTitle(title) || entry.title;
+  save(list);
 }
 
 export function forgetConversation(id) {
