@@ -167,6 +167,27 @@ async def get_conversation(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def regenerate_answer(request: web.Request) -> web.StreamResponse:
+    """A new version of the last answer (``response_id``), for the same user message: 202, or 409."""
+    settings = request.app[SETTINGS]
+    _take_post(request)
+    access = await _access(request)
+    body = await _json_body(request, required=True)
+    replaces = body.get("response_id")
+    if not isinstance(replaces, str) or not replaces:
+        raise JSONError(400, "'response_id' must name the answer to regenerate", code="bad_field", field="response_id")
+    result = await request.app[STORE].regenerate(access.conversation_id, replaces, settings.default_max_tokens)
+    if result is None:
+        raise JSONError(409, "only the last answer can be regenerated", code="not_last")
+    if isinstance(result, Busy):
+        raise JSONError(409, "an answer is still generating", code="busy", response_id=result.response_id)
+    if isinstance(result, Overloaded):
+        raise JSONError(
+            503, "too many answers are waiting for a model", code="overloaded", headers={"Retry-After": "5"}
+        )
+    return web.json_response({"response_id": result.response_id, "event_id": result.event_id}, status=202)
+
+
 async def cancel_answer(request: web.Request) -> web.StreamResponse:
     """Cancel the active answer (or, with ``response_id``, only that one): 202, or 409 if none."""
     _take_post(request)

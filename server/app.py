@@ -53,6 +53,7 @@ def create_app(settings: Settings, redis: "Redis") -> web.Application:
         ("GET", "/api/conversations/{conversation_id}", api.get_conversation),
         ("POST", "/api/conversations/{conversation_id}/messages", api.post_message),
         ("POST", "/api/conversations/{conversation_id}/cancel", api.cancel_answer),
+        ("POST", "/api/conversations/{conversation_id}/regenerate", api.regenerate_answer),
         ("DELETE", "/api/conversations/{conversation_id}", api.delete_conversation),
         ("GET", "/healthz", health.healthz),
         ("GET", "/readyz", health.readyz),

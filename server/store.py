@@ -89,6 +89,7 @@ class ConversationStore:
         self._replay = redis.register_script(scripts.REPLAY)
         self._snapshot = redis.register_script(scripts.SNAPSHOT)
         self._delete = redis.register_script(scripts.DELETE)
+        self._regenerate = redis.register_script(scripts.REGENERATE)
 
     def _argv(self, keys: ConversationKeys, *rest: str | int) -> list[str | int]:
         r = self._retention
@@ -122,6 +123,24 @@ class ConversationStore:
             return Overloaded()
         reply = json.loads(value)
         return Posted(reply["message_id"], reply["response_id"], reply["event_id"], repeated=status == 2)
+
+    async def regenerate(
+        self, conversation_id: str, replaces: str, max_tokens: int
+    ) -> Posted | Busy | Overloaded | None:
+        """A new version of the last answer (``None``: ``replaces`` is not the last answer)."""
+        keys = ConversationKeys(conversation_id)
+        response_id = new_id()
+        status, value = await self._regenerate(
+            keys=[*keys.all, JOBS_STREAM],
+            args=self._argv(keys, response_id, replaces, self._retention.jobs_max, conversation_id, max_tokens),
+        )
+        if status == 0:
+            return Busy(_text(value))
+        if status == -1:
+            return Overloaded()
+        if status == -2:
+            return None
+        return Posted("", response_id, _text(value))
 
     async def active_response(self, conversation_id: str) -> str | None:
         value = await self._redis.hget(ConversationKeys(conversation_id).state, "active")

@@ -63,3 +63,32 @@ async def test_an_orphaned_answer_is_kept_by_default_and_cancelled_when_asked(cl
     assert kept["finish_reason"] == "stop"  # closing a tab alone never cancels
     cancelled = await orphan_outcome(client_factory, "cancel")
     assert cancelled["finish_reason"] == "cancelled" and cancelled["error"] == "nobody was following this answer"
+
+
+async def test_regenerate_makes_a_new_version_of_the_last_answer(client_factory: Any) -> None:
+    client = await client_factory()
+    cid, auth = await create(client)
+    stream = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    first = await post(client, cid, auth, "answer me twice")
+    await read_events(stream)
+    resp = await client.post(
+        f"/api/conversations/{cid}/regenerate", json={"response_id": first["response_id"]}, headers=auth
+    )
+    assert resp.status == 202
+    second = await resp.json()
+    got = await read_events(stream)
+    stream.close()
+    [event] = got.of_type("regenerate")
+    assert event == {
+        "response_id": second["response_id"],
+        "replaces": first["response_id"],
+        "message_id": first["message_id"],
+    }
+    assert got.text(second["response_id"]) == "answer me twice"
+    history = await (await client.get(f"/api/conversations/{cid}", headers=auth)).json()
+    roles = [(m["role"], m.get("replaces")) for m in history["messages"]]
+    assert roles == [("user", None), ("assistant", None), ("assistant", first["response_id"])]
+    stale = await client.post(
+        f"/api/conversations/{cid}/regenerate", json={"response_id": first["response_id"]}, headers=auth
+    )
+    assert stale.status == 409 and (await stale.json())["error"] == "not_last"

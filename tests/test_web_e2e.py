@@ -116,7 +116,7 @@ def wait_finished(page: Page, status: str = "complete") -> None:
 
 
 def rendered_text(page: Page) -> str:
-    return str(last_answer(page).locator(".md").evaluate("el => el.innerText"))
+    return str(last_answer(page).locator(".md:not([hidden])").evaluate("el => el.innerText"))
 
 
 def conversation_id(page: Page) -> str:
@@ -412,11 +412,20 @@ def test_keyboard_scrolling_and_regenerate(cluster: LocalCluster, context: Brows
     page.click("#jump")
     assert page.locator("#log").evaluate("el => el.scrollHeight - el.scrollTop - el.clientHeight") < 48
 
-    # Regenerate asks the last question again: a new answer, complete.
+    # Regenerate writes the last answer again, as a second version of it (the first is kept).
+    users = page.locator("article.msg.user").count()
+    stopped = stored(page, cid)["messages"][-1]
     page.locator("article.msg.assistant:last-of-type .regenerate").click()
-    page.wait_for_function("() => document.querySelectorAll('article.msg.assistant').length === 3")
+    page.wait_for_selector("article.msg.assistant:last-of-type .versions:not([hidden])")
     wait_finished(page)
-    assert stored(page, cid)["messages"][-1]["content"] == LONG + "\n\n" + LONG
+    assert page.locator("article.msg.assistant").count() == 2 and page.locator("article.msg.user").count() == users
+    assert page.locator("article.msg.assistant:last-of-type .version-label").inner_text() == "2/2"
+    latest = stored(page, cid)["messages"][-1]
+    assert latest["replaces"] == stopped["id"] and latest["content"] == LONG + "\n\n" + LONG
+    assert rendered_text(page) == latest["content"]
+    page.locator("article.msg.assistant:last-of-type .version-prev").click()
+    assert page.locator("article.msg.assistant:last-of-type .version-label").inner_text() == "1/2"
+    assert rendered_text(page) == stopped["content"]
 
 
 def test_a_reset_reloads_the_conversation_from_the_history_api(cluster: LocalCluster, context: BrowserContext) -> None:

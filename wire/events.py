@@ -14,6 +14,9 @@ class EventType(StrEnum):
     USER_MESSAGE = "user_message"
     DELTA = "delta"
     DONE = "done"
+    REGENERATE = "regenerate"
+    """A new version of the last answer starts: ``response_id``, the one it ``replaces``, and the
+    user ``message_id`` it answers."""
     RESET = "reset"
     """Sent by a node, never stored: the client's cursor cannot be honoured; reload the snapshot."""
     SNAPSHOT = "snapshot"

@@ -39,8 +39,10 @@ local function finish(rid, reason, status, done, err, usage)
   local message = {id = rid, role = 'assistant', content = content, status = status, finish_reason = reason}
   if err and err ~= '' then message['error'] = err end
   if usage and usage ~= '' then message['usage'] = cjson.decode(usage) end
+  local replaces = redis.call('HGET', STATE, 'replaces')
+  if replaces then message['replaces'] = replaces end
   redis.call('RPUSH', MESSAGES, cjson.encode(message))
-  redis.call('HDEL', STATE, 'active', 'phase', 'owner', 'cancel', 'next')
+  redis.call('HDEL', STATE, 'active', 'phase', 'owner', 'cancel', 'next', 'replaces')
   redis.call('DEL', DRAFT)
   touch()
   return id
@@ -72,6 +74,39 @@ redis.call('SET', DRAFT, '')
 touch()
 redis.call('XADD', KEYS[5], '*', unpack(ARGV, 11))
 return {1, reply}
+"""
+)
+
+REGENERATE: Final = (
+    _PRELUDE
+    + r"""
+-- KEYS[5] = jobs stream. ARGV: 4 new response id, 5 the answer it replaces, 6 most jobs waiting,
+-- 7 conversation id, 8 max tokens.
+-- A new version of the conversation's last answer, for the same user message: a 'regenerate'
+-- event (the new response id, the one it replaces, the user message) and a job for it. The old
+-- version stays in the history; the new one is stored with 'replaces'.
+-- Returns {1, event id}, {0, active response id} while an answer is generating, {-1, ''} when the
+-- jobs backlog is full, or {-2, ''} when ARGV[5] is not the last answer (nothing written).
+local active = redis.call('HGET', STATE, 'active')
+if active then return {0, active} end
+local messages = redis.call('LRANGE', MESSAGES, -50, -1)
+local last_answer, prompt
+for i = #messages, 1, -1 do
+  local message = cjson.decode(messages[i])
+  if message['role'] == 'assistant' and not last_answer then last_answer = message['id'] end
+  if message['role'] == 'user' then prompt = message; break end
+end
+if last_answer ~= ARGV[5] or not prompt then return {-2, ''} end
+if redis.call('XLEN', KEYS[5]) >= tonumber(ARGV[6]) then return {-1, ''} end
+local id = append_event('regenerate', cjson.encode({
+  response_id = ARGV[4], replaces = ARGV[5], message_id = prompt['id']}))
+redis.call('HSET', STATE, 'active', ARGV[4], 'phase', 'queued', 'next', 0, 'replaces', ARGV[5])
+redis.call('HDEL', STATE, 'cancel', 'owner')
+redis.call('SET', DRAFT, '')
+touch()
+redis.call('XADD', KEYS[5], '*', 'conversation_id', ARGV[7], 'response_id', ARGV[4],
+  'message_id', prompt['id'], 'prompt', prompt['content'], 'max_tokens', ARGV[8])
+return {1, id}
 """
 )
 

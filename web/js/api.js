@@ -9,6 +9,7 @@ const REFUSALS = {
   token_expired: "Your access to this conversation expired. Start a new one.",
   not_found: "This conversation does not exist any more. Start a new one.",
   payload_too_large: "That message is too long.",
+  not_last: "Only the last answer can be written again.",
 };
 
 export async function api(path, body, headers = {}, method = "POST") {

@@ -173,6 +173,18 @@ async function send(content) {
   }
 }
 
+// A new version of the last answer, for the same message (the versions stay, 1/2, 2/2...).
+async function regenerate(article) {
+  const view = current;
+  if (!view || view.active) return;
+  showError("");
+  try {
+    await api(`/api/conversations/${view.id}/regenerate`, { response_id: view.newest(article) });
+  } catch (err) {
+    showError(err.code === "not_last" ? "Only the last answer can be written again." : err.message);
+  }
+}
+
 async function stop() {
   if (!current?.active) return;
   try {
@@ -226,7 +238,9 @@ ui.log.addEventListener("click", async (event) => {
     const text = current?.text(target.closest("article").dataset.responseId);
     if (text !== undefined) await copyText(target, text);
   } else if (target.classList.contains("regenerate")) {
-    if (current?.lastPrompt) send(current.lastPrompt);
+    regenerate(target.closest("article"));
+  } else if (target.classList.contains("version-prev") || target.classList.contains("version-next")) {
+    current?.step(target.closest("article"), target.classList.contains("version-prev") ? -1 : 1);
   }
 });
 

@@ -110,6 +110,9 @@ export class ConversationView {
       this.#userMessage(data.message_id, data.content);
       this.#answer(data.response_id);
       this.#setActive(data.response_id);
+    } else if (type === "regenerate") {
+      this.#answer(data.response_id, data.replaces);
+      this.#setActive(data.response_id);
     } else if (type === "delta") {
       this.#answer(data.response_id).md.append(data.text);
       if (this.active !== data.response_id) this.#setActive(data.response_id);
@@ -139,7 +142,7 @@ export class ConversationView {
       if (m.role === "user") {
         this.#userMessage(m.id, m.content);
       } else {
-        const entry = this.#answer(m.id);
+        const entry = this.#answer(m.id, m.replaces);
         entry.md.append(m.content);
         if (m.id !== body.active_response_id) {
           this.#finish(entry, m.finish_reason || (m.status === "complete" ? "stop" : m.status), m.error);
@@ -191,26 +194,71 @@ export class ConversationView {
     if (this.answers.size === 0 && this.users.size === 1) this.hooks.onFirstMessage(content);
   }
 
-  #answer(responseId) {
+  // The answer `responseId`'s entry; a new version of `replaces` joins that answer's article.
+  #answer(responseId, replaces) {
     let entry = this.answers.get(responseId);
-    if (!entry) {
-      const article = element("article", "msg assistant");
-      article.dataset.responseId = responseId;
+    if (entry) return entry;
+    const previous = replaces && this.answers.get(replaces);
+    const body = element("div", "md");
+    if (previous) {
+      const { article, versions } = previous;
+      article.insertBefore(body, article.querySelector(".msg-foot"));
+      versions.push(responseId);
+      entry = { article, body, md: new StreamingMarkdown(body), note: previous.note, versions };
+      this.answers.set(responseId, entry);
       article.dataset.status = "generating";
       article.setAttribute("aria-busy", "true");
-      const body = element("div", "md");
-      const foot = element("div", "msg-foot");
-      const note = element("span", "finish-note");
-      const copy = button("Copy", "copy-answer", "Copy this answer as markdown");
-      const again = button("Regenerate", "regenerate", "Ask for this answer again");
-      foot.append(note, copy, again);
-      article.append(element("h2", "sr-only", "Assistant said:"), body, foot);
-      this.ui.log.append(article);
-      this.ui.empty.hidden = true;
-      entry = { article, md: new StreamingMarkdown(body), note };
-      this.answers.set(responseId, entry);
+      previous.note.textContent = "";
+      this.#show(entry);
+      return entry;
     }
+    const article = element("article", "msg assistant");
+    article.dataset.status = "generating";
+    article.setAttribute("aria-busy", "true");
+    const foot = element("div", "msg-foot");
+    const note = element("span", "finish-note");
+    const pager = element("span", "versions");
+    pager.hidden = true;
+    pager.append(
+      button("‹", "version-prev", "Show the previous version of this answer"),
+      element("span", "version-label"),
+      button("›", "version-next", "Show the next version of this answer"),
+    );
+    const copy = button("Copy", "copy-answer", "Copy this answer as markdown");
+    const again = button("Regenerate", "regenerate", "Write this answer again (the versions are kept)");
+    foot.append(pager, note, copy, again);
+    article.append(element("h2", "sr-only", "Assistant said:"), body, foot);
+    this.ui.log.append(article);
+    this.ui.empty.hidden = true;
+    entry = { article, body, md: new StreamingMarkdown(body), note, versions: [responseId] };
+    this.answers.set(responseId, entry);
+    this.#show(entry);
     return entry;
+  }
+
+  // Show `entry`'s version in its article (the others stay, hidden).
+  #show(entry) {
+    const { article, versions } = entry;
+    const shown = versions.find((id) => this.answers.get(id) === entry);
+    for (const id of versions) this.answers.get(id).body.hidden = id !== shown;
+    article.dataset.responseId = shown;
+    const pager = article.querySelector(".versions");
+    pager.hidden = versions.length < 2;
+    pager.querySelector(".version-label").textContent = `${versions.indexOf(shown) + 1}/${versions.length}`;
+  }
+
+  // The reader pages through an answer's versions (delta -1 or +1).
+  step(article, delta) {
+    const entry = this.answers.get(article.dataset.responseId);
+    if (!entry) return;
+    const at = entry.versions.indexOf(article.dataset.responseId) + delta;
+    if (at >= 0 && at < entry.versions.length) this.#show(this.answers.get(entry.versions[at]));
+  }
+
+  // The response id of the newest version shown in `article` (what Regenerate replaces).
+  newest(article) {
+    const entry = this.answers.get(article.dataset.responseId);
+    return entry ? entry.versions[entry.versions.length - 1] : undefined;
   }
 
   #finish(entry, reason, error) {

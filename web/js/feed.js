@@ -11,7 +11,7 @@
 //
 // Without Web Locks (an insecure origin) every tab streams on its own: one connection per tab.
 
-const EVENT_TYPES = ["user_message", "delta", "done", "reset", "gone"];
+const EVENT_TYPES = ["user_message", "regenerate", "delta", "done", "reset", "gone"];
 const BACKOFF_FIRST_MS = 300;
 const BACKOFF_MAX_MS = 15_000;
 const REGROUP_MS = 40; // followers announced together reconnect once
