@@ -237,6 +237,11 @@ ui.log.addEventListener("click", async (event) => {
   } else if (target.classList.contains("copy-answer")) {
     const text = current?.text(target.closest("article").dataset.responseId);
     if (text !== undefined) await copyText(target, text);
+  } else if (target.classList.contains("edit-message")) {
+    // Edit and resend: the message comes back to the composer; sending it asks again.
+    ui.input.value = current?.userText(target.closest("article")) ?? "";
+    autoGrow();
+    ui.input.focus();
   } else if (target.classList.contains("regenerate")) {
     regenerate(target.closest("article"));
   } else if (target.classList.contains("version-prev") || target.classList.contains("version-next")) {

@@ -69,6 +69,11 @@ export class ConversationView {
     this.#setActive(responseId);
   }
 
+  // The text of a user message (for editing).
+  userText(article) {
+    return article.querySelector(".bubble")?.textContent ?? "";
+  }
+
   text(responseId) {
     return this.answers.get(responseId)?.md.text;
   }
@@ -186,7 +191,8 @@ export class ConversationView {
     if (this.users.has(id)) return;
     const article = element("article", "msg user");
     article.dataset.id = id;
-    article.append(element("h2", "sr-only", "You said:"), element("div", "bubble", content));
+    const edit = button("Edit", "edit-message", "Edit this message and send it again");
+    article.append(element("h2", "sr-only", "You said:"), element("div", "bubble", content), edit);
     this.users.set(id, article);
     this.ui.log.append(article);
     this.lastPrompt = content;
