@@ -106,6 +106,7 @@ def test_streamed_rendering_equals_whole_for_every_spec_example_and_chunking(
     mismatches = page.evaluate(
         """async (docs) => {
             const { StreamingMarkdown } = await import('/static/js/markdown.js');
+            await (await import('/static/js/markdown_dom.js')).mathReady;
             const render = (text, sizes, frames) => {
                 const box = document.createElement('div');
                 const md = new StreamingMarkdown(box);
@@ -162,3 +163,23 @@ def test_long_answers_stream_in_linear_time(node: EmbeddedNode, context: Browser
     )
     print(f"streamed a 30 KB paragraph in {timings[0]:.0f} ms, a 300-item list in {timings[1]:.0f} ms")
     assert all(ms < 1000 for ms in timings), timings
+
+
+def test_math_is_typeset_and_prices_are_not(node: EmbeddedNode, context: BrowserContext) -> None:
+    page = open_page(context, node.url + "/")
+    result = page.evaluate(
+        """async () => {
+            const { renderMarkdown } = await import('/static/js/markdown.js');
+            await (await import('/static/js/markdown_dom.js')).mathReady;
+            const box = document.createElement('div');
+            document.body.append(box);
+            renderMarkdown('Energy $E = mc^2$ costs $5 and $6.\\n\\n$$\\\\int_0^1 x\\\\,dx = \\\\frac{1}{2}$$\\n', box);
+            return {
+                inline: box.querySelectorAll('span.math .katex').length,
+                block: box.querySelectorAll('div.math-block .katex-display').length,
+                text: box.innerText,
+            };
+        }"""
+    )
+    assert result["inline"] == 1 and result["block"] == 1, result
+    assert "costs $5 and $6." in result["text"]

@@ -1,25 +1,72 @@
-// Markdown tokens (marked's lexer, vendored) to DOM, with createElement and text nodes only.
+// Markdown tokens (marked's lexer, vendored) to DOM, with createElement and text nodes only; math
+// ($...$, $$...$$) typeset by KaTeX (vendored), which builds its DOM with createElement too.
 //
 // Safety: marked's HTML renderer is never used and model text never reaches innerHTML. Raw HTML
 // shows as text, links keep only http(s) and mailto targets, and images are never loaded (an image
 // becomes a link). Character references are decoded in an inert document (DOMParser).
 
-import { Lexer } from "../vendor/marked-18.2.1/marked.esm.js";
+import { Lexer, Marked } from "../vendor/marked-18.2.1/marked.esm.js";
 import { button, element } from "./dom.js";
 import { highlightInto } from "./highlight.js";
 
 const SAFE_URL = /^(?:https?:\/\/|mailto:)/i;
 
+// -- math: $...$ and $$...$$, typeset by KaTeX (vendored, loaded when first needed) ---------------
+
+const MATH_BLOCK = /^ {0,3}\$\$([\s\S]+?)\$\$[ \t]*(?:\n|$)/;
+// An inline formula: no space inside the dollars, and not "$5 and $6" (no digit after the closing one).
+const MATH_INLINE = /^\$(?![\s$])((?:\\\$|[^$\n])+?)(?<![\s\\])\$(?!\d)/;
+
+const mathExtensions = [
+  {
+    name: "mathBlock",
+    level: "block",
+    start: (src) => src.match(/^ {0,3}\$\$/m)?.index,
+    tokenizer(src) {
+      const match = MATH_BLOCK.exec(src);
+      return match ? { type: "mathBlock", raw: match[0], text: match[1].trim() } : undefined;
+    },
+  },
+  {
+    name: "mathInline",
+    level: "inline",
+    start: (src) => src.indexOf("$"),
+    tokenizer(src) {
+      const match = MATH_INLINE.exec(src);
+      return match ? { type: "mathInline", raw: match[0], text: match[1] } : undefined;
+    },
+  },
+];
+const options = new Marked({ gfm: true }).use({ extensions: mathExtensions }).defaults;
+
+let katex = null;
+let waiting = [];
+export const mathReady = import("../vendor/katex-0.16.47/katex.mjs").then((module) => {
+  katex = module.default;
+  for (const [el, tex, display] of waiting) typeset(el, tex, display);
+  waiting = [];
+});
+
+function typeset(el, tex, display) {
+  el.replaceChildren(); // the TeX source shown meanwhile
+  katex.render(tex, el, { displayMode: display, throwOnError: false, maxExpand: 1000, maxSize: 50 });
+}
+
+function math(tex, display) {
+  const el = element(display ? "div" : "span", display ? "math math-block" : "math", tex);
+  if (katex) typeset(el, tex, display);
+  else waiting.push([el, tex, display]);
+  return el;
+}
+
 // Lex `source`, knowing the link reference definitions seen so far (`links`, updated).
 export function lex(source, links = {}) {
-  const lexer = new Lexer({ gfm: true });
+  const lexer = new Lexer(options);
   Object.assign(lexer.tokens.links, links);
   const tokens = lexer.lex(source);
   Object.assign(links, tokens.links);
   return tokens;
 }
-
-// -- blocks ---------------------------------------------------------------------------------------
 
 export function renderBlocks(tokens, parent, tight = false) {
   for (const token of tokens) {
@@ -54,6 +101,8 @@ function renderBlock(token, tight) {
       return table(token);
     case "hr":
       return document.createElement("hr");
+    case "mathBlock":
+      return math(token.text, true);
     case "html":
       // Raw HTML is shown, never parsed.
       return token.block ? element("p", "raw-html", token.text.replace(/\n$/, "")) : document.createTextNode(token.text);
@@ -176,6 +225,8 @@ function renderInline(token) {
       return element("code", "", unescape(token.text));
     case "br":
       return document.createElement("br");
+    case "mathInline":
+      return math(token.text, false);
     case "link":
       return anchor(decode(token.href), token.title && decode(token.title), inlineFragment(token.tokens));
     case "image":
