@@ -34,7 +34,7 @@ class Follower:
         self.muxed = conversation_id is not None
         """Frames carry the conversation in their id line (the multiplexed stream)."""
         self.pending: list[tuple[EventId, bytes]] | None = []
-        """Live frames (unprefixed) that arrived during catch-up; ``None`` once live."""
+        """Live frames that arrived during catch-up, in this follower's form; ``None`` once live."""
         self.overflowed = False
         """``pending`` overflowed and was dropped: catch-up must read the history again."""
         self.position: EventId = (0, 0)
@@ -87,7 +87,7 @@ class Follower:
         position = self.position
         for event_id, frame in pending:
             if event_id > position:
-                data = self._framed(frame)
+                data = self._framed_live(frame)
                 if data:
                     self.stream.put(data)
                 position = event_id
@@ -120,8 +120,12 @@ class Follower:
         self.position = head
         self.skip_until = head
 
+    def _framed_live(self, frame: bytes) -> bytes:
+        """A frame that came live (from ``deliver``): already in this follower's form."""
+        return self.stream.framed(frame)
+
     def _framed(self, frame: bytes) -> bytes:
-        """``frame`` as this follower writes it (empty: nothing to write), framed for the wire."""
+        """A frame from the history as this follower writes it (empty: nothing), framed for the wire."""
         framed = mux_frame(self.prefix, frame) if self.muxed else frame
         return http_chunk(framed) if self.stream.chunked else framed
 
@@ -158,6 +162,9 @@ class TranslatingFollower(Follower):
     def _framed(self, frame: bytes) -> bytes:
         data = self.translate(frame)
         return self.stream.framed(data) if data else b""
+
+    def _framed_live(self, frame: bytes) -> bytes:
+        return self._framed(frame)  # the feed hands a translating follower the native frames
 
 
 def frame_parts(frame: bytes) -> tuple[bytes, bytes, bytes]:

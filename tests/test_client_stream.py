@@ -74,3 +74,16 @@ async def test_muxed_followers_share_one_connection_and_name_their_conversation(
     ids = ["conversation-aaaaaaaaa/1-0", "conversation-bbbbbbbbb/1-0", "conversation-bbbbbbbbb/2-0"]
     assert sent_ids(transport) == ids
     assert transport.data.count(b":\n\n") == 1
+
+
+async def test_a_muxed_follower_names_its_conversation_once_for_frames_buffered_during_catch_up() -> None:
+    from server.follower import mux_frame
+
+    transport = FakeTransport()
+    follower = make_listener(transport, conversation_id="conversation-aaaaaaaaa")
+    prefix = b"id: conversation-aaaaaaaaa/"
+    live = mux_frame(prefix, frame("2-0", "live while catching up"))  # the feed hands muxed frames
+    follower.deliver((2, 0), live, http_chunk(live))
+    await follower.replay([((1, 0), frame("1-0", "from history"))])
+    follower.go_live()
+    assert sent_ids(transport) == ["conversation-aaaaaaaaa/1-0", "conversation-aaaaaaaaa/2-0"]

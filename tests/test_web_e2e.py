@@ -482,24 +482,24 @@ def test_a_late_history_answer_never_lands_under_another_conversation(
     assert not page.errors  # type: ignore[attr-defined]
 
 
-def test_many_conversations_through_nginx_over_http2(cluster: LocalCluster, browser: Browser) -> None:
+def test_twenty_tabs_over_twelve_conversations_through_nginx_over_http2(
+    cluster: LocalCluster, browser: Browser
+) -> None:
+    from tests.test_web_tabs import many_tabs
+
     context = browser.new_context(ignore_https_errors=True, viewport={"width": 900, "height": 700})
     try:
-        first = open_page(context, cluster.tls_url + "/")
-        assert first.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol") == "h2"
-        ids = []
-        for i in range(8):
-            first.click("#new-chat")
-            send(first, f"over http2 number {i}")
-            ids.append(conversation_id(first))
-            wait_finished(first)
-        tabs = [open_page(context, f"{cluster.tls_url}/c/{cid}") for cid in ids]
-        for i, tab in enumerate(tabs):
-            tab.wait_for_selector("#connection[data-state=live]", timeout=10_000)
-            send(tab, f"again {i}")
-        for i, tab in enumerate(tabs):
-            wait_finished(tab)
-            assert rendered_text(tab) == f"again {i}" == stored_answer(tab, ids[i])["content"]
+        probe = open_page(context, cluster.tls_url + "/")
+        assert probe.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol") == "h2"
+        probe.close()
+        many_tabs(context, cluster.tls_url)
+        streams = 0
+        for member in cluster.node_members:
+            with urllib.request.urlopen(f"{member.url}/metrics", timeout=5) as resp:
+                for line in resp.read().decode().splitlines():
+                    if line.startswith("streamfan_sockets_open "):
+                        streams += int(float(line.split()[1]))
+        assert streams == 1  # one event stream for the whole browser, on whichever node
         cookie = next(c for c in context.cookies() if c["name"] == "streamfan_token")
         assert cookie["secure"] and cookie["httpOnly"]  # https through the trusted balancer
     finally:
