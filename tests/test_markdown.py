@@ -183,3 +183,25 @@ def test_math_is_typeset_and_prices_are_not(node: EmbeddedNode, context: Browser
     )
     assert result["inline"] == 1 and result["block"] == 1, result
     assert "costs $5 and $6." in result["text"]
+
+
+def test_an_open_bold_or_code_span_does_not_flash_its_marks(node: EmbeddedNode, context: BrowserContext) -> None:
+    page = open_page(context, node.url + "/")
+    shown = page.evaluate(
+        """async () => {
+            const { StreamingMarkdown } = await import('/static/js/markdown.js');
+            const box = document.createElement('div');
+            const md = new StreamingMarkdown(box);
+            const seen = [];
+            for (const chunk of ['Here is **bo', 'ld** and `co', 'de` end']) {
+                md.append(chunk);
+                md.flush();
+                seen.push(box.innerText);
+            }
+            md.finish();
+            seen.push(box.innerHTML);
+            return seen;
+        }"""
+    )
+    assert shown[0] == "Here is bo" and shown[1] == "Here is bold and co"
+    assert shown[3].startswith("<p>Here is <strong>bold</strong> and <code>code</code> end</p>")

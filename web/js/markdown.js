@@ -24,6 +24,19 @@ export function renderMarkdown(source, container) {
   renderBlocks(lex(source.replace(/\r\n?/g, "\n")), container);
 }
 
+// While a paragraph streams, "**bo" would show its asterisks until "**" closes: the open paragraph
+// is drawn as if its last ** and ` were closed. Only the drawing of the open tail: the text, and
+// what is drawn once the block is complete, are exact.
+function closeOpenMarks(tokens, links) {
+  const last = tokens.at(-1);
+  if (!last || last.type !== "paragraph") return tokens;
+  let raw = last.raw.replace(/\n+$/, "");
+  if ((raw.match(/`/g) || []).length % 2) raw += "`";
+  else if ((raw.match(/\*\*/g) || []).length % 2 && !raw.endsWith("*")) raw += "**";
+  else return tokens;
+  return [...tokens.slice(0, -1), ...lex(raw, { ...links })];
+}
+
 export class StreamingMarkdown {
   constructor(container) {
     this.container = container;
@@ -103,7 +116,7 @@ export class StreamingMarkdown {
       if (learnt) this.#redrawReferring();
     }
     const open = document.createDocumentFragment();
-    renderBlocks(tokens.slice(done), open);
+    renderBlocks(final ? tokens.slice(done) : closeOpenMarks(tokens.slice(done), this.links), open);
     this.tail.replaceChildren(open);
   }
 
