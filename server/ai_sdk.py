@@ -28,7 +28,7 @@ from aiohttp import web
 
 from server.context import HUB, SETTINGS, STORE
 from server.errors import JSONError
-from server.follower import TranslatingFollower, frame_parts
+from server.follower import TranslatingFollower, answer_event
 from server.openai_chat import check_key
 from server.sse_endpoint import catch_up, event_stream_response
 from server.store import Busy, Overloaded, new_id
@@ -71,12 +71,10 @@ class UIMessageFollower(TranslatingFollower):
             stream.put(stream.framed(opening))
 
     def translate(self, frame: bytes) -> bytes:
-        event_id, event_type, data_line = frame_parts(frame)
-        if event_type not in (b"delta", b"done"):
+        event = answer_event(frame, self.response_id)
+        if event is None:
             return b""
-        data = json.loads(data_line)
-        if data.get("response_id") != self.response_id:
-            return b""
+        event_id, event_type, data = event
         out = b""
         if not self.started:
             self.started = True

@@ -13,7 +13,9 @@ Invariants (this class owns them):
   reads the history again from ``position``.
 """
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 from server.client_stream import ClientStream, http_chunk
 from wire.events import EventId
@@ -165,6 +167,16 @@ class TranslatingFollower(Follower):
 
     def _framed_live(self, frame: bytes) -> bytes:
         return self._framed(frame)  # the feed hands a translating follower the native frames
+
+
+def answer_event(frame: bytes, response_id: str) -> tuple[bytes, bytes, dict[str, Any]] | None:
+    """(event id, type, data) of a ``delta`` or ``done`` frame of the answer ``response_id``, else
+    ``None``: what the dialects translate, one answer each."""
+    event_id, event_type, data_line = frame_parts(frame)
+    if event_type not in (b"delta", b"done"):
+        return None
+    data: dict[str, Any] = json.loads(data_line)
+    return (event_id, event_type, data) if data.get("response_id") == response_id else None
 
 
 def frame_parts(frame: bytes) -> tuple[bytes, bytes, bytes]:

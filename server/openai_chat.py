@@ -25,7 +25,7 @@ from aiohttp import web
 
 from server.context import GATE, HUB, SETTINGS, STORE
 from server.errors import JSONError
-from server.follower import TranslatingFollower, frame_parts
+from server.follower import TranslatingFollower, answer_event
 from server.sse_endpoint import catch_up, event_stream_response
 from server.store import Busy, Overloaded, new_id
 
@@ -122,12 +122,10 @@ class ChatFollower(TranslatingFollower):
         return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
 
     def translate(self, frame: bytes) -> bytes:
-        _, event_type, data_line = frame_parts(frame)
-        if event_type not in (b"delta", b"done"):
+        event = answer_event(frame, self.response_id)
+        if event is None:
             return b""
-        data = json.loads(data_line)
-        if data.get("response_id") != self.response_id:
-            return b""
+        _, event_type, data = event
         if event_type == b"delta":
             delta: dict[str, Any] = {"content": data["text"]}
             if not self.started:

@@ -342,45 +342,6 @@ def test_phone_width_keeps_the_composer_and_hides_the_sidebar(cluster: LocalClus
         context.close()
 
 
-def test_streamed_markdown_renders_the_same_as_all_at_once(cluster: LocalCluster, context: BrowserContext) -> None:
-    """Any split of the text into chunks ends in the same DOM as rendering it whole."""
-    page = open_page(context, cluster.url + "/")
-    documents = [
-        MARKDOWN,
-        TRICKY,
-        "- a\n  - nested *b*\n- c\n\n> quoted **text**\n> more\n\n---\n# Title\n~~~js\nlet x = 1;\n~~~\ntail",
-        "text with ``` inside\n```\nunclosed fence\n  kept",
-        "a | b\n--|--\n1 | 2\n\nsnake_case_name and 2 * 3 * 4 and **unclosed",
-    ]
-    result = page.evaluate(
-        """async (docs) => {
-            const { StreamingMarkdown } = await import('/static/js/markdown.js');
-            const render = (text, sizes) => {
-                const box = document.createElement('div');
-                const md = new StreamingMarkdown(box);
-                let i = 0, k = 0;
-                while (i < text.length) {
-                    const n = sizes[k++ % sizes.length];
-                    md.append(text.slice(i, i + n));
-                    i += n;
-                }
-                md.finish();
-                return box.innerHTML;
-            };
-            const out = [];
-            for (const doc of docs) {
-                const whole = render(doc, [doc.length || 1]);
-                for (const sizes of [[1], [2, 3], [7], [1, 13, 4]]) {
-                    out.push([whole === render(doc, sizes), doc.slice(0, 30), sizes]);
-                }
-            }
-            return out;
-        }""",
-        documents,
-    )
-    assert all(same for same, _, _ in result), [r for r in result if not r[0]]
-
-
 def test_keyboard_scrolling_and_regenerate(cluster: LocalCluster, context: BrowserContext) -> None:
     page = open_page(context, cluster.url + "/")
     page.set_viewport_size({"width": 900, "height": 420})
