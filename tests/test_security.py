@@ -37,9 +37,12 @@ async def test_every_authorized_use_refreshes_the_cookie_and_the_token(client_fa
     cookie = resp.cookies["streamfan_token"]
     assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == f"/api/conversations/{cid}"
     assert int(cookie["max-age"]) == 86400 and body["token"].startswith(cid + ":0.")
-    events = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    events = await client.get(f"/api/conversations/{cid}/events")  # a browser: the cookie is the credential
     assert "streamfan_token" in events.cookies
     events.close()
+    api_client = await client.get(f"/api/conversations/{cid}/events", headers=auth)  # keeps its own token
+    assert api_client.status == 200 and "streamfan_token" not in api_client.cookies
+    api_client.close()
 
 
 async def test_expired_rotated_and_revoked_tokens(client_factory: Any) -> None:
