@@ -206,7 +206,7 @@ async def test_slow_client_is_cut_off_without_slowing_others_then_resumes(
         assert got_fast.text() == big
 
         # The slow client was cut off: draining its socket ends in EOF or a reset, not a hang.
-        raw = await asyncio.to_thread(_drain, slow)
+        raw = await asyncio.to_thread(drain_socket, slow)
         parser = SSEParser()
         body_start = raw.index(b"\r\n\r\n") + 4
         partial = list(parser.feed(_dechunk(raw[body_start:])))
@@ -224,7 +224,7 @@ async def test_slow_client_is_cut_off_without_slowing_others_then_resumes(
         assert partial_text + rest.text() == big
 
 
-def _drain(sock: socket.socket) -> bytes:
+def drain_socket(sock: socket.socket) -> bytes:
     """Read until the node closes the connection (bounded: a stream never cut off fails the test)."""
     sock.settimeout(5)
     deadline = time.monotonic() + 20

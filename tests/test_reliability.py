@@ -16,7 +16,7 @@ from launch.processes import RedisServer
 from tests.conftest import Proc
 from tests.faultproxy import FaultProxy
 from tests.sse_client import raw_event_stream, read_events
-from tests.test_real_redis import Cluster, _drain, producer_env
+from tests.test_real_redis import Cluster, drain_socket, producer_env
 from wire import scripts
 
 pytestmark = pytest.mark.timeout(90)
@@ -237,7 +237,7 @@ async def test_a_live_client_that_accepts_nothing_is_cut_off_after_the_send_time
                             open_sockets = float(line.split()[1])
                 await asyncio.sleep(0.2)
             assert open_sockets == 0, "a client that accepts nothing was never cut off"
-            received = await asyncio.to_thread(_drain, slow)
+            received = await asyncio.to_thread(drain_socket, slow)
             assert len(received) < len(big), "the client was sent everything: it was not cut off"
         finally:
             slow.close()
