@@ -96,6 +96,9 @@ def _serve(app: web.Application, args: argparse.Namespace, loop: asyncio.Abstrac
         access_log=None,
         shutdown_timeout=shutdown,
         reuse_port=args.reuse_port or None,
+        # aiohttp listens with a backlog of 128: thousands of tabs reconnecting at once (a node
+        # restart) would overflow it and wait for SYN retries. The kernel caps it (somaxconn).
+        backlog=4096,
         print=lambda text: logging.getLogger("server").info("%s", text.strip()),
     )
 
