@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from server.api import json_body
 from server.context import HUB, SETTINGS, STORE
 from server.errors import JSONError
 from server.follower import TranslatingFollower, answer_event
@@ -114,12 +115,7 @@ def _last_user_text(messages: Any) -> tuple[list[dict[str, str]], str]:
 async def chat(request: web.Request) -> web.StreamResponse:
     check_key(request)
     settings, store, hub = request.app[SETTINGS], request.app[STORE], request.app[HUB]
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise JSONError(400, "the body is not valid JSON", code="bad_json") from None
-    if not isinstance(body, dict):
-        raise JSONError(400, "the body must be a JSON object", code="bad_json")
+    body = await json_body(request, required=True)
     conversation_id = conversation_of(request, body.get("id"))
     plain, content = _last_user_text(body.get("messages"))
     if len(content) > settings.max_message_chars:

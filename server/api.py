@@ -22,7 +22,8 @@ _DEFAULT_PAGE = 200
 _MAX_PAGE = 1000
 
 
-async def _json_body(request: web.Request, *, required: bool) -> dict[str, Any]:
+async def json_body(request: web.Request, *, required: bool) -> dict[str, Any]:
+    """The request's JSON object, read within the body timeout; a JSON 4xx otherwise."""
     try:
         async with asyncio.timeout(request.app[SETTINGS].body_timeout_seconds):
             raw = await request.read()  # over client_max_size: aiohttp raises 413
@@ -74,7 +75,7 @@ async def create_conversation(request: web.Request) -> web.StreamResponse:
     address = gate.client(request)
     if gate.limited(address):
         gate.creates.take(address)
-    await _json_body(request, required=False)
+    await json_body(request, required=False)
     conversation_id = new_id()
     token = gate.tokens.issue(conversation_id)
     response = web.json_response({"id": conversation_id, "token": token}, status=201)
@@ -89,7 +90,7 @@ async def post_message(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     _take_post(request)
     access = await _access(request)
-    body = await _json_body(request, required=True)
+    body = await json_body(request, required=True)
     content = _text_field(body, "content", settings.max_message_chars)
     max_tokens = body.get("max_tokens", settings.default_max_tokens)
     if (
@@ -172,7 +173,7 @@ async def regenerate_answer(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     _take_post(request)
     access = await _access(request)
-    body = await _json_body(request, required=True)
+    body = await json_body(request, required=True)
     replaces = body.get("response_id")
     if not isinstance(replaces, str) or not replaces:
         raise JSONError(400, "'response_id' must name the answer to regenerate", code="bad_field", field="response_id")
@@ -192,7 +193,7 @@ async def cancel_answer(request: web.Request) -> web.StreamResponse:
     """Cancel the active answer (or, with ``response_id``, only that one): 202, or 409 if none."""
     _take_post(request)
     access = await _access(request)
-    body = await _json_body(request, required=False)
+    body = await json_body(request, required=False)
     wanted = body.get("response_id")
     if wanted is not None and not isinstance(wanted, str):
         raise JSONError(400, "'response_id' must be a string", code="bad_field", field="response_id")

@@ -45,6 +45,7 @@ class JSONError(web.HTTPException):
         **extra: object,
     ) -> None:
         self.status_code = status
+        self.message = message
         body = {"error": code or _CODES.get(status, "error"), "message": message, **extra}
         super().__init__(text=json.dumps(body), content_type="application/json", headers=headers)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from server.api import json_body
 from server.context import GATE, HUB, SETTINGS, STORE
 from server.errors import JSONError
 from server.follower import TranslatingFollower, answer_event
@@ -37,6 +38,14 @@ class OpenAIError(JSONError):
         self.status_code = status
         body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
         web.HTTPException.__init__(self, text=json.dumps(body), content_type="application/json")
+
+
+async def read_payload(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object (within the node's body timeout and size), or an OpenAI-style 4xx."""
+    try:
+        return await json_body(request, required=True)
+    except JSONError as exc:
+        raise OpenAIError(exc.status, exc.message, "invalid_request_error") from None
 
 
 def check_key(request: web.Request) -> None:
@@ -145,10 +154,7 @@ class ChatFollower(TranslatingFollower):
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     check_key(request)
     settings, store, gate = request.app[SETTINGS], request.app[STORE], request.app[GATE]
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise OpenAIError(400, "The body is not valid JSON.", "invalid_request_error") from None
+    body = await read_payload(request)
     messages, limit, streaming, include_usage, model = _request(body, settings)
     conversation_id = new_id()
     token = gate.tokens.issue(conversation_id)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from server.context import HUB, SETTINGS, STORE
 from server.follower import TranslatingFollower, frame_parts
-from server.openai_chat import OpenAIError, check_key
+from server.openai_chat import OpenAIError, check_key, read_payload
 from server.sse_endpoint import catch_up, event_stream_response
 from server.store import Busy, Overloaded, new_id
 
@@ -120,16 +120,6 @@ class ResponsesFollower(TranslatingFollower):
         )
 
 
-async def _payload(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise OpenAIError(400, "The body is not valid JSON.", "invalid_request_error") from None
-    if not isinstance(body, dict):
-        raise OpenAIError(400, "The body must be a JSON object.", "invalid_request_error")
-    return body
-
-
 def _input(body: dict[str, Any]) -> list[dict[str, str]]:
     raw = body.get("input")
     messages: list[dict[str, str]] = []
@@ -159,7 +149,7 @@ def _conversation(response_id: str) -> str:
 async def create(request: web.Request) -> web.StreamResponse:
     check_key(request)
     settings, store = request.app[SETTINGS], request.app[STORE]
-    body = await _payload(request)
+    body = await read_payload(request)
     messages = _input(body)
     limit = body.get("max_output_tokens", settings.default_max_tokens)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= settings.max_tokens_limit:

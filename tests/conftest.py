@@ -213,3 +213,26 @@ def context() -> Iterator[BrowserContext]:
         finally:
             context.close()
             browser.close()
+
+
+# -- nodes with the OpenAI and AI SDK endpoints on ----------------------------------------------------
+
+API_KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture
+def keyed_nodes(redis_process: RedisServer, spawn: Callable[..., Proc]) -> list[Proc]:
+    """Two nodes with ``STREAMFAN_API_KEYS`` and an echo producer (80 chunks/s) on real Redis."""
+    env = {"REDIS_URL": redis_process.url, "STREAMFAN_API_KEYS": API_KEY}
+    served = [spawn("server", env), spawn("server", env)]
+    spawn(
+        "producer",
+        {
+            "REDIS_URL": redis_process.url,
+            "STREAMFAN_GENERATOR": "echo",
+            "STREAMFAN_SIM_TTFT_MS": "20",
+            "STREAMFAN_SIM_TOKENS_PER_SECOND": "80",
+            "STREAMFAN_SIM_JITTER": "0",
+        },
+    )
+    return served

@@ -2,30 +2,24 @@
 
 import asyncio
 import json
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
-from launch.processes import RedisServer
 from loadtest.sse_parser import SSEParser
-from tests.conftest import Proc
-from tests.test_real_redis import producer_env
+from tests.conftest import API_KEY, Proc
 
 pytestmark = pytest.mark.timeout(90)
 
-KEY = "sk-test-0123456789abcdef"
+KEY = API_KEY
 AUTH = {"Authorization": f"Bearer {KEY}"}
 LONG = " ".join(f"part{i}" for i in range(120))
 
 
 @pytest.fixture
-def nodes(redis_process: RedisServer, spawn: Callable[..., Proc]) -> list[Proc]:
-    env = {"REDIS_URL": redis_process.url, "STREAMFAN_API_KEYS": KEY}
-    served = [spawn("server", env), spawn("server", env)]
-    spawn("producer", producer_env(redis_process, tokens_per_second=60))
-    return served
+def nodes(keyed_nodes: list[Proc]) -> list[Proc]:
+    return keyed_nodes
 
 
 def chat_body(chat_id: str, text: str) -> dict[str, Any]:

@@ -1,27 +1,20 @@
 """The Responses dialect with the official Python SDK: streamed, whole, background, resumed elsewhere, cancelled."""
 
-from collections.abc import Callable
-
 import openai
 import pytest
 
-from launch.processes import RedisServer
-from tests.conftest import Proc
-from tests.test_real_redis import producer_env
+from tests.conftest import API_KEY, Proc
 
 pytestmark = pytest.mark.timeout(90)
 
-KEY = "sk-test-0123456789abcdef"
+KEY = API_KEY
 PROMPT = "answered through the Responses API — naïve café 🚀"
 LONG = " ".join(f"piece{i}" for i in range(150))
 
 
 @pytest.fixture
-def nodes(redis_process: RedisServer, spawn: Callable[..., Proc]) -> list[Proc]:
-    env = {"REDIS_URL": redis_process.url, "STREAMFAN_API_KEYS": KEY}
-    served = [spawn("server", env), spawn("server", env)]
-    spawn("producer", producer_env(redis_process, tokens_per_second=80))
-    return served
+def nodes(keyed_nodes: list[Proc]) -> list[Proc]:
+    return keyed_nodes
 
 
 def client(node: Proc) -> openai.OpenAI:

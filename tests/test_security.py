@@ -223,3 +223,20 @@ def test_malformed_http_is_logged_in_one_line_but_a_handler_bug_keeps_its_traceb
         logger.error("Error handling request", exc_info=True)
     text = out.getvalue()
     assert text.count("bad request (BadStatusLine") == 1 and text.count("Traceback") == 1 and "a real bug" in text
+
+
+async def test_the_openai_endpoints_bound_their_bodies_too(client_factory: Any) -> None:
+    key = "sk-test-0123456789abcdef"
+    client = await client_factory(settings=node_settings(body_timeout_seconds=0.3, api_keys=(key,)))
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Length: 100\r\n\r\n" + '{"messages": '
+        ).encode()
+    )
+    status = await asyncio.wait_for(reader.readline(), 5)
+    body = await asyncio.wait_for(reader.read(4096), 5)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 408")
+    assert b'"type": "invalid_request_error"' in body  # in OpenAI's error format
