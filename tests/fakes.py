@@ -1,10 +1,14 @@
 """Test doubles shared by the hub and client-stream tests: a transport that records, polling helpers."""
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from server.client_stream import ClientStream
 from server.follower import Follower
+from server.hub import Hub
+from server.store import ConversationStore
 
 
 class FakeTransport:
@@ -64,3 +68,17 @@ async def eventually(predicate: Any, within: float = 2.0) -> None:
     async with asyncio.timeout(within):
         while not predicate():  # noqa: ASYNC110 - polling a plain condition in a test
             await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def running_hub(redis: Any, store: ConversationStore, **options: float) -> AsyncIterator[Hub]:
+    """A hub on ``redis`` with its pub/sub connection up, stopped (task cancelled and awaited) after."""
+    settings = {"grace_seconds": 0.2, "timeout_seconds": 2.0, "replay_page": 3, "heartbeat_seconds": 0.1}
+    hub = Hub(redis, store, **{**settings, **options})  # type: ignore[arg-type]
+    task = asyncio.create_task(hub.run())
+    try:
+        await eventually(lambda: hub.ready)
+        yield hub
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

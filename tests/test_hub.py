@@ -12,7 +12,7 @@ from fakeredis.aioredis import FakeRedis
 from server.client_stream import ClientStream, http_chunk
 from server.hub import Hub
 from server.store import ConversationStore
-from tests.fakes import FakeTransport, eventually, make_listener, sent_ids
+from tests.fakes import FakeTransport, eventually, make_listener, running_hub, sent_ids
 from wire import scripts
 from wire.env import Retention
 from wire.events import delta_data, parse_event_id
@@ -33,16 +33,8 @@ async def attached(hub: Hub, conversation_id: str, listener: ClientStream) -> As
 
 @pytest.fixture
 async def hub(fake_redis: FakeRedis) -> AsyncIterator[Hub]:
-    store = ConversationStore(fake_redis, Retention())
-    hub = Hub(fake_redis, store, grace_seconds=0.2, timeout_seconds=2, replay_page=3, heartbeat_seconds=0.1)
-    task = asyncio.create_task(hub.run())
-    for _ in range(100):
-        if hub.ready:
-            break
-        await asyncio.sleep(0.01)
-    yield hub
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async with running_hub(fake_redis, ConversationStore(fake_redis, Retention())) as hub:
+        yield hub
 
 
 class Producer:
@@ -221,10 +213,7 @@ class GatedStore(ConversationStore):
 async def test_a_second_pubsub_drop_during_a_gap_fill_loses_nothing(fake_redis: FakeRedis) -> None:
     """Issue 10: a fill of connection n must never forward or release frames during connection n+1."""
     store = GatedStore(fake_redis)
-    hub = Hub(fake_redis, store, grace_seconds=0.2, timeout_seconds=10, replay_page=3, heartbeat_seconds=5)
-    task = asyncio.create_task(hub.run())
-    try:
-        await eventually(lambda: hub.ready)
+    async with running_hub(fake_redis, store, timeout_seconds=10, heartbeat_seconds=5) as hub:
         producer = Producer(fake_redis)
         await producer.start()
         transport = FakeTransport()
@@ -246,9 +235,6 @@ async def test_a_second_pubsub_drop_during_a_gap_fill_loses_nothing(fake_redis: 
             await eventually(lambda: transport.data.count(b"event: delta") >= 6, within=5)
             await asyncio.sleep(0.05)
         assert sent_ids(transport) == ids
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_malformed_pubsub_message_is_dropped_and_counted(hub: Hub, fake_redis: FakeRedis) -> None:

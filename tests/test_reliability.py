@@ -247,37 +247,32 @@ async def test_two_pubsub_drops_during_a_gap_fill_lose_nothing_on_real_redis(red
     """Issue 10: a gap fill of connection n finishing during n+1 lost events (6 published, 4 delivered)."""
     from redis.asyncio import Redis
 
-    from server.hub import Hub
-    from tests.fakes import FakeTransport, eventually, make_listener, sent_ids
+    from tests.fakes import FakeTransport, eventually, make_listener, running_hub, sent_ids
     from tests.test_hub import CID, GatedStore, Producer
 
     redis = Redis.from_url(redis_process.url)
     store = GatedStore(redis)  # type: ignore[arg-type]
-    hub = Hub(redis, store, grace_seconds=0.2, timeout_seconds=10, replay_page=3, heartbeat_seconds=5)
-    task = asyncio.create_task(hub.run())
     try:
-        await eventually(lambda: hub.ready)
-        producer = Producer(redis)  # type: ignore[arg-type]
-        await producer.start()
-        transport = FakeTransport()
-        client = make_listener(transport)
-        feed = await hub.attach(CID, client)
-        client.go_live()
-        ids = [await producer.delta("a")]
-        await eventually(lambda: transport.data.count(b"event: delta") == 1)
-        redis_process.cli("CLIENT", "KILL", "TYPE", "pubsub")  # connection 2: its fill waits at the gate
-        await eventually(lambda: hub.connection.generation == 2 and store.waiting == 1, within=5)
-        ids += [await producer.delta(c) for c in "bc"]
-        redis_process.cli("CLIENT", "KILL", "TYPE", "pubsub")  # connection 3, fill 2 still in flight
-        await eventually(lambda: hub.connection.generation == 3 and hub.subscribed(CID), within=5)
-        ids += [await producer.delta("d")]
-        store.gate.set()
-        ids += [await producer.delta(c) for c in "ef"]
-        await eventually(lambda: transport.data.count(b"event: delta") >= 6, within=5)
-        await asyncio.sleep(0.1)
-        hub.detach(feed, client)
-        assert sent_ids(transport) == ids
+        async with running_hub(redis, store, timeout_seconds=10, heartbeat_seconds=5) as hub:
+            producer = Producer(redis)  # type: ignore[arg-type]
+            await producer.start()
+            transport = FakeTransport()
+            client = make_listener(transport)
+            feed = await hub.attach(CID, client)
+            client.go_live()
+            ids = [await producer.delta("a")]
+            await eventually(lambda: transport.data.count(b"event: delta") == 1)
+            redis_process.cli("CLIENT", "KILL", "TYPE", "pubsub")  # connection 2: its fill waits at the gate
+            await eventually(lambda: hub.connection.generation == 2 and store.waiting == 1, within=5)
+            ids += [await producer.delta(c) for c in "bc"]
+            redis_process.cli("CLIENT", "KILL", "TYPE", "pubsub")  # connection 3, fill 2 still in flight
+            await eventually(lambda: hub.connection.generation == 3 and hub.subscribed(CID), within=5)
+            ids += [await producer.delta("d")]
+            store.gate.set()
+            ids += [await producer.delta(c) for c in "ef"]
+            await eventually(lambda: transport.data.count(b"event: delta") >= 6, within=5)
+            await asyncio.sleep(0.1)
+            hub.detach(feed, client)
+            assert sent_ids(transport) == ids
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         await redis.aclose()
