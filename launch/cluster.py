@@ -1,6 +1,7 @@
 """``python -m launch.cluster``: the docker compose topology as local processes, without Docker.
 
-Starts a ``redis-server`` on a free loopback port, M producers, N relay nodes on their own ports and
+Starts a ``redis-server`` (or, with ``--redis-cluster N``, a Redis Cluster of N primaries and their
+replicas) on free loopback ports, M producers, N relay nodes on their own ports and
 Debian's nginx in front, rendered from the same templates as compose (``deploy/nginx``). Ctrl-C or
 SIGTERM stops everything it started, by PID, in reverse order. The tests drive the same class.
 """
@@ -21,7 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from launch.processes import ROOT, Member, RedisServer, find_binary, free_port, stop_process, wait_for_port
+from launch.processes import (
+    ROOT,
+    Member,
+    RedisClusterServers,
+    RedisServer,
+    find_binary,
+    free_port,
+    stop_process,
+    wait_for_port,
+)
 
 log = logging.getLogger("launch.cluster")
 
@@ -61,7 +71,10 @@ class LocalCluster:
     sets strict ones)."""
     redis_fsync: str = "everysec"
     """Redis' appendfsync ("always" where a test SIGKILLs Redis and counts on every write)."""
+    redis_cluster: int = 0
+    """Run a Redis Cluster of this many primaries (each with a replica) instead of one Redis."""
     redis: RedisServer | None = None
+    shards: RedisClusterServers | None = None
     members: list[Member] = field(default_factory=list)
     nginx: "subprocess.Popen[bytes] | None" = None
 
@@ -93,11 +106,17 @@ class LocalCluster:
 
     def _start(self) -> None:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        self.redis = RedisServer(workdir=str(self.workdir / "redis"), fsync=self.redis_fsync)
-        os.makedirs(self.redis.workdir, exist_ok=True)
-        self.redis.start()
+        if self.redis_cluster:
+            self.shards = RedisClusterServers(primaries=self.redis_cluster, replicas=1)
+            self.shards.start()
+            redis_url = self.shards.url
+        else:
+            self.redis = RedisServer(workdir=str(self.workdir / "redis"), fsync=self.redis_fsync)
+            os.makedirs(self.redis.workdir, exist_ok=True)
+            self.redis.start()
+            redis_url = self.redis.url
         secret = os.environ.get("STREAMFAN_SECRET") or secrets.token_hex(32)
-        common = {**os.environ, "REDIS_URL": self.redis.url, "STREAMFAN_SECRET": secret, "PYTHONUNBUFFERED": "1"}
+        common = {**os.environ, "REDIS_URL": redis_url, "STREAMFAN_SECRET": secret, "PYTHONUNBUFFERED": "1"}
         common.update(self.env)
         for i in range(self.producers):
             port = free_port()
@@ -220,6 +239,9 @@ class LocalCluster:
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+        if self.shards is not None:
+            self.shards.remove()
+            self.shards = None
 
     def remove(self) -> None:
         self.stop()
@@ -238,11 +260,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nodes", type=int, default=3, help="relay nodes (default: 3)")
     parser.add_argument("--producers", type=int, default=2, help="producer processes (default: 2)")
     parser.add_argument("--port", type=int, default=8000, help="nginx's port on 127.0.0.1 (default: 8000)")
+    parser.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a Redis Cluster of N primaries, each with a replica, instead of one Redis (default: 0, off)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, Redis data) at exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 1 <= args.nodes <= 64 or not 1 <= args.producers <= 64:
         parser.error("--nodes and --producers must be between 1 and 64")
+    if args.redis_cluster and not 3 <= args.redis_cluster <= 16:
+        parser.error("--redis-cluster needs 3 to 16 primaries (a cluster elects failovers by majority)")
 
     stopping = False
 
@@ -252,11 +283,12 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    cluster = LocalCluster(nodes=args.nodes, producers=args.producers, port=args.port)
+    cluster = LocalCluster(nodes=args.nodes, producers=args.producers, port=args.port, redis_cluster=args.redis_cluster)
     try:
         cluster.start()
-        assert cluster.redis is not None
-        log.info("redis %s; logs in %s", cluster.redis.url, cluster.workdir / "logs")
+        redis = cluster.redis or cluster.shards
+        assert redis is not None
+        log.info("redis %s; logs in %s", redis.url, cluster.workdir / "logs")
         for member in cluster.members:
             log.info("%s pid %d on %s", member.name, member.popen.pid, member.url)
         log.info(

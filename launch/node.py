@@ -10,8 +10,9 @@ import sys
 
 import uvloop
 from aiohttp import web
+from redis.exceptions import RedisError
 
-from launch.redis_client import connect
+from launch.redis_client import connect_from_env
 from wire.env import SettingsError
 
 
@@ -68,12 +69,16 @@ def main(argv: list[str] | None = None) -> None:
         app = create_embedded_app(settings, producer_settings)
         logging.getLogger("server").info("no REDIS_URL: running the embedded broker and producer in this process")
     else:
-        # A blocking pool: a burst of replays waits for a connection instead of failing.
-        redis = connect(
-            settings.redis_url,
-            max_connections=settings.redis_max_connections,
-            timeout_seconds=settings.redis_timeout_seconds,
-        )
+        # A blocking pool: a burst of replays waits for a connection instead of failing. Whether
+        # REDIS_URL is a cluster is asked here, before the event loop runs.
+        try:
+            redis = connect_from_env(
+                settings.redis_url,
+                max_connections=settings.redis_max_connections,
+                timeout_seconds=settings.redis_timeout_seconds,
+            )
+        except (RedisError, SettingsError) as exc:
+            sys.exit(f"server: {exc}")
         app = create_app(settings, redis)
         app.on_cleanup.append(lambda _app: redis.aclose())
 

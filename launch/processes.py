@@ -60,6 +60,8 @@ class RedisServer:
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="streamfan-redis-"))
     fsync: str = "everysec"
     """appendfsync: "always" when a test kills Redis and counts on every write surviving."""
+    extra_args: list[str] = field(default_factory=list)
+    """More ``redis-server`` arguments (cluster mode)."""
     proc: "subprocess.Popen[bytes] | None" = None
 
     @property
@@ -69,7 +71,9 @@ class RedisServer:
     def start(self) -> None:
         args = [find_binary("redis-server", "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "yes", "--appendfsync", self.fsync, "--dir", self.workdir]
-        args += ["--protected-mode", "no", "--loglevel", "warning", "--maxclients", "10000"]
+        args += ["--protected-mode", "no", "--loglevel", "notice", "--maxclients", "10000"]
+        args += ["--logfile", str(Path(self.workdir) / "redis.log")]
+        args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, process_group=0)
         wait_for_port(self.port, proc=self.proc)
 
@@ -110,3 +114,73 @@ class Member:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         stop_process(self.popen, sig, timeout)
+
+
+@dataclass
+class RedisClusterServers:
+    """A Redis Cluster on loopback: ``primaries`` shards, each with ``replicas`` replicas.
+
+    Every member is a ``redis-server --cluster-enabled yes`` on a free port; ``redis-cli --cluster
+    create`` assigns the slots. A short ``cluster-node-timeout`` makes a killed primary's replica
+    take over within a couple of seconds (the failover tests count on it).
+    """
+
+    primaries: int = 3
+    replicas: int = 1
+    node_timeout_ms: int = 1000
+    members: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """Any member will do: the client discovers the rest."""
+        return self.members[0].url
+
+    def start(self) -> None:
+        extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(self.node_timeout_ms)]
+        extra += ["--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0"]
+        for _ in range(self.primaries * (1 + self.replicas)):
+            # The bus port is chosen too: the default (port + 10000) may be taken or out of range.
+            server = RedisServer(extra_args=[*extra, "--cluster-port", str(free_port())])
+            server.start()
+            self.members.append(server)
+        addresses = [f"127.0.0.1:{m.port}" for m in self.members]
+        cli = find_binary("redis-cli", "redis-tools")
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+        )
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every live member says the cluster is ok and agrees on who serves each slot, and
+        every replica is in sync with its primary (only then can it take over)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = [m for m in self.members if m.proc is not None]
+            try:
+                states = {m.cli("CLUSTER", "INFO").split("cluster_state:")[1].split()[0] for m in live}
+                maps = {m.cli("CLUSTER", "SLOTS") for m in live}
+                replicas_synced = all(
+                    "master_link_status': 'up'" in m.cli("INFO", "replication")
+                    for m in live
+                    if m.cli("ROLE").startswith("['slave'")
+                )
+                if states == {"ok"} and len(maps) == 1 and replicas_synced:
+                    return
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Redis Cluster did not settle")
+            time.sleep(0.1)
+
+    def primary_ports(self) -> list[int]:
+        return [m.port for m in self.members if m.proc is not None and m.cli("ROLE").startswith("['master'")]
+
+    def member(self, port: int) -> RedisServer:
+        return next(m for m in self.members if m.port == port)
+
+    def remove(self) -> None:
+        for server in reversed(self.members):
+            server.remove()

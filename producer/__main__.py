@@ -6,8 +6,10 @@ import signal
 import sys
 
 import uvloop
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
 
-from launch.redis_client import connect
+from launch.redis_client import connect_from_env
 from producer.generator import close_generator, load_generator
 from producer.metrics import serve_metrics
 from producer.settings import ProducerSettings
@@ -17,10 +19,7 @@ from wire.env import SettingsError
 log = logging.getLogger("producer")
 
 
-async def _main(settings: ProducerSettings) -> None:
-    assert settings.redis_url is not None
-    # The socket timeout outlasts the jobs read's 2 s block.
-    redis = connect(settings.redis_url, max_connections=settings.redis_max_connections, timeout_seconds=10)
+async def _main(settings: ProducerSettings, redis: "Redis | RedisCluster") -> None:
     generator = load_generator(settings.generator, settings.pacing)
     worker = Worker(redis, settings, generator)
     loop = asyncio.get_running_loop()
@@ -43,8 +42,12 @@ def main() -> None:
         sys.exit(f"producer: {exc}")
     if settings.redis_url is None:
         sys.exit("producer: REDIS_URL must be set (without Redis, `python -m server` runs its own producer)")
+    try:  # standalone or cluster: asked before the event loop runs
+        redis = connect_from_env(settings.redis_url, max_connections=settings.redis_max_connections, timeout_seconds=10)
+    except (RedisError, SettingsError) as exc:
+        sys.exit(f"producer: {exc}")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_main(settings))
+        runner.run(_main(settings, redis))
 
 
 if __name__ == "__main__":

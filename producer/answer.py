@@ -94,6 +94,8 @@ class AnswerWriter:
         loop = asyncio.get_running_loop()
         orphan_seconds = self._orphan_seconds
         check_at = loop.time() + orphan_seconds if orphan_seconds else math.inf
+        sent: list[str] = []
+        """This run's chunks (bounded by max_tokens): what to send again if Redis loses some."""
         try:
             async for text in chunks:
                 if loop.time() >= check_at:
@@ -109,6 +111,8 @@ class AnswerWriter:
                 if not text:
                     continue
                 outcome = await self._publisher.delta(job.conversation_id, job.response_id, owner, index, text)
+                if outcome is Appended.BEHIND:
+                    outcome = await self._send_again(job, sent, first_index, index, text)
                 if outcome is Appended.NOT_OURS:
                     # Another producer took it over (this one looked dead), or the conversation expired.
                     log.warning("response %s is no longer this producer's; stopping", job.response_id)
@@ -116,6 +120,7 @@ class AnswerWriter:
                 if outcome is Appended.CANCEL_REQUESTED:
                     reason = FinishReason.CANCELLED
                     break
+                sent.append(text)
                 if index == first_index:
                     first_at = time.time()
                     if posted_at is not None and index == 0:
@@ -139,6 +144,22 @@ class AnswerWriter:
         elapsed = time.time() - first_at
         if index - first_index > 1 and elapsed > 0:
             metrics.tokens_per_second.observe((index - first_index - 1) / elapsed)
+
+    async def _send_again(self, job: Job, sent: list[str], first_index: int, index: int, text: str) -> Appended:
+        """Redis lost deltas it had acknowledged (a failover to a replica that lagged): append them
+        again from this run's copy, then ``text`` at ``index``. Raises if they are not all here."""
+        expected = await self._publisher.next_index(job.conversation_id)
+        if expected < first_index:
+            raise GenerationFailed("Redis lost part of this answer written before this producer took it")
+        log.warning("response %s: Redis lost deltas %d..%d; sending them again", job.response_id, expected, index - 1)
+        self.metrics.resent.value += index - expected
+        for again in range(expected, index):
+            outcome = await self._publisher.delta(
+                job.conversation_id, job.response_id, self._owner, again, sent[again - first_index]
+            )
+            if outcome is not Appended.OK and outcome is not Appended.DUPLICATE:
+                return outcome
+        return await self._publisher.delta(job.conversation_id, job.response_id, self._owner, index, text)
 
 
 async def _skip(chunks: AsyncIterator[str], count: int) -> AsyncIterator[str]:

@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
@@ -32,7 +32,7 @@ def pack(calls: list[list[Any]], sha: bytes) -> bytes:
 
 
 class ScriptBatcher:
-    def __init__(self, redis: "Redis", script: str) -> None:
+    def __init__(self, redis: "Redis | RedisCluster", script: str) -> None:
         self._redis = redis
         self._script = script
         self._sha = hashlib.sha1(script.encode()).hexdigest()
@@ -79,6 +79,9 @@ class ScriptBatcher:
                 future.set_result(result)
 
     async def _execute(self, calls: list[list[Any]]) -> list[Any]:
+        if isinstance(self._redis, RedisCluster):
+            # The cluster pipeline sends each shard its calls in one round trip, following MOVED.
+            return await self._execute_pipeline(calls)
         pool = self._redis.connection_pool
         if pool.connection_class.read_response is not AbstractConnection.read_response:
             return await self._execute_pipeline(calls)  # not redis-py's own connection: fakeredis

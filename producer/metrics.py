@@ -34,6 +34,12 @@ class ProducerMetrics:
                 "Half-written answers taken over from a producer that stopped (continued or failed).",
             )
         )
+        self.resent = registry.add(
+            Counter(
+                "streamfan_producer_resent_chunks_total",
+                "Chunks appended again because Redis lost them after acknowledging them (a failover).",
+            )
+        )
         self.time_to_first_token = registry.add(
             Histogram(
                 "streamfan_producer_time_to_first_token_seconds",

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -28,12 +29,17 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, OSError)
+"""Errors that pass: Redis restarting, a cluster shard failing over or a slot migrating."""
+
 
 class Appended(Enum):
     OK = 1
     DUPLICATE = 0
     NOT_OURS = -1
     CANCEL_REQUESTED = -2
+    BEHIND = -3
+    """Earlier deltas are missing (Redis lost acknowledged writes in a failover): send them again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +51,7 @@ class Claim:
 
 
 class Publisher:
-    def __init__(self, redis: "Redis", retention: Retention, *, retry_seconds: float) -> None:
+    def __init__(self, redis: "Redis | RedisCluster", retention: Retention, *, retry_seconds: float) -> None:
         self._redis = redis
         self._retention = retention
         self._retry_seconds = retry_seconds
@@ -63,7 +69,7 @@ class Publisher:
         while True:
             try:
                 return await call()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except _TRANSIENT as exc:
                 delay = backoff.next_delay()
                 if time.monotonic() + delay > deadline:
                     raise
@@ -125,6 +131,11 @@ class Publisher:
         )
         result = await self._retrying(lambda: self._finish(keys=keys, args=argv))
         return result is not None
+
+    async def next_index(self, conversation_id: str) -> int:
+        """The index the answer's next delta must have (how many Redis holds)."""
+        value = await self._retrying(lambda: self._redis.hget(ConversationKeys(conversation_id).state, "next"))
+        return int(value or 0)
 
     async def history(self, conversation_id: str) -> list[dict[str, str]]:
         """The conversation's finished messages as ``role``/``content``, oldest first (the model's

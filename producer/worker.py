@@ -1,4 +1,4 @@
-"""The producer's job loop: a Redis Stream consumer group shared by every producer.
+"""The producer's job loop over the partitioned jobs streams (``producer.jobs``) all producers share.
 
 A job is read with XREADGROUP, generated, published, and acknowledged (XACK + XDEL) only when its
 answer is finished, so a producer that dies mid-answer leaves the job pending. Ownership is a
@@ -13,35 +13,35 @@ so a lost reply never leaves an answer without an owner.
 import asyncio
 import contextlib
 import logging
-import time
-from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
 
 from producer.answer import AnswerWriter
 from producer.generation import Generator
+from producer.jobs import JobRef, PartitionedJobs, QueuedJob
 from producer.metrics import ProducerMetrics
 from producer.publisher import Publisher
 from producer.settings import ProducerSettings
 from wire.backoff import Backoff
 from wire.events import FinishReason, Job, parse_event_id
-from wire.keys import JOBS_GROUP, JOBS_STREAM
 
 log = logging.getLogger(__name__)
 
-_READ_BLOCK_MS = 2000
+_POLL_SECONDS = 0.05
+"""An idle producer looks for new jobs this often (see ``producer.jobs``: no blocking read spans slots)."""
+_MAX_READ = 32
 
 
 class Worker:
     def __init__(
         self,
-        redis: "Redis",
+        redis: "Redis | RedisCluster",
         settings: ProducerSettings,
         generator: Generator,
         metrics: ProducerMetrics | None = None,
     ) -> None:
-        self._redis = redis
+        self._jobs = PartitionedJobs(redis, settings.name)
         self.metrics = metrics or ProducerMetrics()
         self.metrics.bind(lambda: len(self._in_flight))
         self._settings = settings
@@ -55,7 +55,7 @@ class Worker:
             orphan_seconds=settings.retention.orphan_seconds if settings.orphans == "cancel" else None,
         )
         self._slots = asyncio.Semaphore(settings.concurrency)
-        self._in_flight: dict[bytes, asyncio.Task[None]] = {}
+        self._in_flight: dict[JobRef, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
         self._stopping = asyncio.Event()
         self.jobs_done = 0
@@ -86,113 +86,87 @@ class Worker:
 
     async def _read_loop(self) -> None:
         backoff = Backoff(first=0.1, cap=5.0)
-        group_ready = False
         while True:
             try:
-                if not group_ready:
-                    await self._ensure_group()
-                    group_ready = True
-                await self._read_jobs()
+                found = await self._read_jobs()
                 backoff.reset()
             except (RedisError, OSError) as exc:
-                # NOGROUP after a Redis restart that lost the group: create it again.
-                group_ready = False
                 delay = backoff.next_delay()
                 log.warning("reading jobs failed (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
+                continue
+            if not found:
+                await asyncio.sleep(_POLL_SECONDS)
 
-    async def _ensure_group(self) -> None:
-        try:
-            await self._redis.xgroup_create(JOBS_STREAM, JOBS_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    async def _read_jobs(self) -> None:
+    async def _read_jobs(self) -> int:
+        """Take as many new jobs as there are free slots (at least one, at most ``_MAX_READ``)."""
         await self._slots.acquire()
         free = 1
-        while free < 32 and not self._slots.locked():
+        while free < _MAX_READ and not self._slots.locked():
             await self._slots.acquire()
             free += 1
-        asked = time.monotonic()
         try:
-            reply: Any = await self._redis.xreadgroup(
-                JOBS_GROUP, self._settings.name, {JOBS_STREAM: ">"}, count=free, block=_READ_BLOCK_MS
-            )
+            jobs = await self._jobs.read(free)
         except BaseException:
             for _ in range(free):
                 self._slots.release()
             raise
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # fakeredis (the embedded broker) swallows the cancellation of a blocking read; honour it.
-            # Anything read stays pending in the group and is recovered like any unfinished job.
-            for _ in range(free):
-                self._slots.release()
-            raise asyncio.CancelledError
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = [
-            entry for _, stream_entries in reply or [] for entry in stream_entries
-        ]
-        for _ in range(free - len(entries)):
+        for _ in range(free - len(jobs)):
             self._slots.release()
-        if not entries and time.monotonic() - asked < _READ_BLOCK_MS / 1000 / 2:
-            # A blocking read that came back empty at once (fakeredis, the embedded broker, does
-            # after the first job) must not turn this loop into a busy loop.
-            await asyncio.sleep(0.05)
-        for entry_id, fields in entries:
-            self._launch(entry_id, fields, recovered=False)
+        for job in jobs:
+            self._launch(job, recovered=False)
+        return len(jobs)
 
-    def _launch(self, entry_id: bytes, fields: dict[bytes, bytes], *, recovered: bool) -> None:
+    def _launch(self, job: QueuedJob, *, recovered: bool) -> None:
         assert self._group is not None, "jobs run inside run()'s task group"
-        task = self._group.create_task(self._handle(entry_id, fields, recovered=recovered), name=f"job-{entry_id!r}")
-        self._in_flight[entry_id] = task
+        name = f"job-{job.ref.stream.decode()}-{job.ref.entry_id.decode()}"
+        self._in_flight[job.ref] = self._group.create_task(
+            self._handle(job.ref, job.fields, recovered=recovered), name=name
+        )
 
-    async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes], *, recovered: bool) -> None:
+    async def _handle(self, ref: JobRef, fields: dict[bytes, bytes], *, recovered: bool) -> None:
         """One job, start to acknowledgement. Nothing but cancellation leaves it: an error here
         must never reach the task group, which would cancel every other answer in flight."""
         try:
             try:
                 job = Job.from_fields(fields)
             except ValueError:
-                log.error("dropping malformed job %r", entry_id)
+                log.error("dropping malformed job %r", ref)
                 self.metrics.jobs.inc_labels("malformed")
-                await self._ack(entry_id)
+                await self._ack(ref)
                 return
             try:
-                await self._writer.answer(job, _posted_at(entry_id), recovered=recovered)
-                await self._ack(entry_id)
+                await self._writer.answer(job, _posted_at(ref.entry_id), recovered=recovered)
+                await self._ack(ref)
                 self.jobs_done += 1
             except (RedisError, OSError) as exc:
                 # Left pending: this producer keeps it fresh while alive, another one recovers it after.
                 log.error("job for response %s failed on Redis (%r); left for recovery", job.response_id, exc)
             except Exception:
                 log.exception("generator failed for response %s", job.response_id)
-                await self._fail(entry_id, job, "the model failed while writing this answer")
+                await self._fail(ref, job, "the model failed while writing this answer")
             except asyncio.CancelledError:
                 if self._stopping.is_set():  # shutting down: say so now rather than after the claim timeout
-                    await self._fail(entry_id, job, "the producer stopped while writing this answer")
+                    await self._fail(ref, job, "the producer stopped while writing this answer")
                 raise
         except (RedisError, OSError) as exc:
-            log.error("acknowledging job %r failed (%r); it is recovered later", entry_id, exc)
+            log.error("acknowledging job %r failed (%r); it is recovered later", ref, exc)
         finally:
-            self._in_flight.pop(entry_id, None)
+            self._in_flight.pop(ref, None)
             self._slots.release()
 
-    async def _fail(self, entry_id: bytes, job: Job, error: str) -> None:
+    async def _fail(self, ref: JobRef, job: Job, error: str) -> None:
         """End the answer as ``failed`` (keeping the text so far) and acknowledge its job."""
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(5):
                 await self._publisher.finish(
                     job.conversation_id, job.response_id, self._settings.name, FinishReason.FAILED, error
                 )
-                await self._ack(entry_id)
+                await self._ack(ref)
                 self.metrics.jobs.inc_labels(FinishReason.FAILED.value)
 
-    async def _ack(self, entry_id: bytes) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(JOBS_STREAM, JOBS_GROUP, entry_id)
-            pipe.xdel(JOBS_STREAM, entry_id)
-            await pipe.execute()
+    async def _ack(self, ref: JobRef) -> None:
+        await self._jobs.ack(ref)
 
     async def _keep_claims(self) -> None:
         """Refresh this producer's jobs, and take over jobs whose producer died."""
@@ -200,32 +174,34 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             try:
-                mine: list[int | bytes | str | memoryview] = list(self._in_flight)
-                if mine:
-                    await self._redis.xclaim(JOBS_STREAM, JOBS_GROUP, self._settings.name, 0, mine, justid=True)
+                await self._jobs.refresh(list(self._in_flight))
                 await self._recover_abandoned()
             except (RedisError, OSError) as exc:
                 log.warning("refreshing job claims failed: %r", exc)
 
     async def _recover_abandoned(self) -> None:
-        idle_ms = int(self._settings.claim_idle_seconds * 1000)
-        start: bytes | str = "0-0"
-        while not self._slots.locked():
-            reply = await self._redis.xautoclaim(
-                JOBS_STREAM, JOBS_GROUP, self._settings.name, idle_ms, start_id=start, count=1
-            )
-            start, claimed = reply[0], reply[1]
-            for entry_id, fields in claimed:
-                if entry_id in self._in_flight:
-                    continue
-                if not fields:  # the entry was deleted: nothing to do but acknowledge it
-                    await self._ack(entry_id)
-                    continue
-                await self._slots.acquire()
-                log.info("recovering abandoned job %r", entry_id)
-                self._launch(entry_id, fields, recovered=True)
-            if start in (b"0-0", "0-0"):
-                return
+        free = 0
+        while free < _MAX_READ and not self._slots.locked():
+            await self._slots.acquire()
+            free += 1
+        if not free:
+            return
+        try:
+            claimed = await self._jobs.abandoned(int(self._settings.claim_idle_seconds * 1000), free)
+        except BaseException:
+            for _ in range(free):
+                self._slots.release()
+            raise
+        for _ in range(free - len(claimed)):
+            self._slots.release()
+        for job in claimed:  # each holds one slot: its task releases it, or it is released here
+            if job.ref in self._in_flight or not job.fields:  # ours already, or deleted: nothing to run
+                self._slots.release()
+                if not job.fields:
+                    await self._ack(job.ref)
+                continue
+            log.info("recovering abandoned job %r", job.ref)
+            self._launch(job, recovered=True)
 
 
 def _posted_at(entry_id: bytes) -> float | None:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from server import ai_sdk, api, health, openai_chat, openai_responses
 from server.access import Gate
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 
-def create_app(settings: Settings, redis: "Redis") -> web.Application:
+def create_app(settings: Settings, redis: "Redis | RedisCluster") -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[REDIS] = redis

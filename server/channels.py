@@ -1,4 +1,4 @@
-"""Which conversations this node follows: reference counts, grace periods, SUBSCRIBE/UNSUBSCRIBE.
+"""Which conversations this node follows: reference counts, grace periods, SSUBSCRIBE/SUNSUBSCRIBE.
 
 Invariants (this class owns them):
 - A conversation has a feed here while it has a client, or during the grace period after its last
@@ -17,7 +17,8 @@ from typing import Any
 
 from server.feed import ChannelFeed
 from server.follower import Follower
-from server.pubsub import HubUnavailable, PubSubConnection
+from server.pubsub import SUBSCRIBE, UNSUBSCRIBE, HubUnavailable
+from server.shards import ShardedPubSub
 from wire.keys import ConversationKeys
 
 
@@ -28,7 +29,7 @@ def channel_name(conversation_id: str) -> bytes:
 class ChannelTable:
     def __init__(
         self,
-        connection: PubSubConnection,
+        connection: ShardedPubSub,
         make_feed: Callable[[bytes], ChannelFeed],
         spawn: Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"],
         *,
@@ -74,8 +75,8 @@ class ChannelTable:
         feed.clients.add(client)
         try:
             async with self._lock(name):
-                if name not in self._connection.confirmed:
-                    await self._connection.request(b"subscribe", name)
+                if not self._connection.is_confirmed(name):
+                    await self._connection.request(SUBSCRIBE, name)
         except BaseException:
             self.detach(feed, client)
             raise
@@ -101,9 +102,9 @@ class ChannelTable:
         async with self._lock(feed.name):
             if feed.clients:
                 return
-            if feed.name in self._connection.confirmed:
+            if self._connection.is_confirmed(feed.name):
                 with contextlib.suppress(HubUnavailable):  # the connection is gone, and with it the subscription
-                    await self._connection.request(b"unsubscribe", feed.name)
+                    await self._connection.request(UNSUBSCRIBE, feed.name)
             if not feed.clients and self._feeds.get(feed.name) is feed and feed.name not in self._grace:
                 feed.on_lost()  # stops a gap fill that may still run
                 del self._feeds[feed.name]

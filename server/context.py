@@ -1,7 +1,7 @@
 """Typed keys of the state a node keeps on its aiohttp application (no module-level state)."""
 
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from server.access import Gate
 from server.hub import Hub
@@ -10,7 +10,7 @@ from server.settings import Settings
 from server.store import ConversationStore
 
 SETTINGS = web.AppKey("settings", Settings)
-REDIS = web.AppKey("redis", Redis)
+REDIS = web.AppKey[Redis | RedisCluster]("redis")
 STORE = web.AppKey("store", ConversationStore)
 HUB = web.AppKey("hub", Hub)
 METRICS = web.AppKey("metrics", NodeMetrics)

@@ -3,8 +3,9 @@
 It routes what the connection reads to the channel's feed, runs the node's one heartbeat loop, and
 owns (cancels and awaits) every task the feeds and the table start.
 
-Delivery guarantee: when the pub/sub connection breaks (Redis restart, output-buffer limit, network),
-it reconnects with jittered backoff and re-subscribes every channel, and each channel's feed refills
+Delivery guarantee: when a pub/sub connection breaks (Redis restart, output-buffer limit, network,
+a cluster failover or slot migration), it reconnects with jittered backoff and re-subscribes its
+channels (on the shard now serving them: ``server.shards``), and each channel's feed refills
 its gap from the history stream before forwarding live frames again, skipping ids already
 forwarded. Clients still catching up, and channels whose history cannot fill the gap, are cut off:
 they resume on their own with ``Last-Event-ID``. Either way no client sees a gap, a duplicate or a
@@ -16,7 +17,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from server.channels import ChannelTable, channel_name
@@ -24,7 +25,7 @@ from server.client_stream import http_chunk
 from server.feed import ChannelFeed, FeedServices
 from server.follower import Follower
 from server.metrics import NodeMetrics
-from server.pubsub import PubSubConnection
+from server.shards import ShardedPubSub
 from server.store import ConversationStore
 from wire.sse import HEARTBEAT
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 class Hub:
     def __init__(
         self,
-        redis: "Redis",
+        redis: "Redis | RedisCluster",
         store: ConversationStore,
         *,
         grace_seconds: float,
@@ -49,7 +50,7 @@ class Hub:
         self._orphan_seconds = orphan_seconds
         self._store = store
         self._tasks: set[asyncio.Task[None]] = set()
-        self.connection = PubSubConnection(redis, self, timeout_seconds=timeout_seconds)
+        self.connection = ShardedPubSub(redis, self, timeout_seconds=timeout_seconds)
         services = FeedServices(store, replay_page, timeout_seconds, self.metrics, self._spawn)
         self.channels = ChannelTable(
             self.connection, lambda name: ChannelFeed(name, services), self._spawn, grace_seconds=grace_seconds
@@ -74,7 +75,7 @@ class Hub:
         return sum(len(feed.clients) for feed in self.channels)
 
     def subscribed(self, conversation_id: str) -> bool:
-        return channel_name(conversation_id) in self.connection.confirmed
+        return self.connection.is_confirmed(channel_name(conversation_id))
 
     def listener_count(self, conversation_id: str) -> int:
         feed = self.channels.get(channel_name(conversation_id))
@@ -109,16 +110,19 @@ class Hub:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    # -- PubSubSink: what the connection reports -----------------------------------------------
+    # -- ChannelSink: what the shards' connections report ---------------------------------------
 
     def wanted_channels(self) -> list[bytes]:
         return self.channels.names()
 
-    def on_connected(self, generation: int) -> None:
-        for feed in self.channels:
-            feed.on_connected(generation)
-        if generation > 1:
-            self.metrics.redis_reconnects.inc()
+    def on_connected(self, channels: list[bytes], generation: int) -> None:
+        for channel in channels:
+            feed = self.channels.get(channel)
+            if feed is not None:
+                feed.on_connected(generation)
+
+    def on_reconnected(self) -> None:
+        self.metrics.redis_reconnects.inc()
 
     def on_subscribed(self, channel: bytes, generation: int) -> None:
         feed = self.channels.get(channel)
@@ -130,9 +134,11 @@ class Hub:
         if feed is not None:
             feed.on_frame(data)
 
-    def on_lost(self) -> None:
-        for feed in self.channels:
-            feed.on_lost()
+    def on_lost(self, channels: list[bytes]) -> None:
+        for channel in channels:
+            feed = self.channels.get(channel)
+            if feed is not None:
+                feed.on_lost()
 
     # -- the node's own work ------------------------------------------------------------------
 

@@ -1,27 +1,32 @@
-"""The node's one Redis pub/sub connection: connect, read, reconnect, watchdog, confirmations.
+"""One Redis sharded pub/sub connection (to a standalone Redis, or one cluster shard's primary).
+
+It connects, reads, reconnects with jittered backoff and watches for silence; what the messages mean
+is the sink's business (``PubSubSink``), and which shard serves which channel is ``server.shards``'.
 
 Invariants (this class owns them):
-- ``generation`` counts the connections made; every callback names the generation it belongs to,
-  so work started for an older connection can tell it is stale.
+- ``generation`` is drawn from a counter shared by all of the node's connections for every new
+  connection; every callback names the generation it belongs to, so work started for an older
+  connection can tell it is stale.
 - ``confirmed`` holds the channels Redis confirmed on the current connection; it is emptied the
-  moment the connection is lost.
-- At most one SUBSCRIBE/UNSUBSCRIBE per channel waits for its confirmation at a time (callers
-  serialise per channel), so a confirmation always matches its request.
-
-What the messages mean is the sink's business (``PubSubSink``): this module only moves them.
+  moment the connection is lost, and loses a channel Redis unsubscribed by itself (its slot moved).
+- Replies are matched to requests in order (Redis answers in order): each SSUBSCRIBE/SUNSUBSCRIBE
+  waits for one confirmation per channel, an error reply (MOVED, CROSSSLOT) fails the oldest
+  request, and a SUNSUBSCRIBE nobody asked for is a slot that moved away (``on_moved``).
 """
 
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from wire.backoff import Backoff
 
@@ -30,6 +35,9 @@ log = logging.getLogger(__name__)
 _HEALTH_INTERVAL = 5.0
 """Seconds of silence after which the connection pings Redis; three silent intervals mean a dead link."""
 
+SUBSCRIBE = b"ssubscribe"
+UNSUBSCRIBE = b"sunsubscribe"
+
 
 class HubUnavailable(Exception):
     """A subscription could not be confirmed in time (Redis unreachable)."""
@@ -37,20 +45,33 @@ class HubUnavailable(Exception):
 
 class PubSubSink(Protocol):
     def wanted_channels(self) -> list[bytes]:
-        """The channels to subscribe on a new connection."""
+        """The channels to subscribe on a new connection (this shard's share)."""
         ...
 
-    def on_connected(self, generation: int) -> None:
-        """A new connection is up; its SUBSCRIBE for ``wanted_channels`` follows at once."""
+    def on_connected(self, channels: list[bytes], generation: int) -> None:
+        """A new connection is up; its SSUBSCRIBE for ``channels`` follows at once."""
         ...
 
     def on_subscribed(self, channel: bytes, generation: int) -> None: ...
 
     def on_message(self, channel: bytes, data: bytes) -> None: ...
 
-    def on_lost(self) -> None:
-        """The connection is gone; a new one is being made."""
+    def on_lost(self, channels: list[bytes]) -> None:
+        """The connection is gone with these channels' subscriptions; a new one is being made."""
         ...
+
+    def on_moved(self, channels: list[bytes]) -> None:
+        """Redis dropped these subscriptions, or refused them (MOVED): their slot is served elsewhere."""
+        ...
+
+
+@dataclass(slots=True)
+class _Request:
+    kind: bytes
+    waiting: set[bytes]
+    future: "asyncio.Future[None] | None" = None
+    """None for the subscriptions sent on connect (nobody awaits them)."""
+    channels: list[bytes] = field(default_factory=list)
 
 
 def _reader(conn: AbstractConnection) -> Callable[[], Awaitable[Any]]:
@@ -69,14 +90,26 @@ def _reader(conn: AbstractConnection) -> Callable[[], Awaitable[Any]]:
 
 
 class PubSubConnection:
-    def __init__(self, redis: "Redis", sink: PubSubSink, *, timeout_seconds: float) -> None:
-        self._redis = redis
+    def __init__(
+        self,
+        connect: Callable[[], AbstractConnection],
+        sink: PubSubSink,
+        generations: "Iterable[int]",
+        *,
+        timeout_seconds: float,
+        slot_of: Callable[[bytes], int] | None = None,
+    ) -> None:
+        self._make_connection = connect
         self._sink = sink
+        self._generations = iter(generations)
         self._timeout = timeout_seconds
+        self._slot_of = slot_of
+        """Groups the channels of one SSUBSCRIBE by slot (a cluster refuses cross-slot ones)."""
         self._conn: AbstractConnection | None = None
         self._connected = asyncio.Event()
-        self._waiters: dict[bytes, tuple[bytes, asyncio.Future[None]]] = {}
+        self._requests: deque[_Request] = deque()
         self._received = 0
+        self._made = 0
         self.generation = 0
         self.confirmed: set[bytes] = set()
         self.reconnects = 0
@@ -87,7 +120,7 @@ class PubSubConnection:
         return self._connected.is_set()
 
     async def run(self) -> None:
-        """Own the connection for the node's lifetime: connect, read, reconnect with jittered backoff."""
+        """Own the connection until cancelled: connect, read, reconnect with jittered backoff."""
         backoff = Backoff(first=0.05, cap=2.0)
         async with asyncio.TaskGroup() as tasks:
             watchdog = tasks.create_task(self._watchdog(), name="pubsub-watchdog")
@@ -108,20 +141,22 @@ class PubSubConnection:
                 watchdog.cancel()
                 self._lost()
 
-    async def request(self, kind: bytes, channel: bytes) -> None:
-        """Send SUBSCRIBE/UNSUBSCRIBE (``kind`` in lower case) and wait for Redis to confirm it."""
+    async def request(self, kind: bytes, channels: list[bytes]) -> None:
+        """Send SSUBSCRIBE/SUNSUBSCRIBE (``kind``) for channels of one slot and wait for Redis to
+        confirm each. A MOVED reply is raised as is (the caller re-routes); other failures are
+        ``HubUnavailable``."""
         try:
             async with asyncio.timeout(self._timeout):
                 await self._connected.wait()
                 conn = self._conn
                 assert conn is not None
                 future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self._waiters[channel] = (kind, future)
-                try:
-                    await conn.send_command(kind.upper(), channel, check_health=False)
-                    await future
-                finally:
-                    self._waiters.pop(channel, None)
+                request = _Request(kind, set(channels), future)
+                self._requests.append(request)
+                await conn.send_command(kind.upper(), *channels, check_health=False)
+                await future
+        except ResponseError:
+            raise
         except (TimeoutError, RedisError, OSError) as exc:
             raise HubUnavailable(f"{kind.decode()} failed: {exc!r}") from exc
 
@@ -129,22 +164,28 @@ class PubSubConnection:
         # Commands go out with check_health=False: redis-py's health check would read the reply
         # itself, racing this loop for the confirmations (the watchdog does that job).
         # push_request=True: under RESP3 pub/sub traffic arrives as push messages.
-        conn: AbstractConnection = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        conn = self._make_connection()
         try:
             await conn.connect()  # type: ignore[no-untyped-call]
-            self.generation += 1
-            if self.generation > 1:
+            self.generation = next(self._generations)
+            self._made += 1
+            if self._made > 1:
                 self.reconnects += 1
-            self._sink.on_connected(self.generation)
             channels = self._sink.wanted_channels()
+            self._sink.on_connected(channels, self.generation)
+            for group in self.by_slot(channels):
+                self._requests.append(_Request(SUBSCRIBE, set(group), channels=group))
+                await conn.send_command("SSUBSCRIBE", *group, check_health=False)
             if channels:
-                await conn.send_command("SUBSCRIBE", *channels, check_health=False)
                 log.info("pub/sub connected; subscribing %d channels", len(channels))
             self._conn = conn
             self._connected.set()
             read = _reader(conn)
             while True:
-                message = await read()
+                try:
+                    message = await read()
+                except ResponseError as exc:  # an error reply, raised rather than returned (fakeredis)
+                    message = exc
                 self._received += 1
                 self._dispatch(message)
         finally:
@@ -153,31 +194,62 @@ class PubSubConnection:
             with contextlib.suppress(Exception):
                 await conn.disconnect()
 
+    def by_slot(self, channels: list[bytes]) -> list[list[bytes]]:
+        if self._slot_of is None or not channels:
+            return [channels] if channels else []
+        slot_of = self._slot_of
+        return [list(group) for _, group in itertools.groupby(sorted(channels, key=slot_of), key=slot_of)]
+
     def _dispatch(self, message: Any) -> None:
+        if isinstance(message, ResponseError):
+            self._refused(message)
+            return
         if not isinstance(message, list) or len(message) < 3:
             return  # PONG of the watchdog's PING (counted as traffic above)
         kind, channel = message[0], message[1]
-        if kind == b"message":
+        if kind == b"smessage":
             self._sink.on_message(channel, message[2])
             return
-        if kind == b"subscribe":
-            self.confirmed.add(channel)
-        elif kind == b"unsubscribe":
-            self.confirmed.discard(channel)
-        else:
+        if kind not in (SUBSCRIBE, UNSUBSCRIBE):
             return
-        waiter = self._waiters.get(channel)
-        if waiter is not None and waiter[0] == kind and not waiter[1].done():
-            waiter[1].set_result(None)
-        if kind == b"subscribe":
+        head = self._requests[0] if self._requests else None
+        if head is None or head.kind != kind or channel not in head.waiting:
+            if kind == UNSUBSCRIBE:  # Redis dropped it by itself: the slot moved to another shard
+                self.confirmed.discard(channel)
+                self._sink.on_moved([channel])
+            return
+        head.waiting.discard(channel)
+        if kind == SUBSCRIBE:
+            self.confirmed.add(channel)
+        else:
+            self.confirmed.discard(channel)
+        if not head.waiting:
+            self._requests.popleft()
+            if head.future is not None and not head.future.done():
+                head.future.set_result(None)
+        if kind == SUBSCRIBE:
             self._sink.on_subscribed(channel, self.generation)
 
+    def _refused(self, error: ResponseError) -> None:
+        if not self._requests:
+            log.warning("unexpected error reply on the pub/sub connection: %s", error)
+            return
+        head = self._requests.popleft()
+        if head.future is not None:
+            if not head.future.done():
+                head.future.set_exception(error)
+        else:
+            log.info("subscribing %d channels on connect refused (%s); re-routing them", len(head.channels), error)
+            self._sink.on_moved(head.channels)
+
     def _lost(self) -> None:
+        lost = list(self.confirmed)
         self.confirmed.clear()
-        for _, future in list(self._waiters.values()):
-            if not future.done():
-                future.set_exception(HubUnavailable("pub/sub connection lost"))
-        self._sink.on_lost()
+        requests, self._requests = self._requests, deque()
+        for request in requests:
+            if request.future is not None and not request.future.done():
+                request.future.set_exception(HubUnavailable("pub/sub connection lost"))
+        self._sink.on_lost(lost)
 
     async def _watchdog(self) -> None:
         """Ping a silent connection; drop one that stays silent (a half-open TCP link never errors)."""

@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from wire import scripts
 from wire.env import Retention
@@ -27,7 +27,7 @@ from wire.events import (
     user_message_data,
     user_message_record,
 )
-from wire.keys import JOBS_STREAM, ConversationKeys, SessionKeys
+from wire.keys import ConversationKeys, SessionKeys
 from wire.sse import encode_event, frame_from_entry
 
 
@@ -81,7 +81,7 @@ def _text(value: Any) -> str:
 
 
 class ConversationStore:
-    def __init__(self, redis: "Redis", retention: Retention) -> None:
+    def __init__(self, redis: "Redis | RedisCluster", retention: Retention) -> None:
         self._redis = redis
         self._retention = retention
         self._post = redis.register_script(scripts.POST_MESSAGE)
@@ -104,13 +104,13 @@ class ConversationStore:
         job = Job(conversation_id, response_id, message_id, content, max_tokens)
         job_fields = [item for pair in job.to_fields().items() for item in pair]
         status, value = await self._post(
-            keys=[*keys.all, JOBS_STREAM],
+            keys=[*keys.all, keys.jobs],
             args=self._argv(
                 keys,
                 response_id,
                 user_message_record(message_id, content),
                 user_message_data(message_id, content, response_id),
-                self._retention.jobs_max,
+                self._retention.jobs_per_partition,
                 idempotency_key,
                 message_id,
                 self._retention.max_messages,
@@ -131,8 +131,10 @@ class ConversationStore:
         keys = ConversationKeys(conversation_id)
         response_id = new_id()
         status, value = await self._regenerate(
-            keys=[*keys.all, JOBS_STREAM],
-            args=self._argv(keys, response_id, replaces, self._retention.jobs_max, conversation_id, max_tokens),
+            keys=[*keys.all, keys.jobs],
+            args=self._argv(
+                keys, response_id, replaces, self._retention.jobs_per_partition, conversation_id, max_tokens
+            ),
         )
         if status == 0:
             return Busy(_text(value))

@@ -61,7 +61,7 @@ class Producer:
 
 async def numsub(redis: FakeRedis, conversation_id: str = CID) -> int:
     channel = ConversationKeys(conversation_id).channel
-    [(_, count)] = await redis.pubsub_numsub(channel)
+    [(_, count)] = await redis.pubsub_shardnumsub(channel)
     return int(count)
 
 
@@ -245,8 +245,8 @@ async def test_a_malformed_pubsub_message_is_dropped_and_counted(hub: Hub, fake_
     async with attached(hub, CID, listener):
         listener.go_live()
         reconnects = hub.reconnects
-        await fake_redis.publish(ConversationKeys(CID).channel, b"not a frame")
-        await fake_redis.publish(ConversationKeys(CID).channel, b"id: 12-x\n\n")
+        await fake_redis.spublish(ConversationKeys(CID).channel, b"not a frame")
+        await fake_redis.spublish(ConversationKeys(CID).channel, b"id: 12-x\n\n")
         first = await producer.delta("after")
         await eventually(lambda: transport.data.count(b"event: delta") == 1)
         assert hub.metrics.malformed_messages.value == 2

@@ -18,6 +18,7 @@ from tests.faultproxy import FaultProxy
 from tests.sse_client import raw_event_stream, read_events
 from tests.test_real_redis import Cluster, drain_socket, producer_env
 from wire import scripts
+from wire.keys import PARTITIONS, ConversationKeys, jobs_stream, partition_of
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -38,7 +39,11 @@ async def proxy(redis_process: RedisServer) -> AsyncIterator[FaultProxy]:
 async def proxied(redis_process: RedisServer, proxy: FaultProxy, spawn: Callable[..., Proc]) -> AsyncIterator[Cluster]:
     """A node on Redis directly, and a producer whose Redis traffic goes through the fault proxy."""
     node = spawn("server", {"REDIS_URL": redis_process.url, "STREAMFAN_HEARTBEAT_SECONDS": "1"})
-    producer = spawn("producer", {**producer_env(redis_process), "REDIS_URL": proxy.url})
+    # STREAMFAN_REDIS_CLUSTER=0: no topology probe at start, which would wait on this test's own
+    # event loop (the proxy's) while spawn() blocks it.
+    producer = spawn(
+        "producer", {**producer_env(redis_process), "REDIS_URL": proxy.url, "STREAMFAN_REDIS_CLUSTER": "0"}
+    )
     async with aiohttp.ClientSession() as session:
         cluster = Cluster(redis_process, [node], producer, spawn, session)
         yield cluster
@@ -128,7 +133,7 @@ async def test_a_retried_post_gets_the_first_reply_not_a_second_message(direct: 
 async def test_a_lost_reply_to_a_post_is_answered_with_the_first_reply(
     redis_process: RedisServer, proxy: FaultProxy, spawn: Callable[..., Proc]
 ) -> None:
-    node = spawn("server", {"REDIS_URL": proxy.url})
+    node = spawn("server", {"REDIS_URL": proxy.url, "STREAMFAN_REDIS_CLUSTER": "0"})  # no probe: see above
     spawn("producer", producer_env(redis_process))
     async with aiohttp.ClientSession() as session:
         cluster = Cluster(redis_process, [node], node, spawn, session)
@@ -149,29 +154,35 @@ async def test_a_malformed_job_never_stalls_the_producer(
 ) -> None:
     node = spawn("server", {"REDIS_URL": redis_process.url})
     spawn("producer", {**producer_env(redis_process), "STREAMFAN_PRODUCER_CONCURRENCY": "2"})
-    await asyncio.sleep(1)  # the producer created its group
-    for i in range(5):
-        redis_process.cli("XADD", "sf:jobs", "*", "garbage", str(i))
+    await asyncio.sleep(1)  # the producer created its groups
     async with aiohttp.ClientSession() as session:
         cluster = Cluster(redis_process, [node], node, spawn, session)
         cid, auth = await cluster.create()
+        jobs = ConversationKeys(cid).jobs  # bad jobs in the conversation's own partition, before its job
+        for i in range(5):
+            redis_process.cli("XADD", jobs, "*", "garbage", str(i))
         stream = await cluster.events(cid, auth)
         posted = await cluster.post(cid, auth, "answered after five bad jobs")
         got = await read_events(stream, within=15)
         stream.close()
         assert got.text(posted["response_id"]) == "answered after five bad jobs"
-    assert redis_process.cli("XLEN", "sf:jobs") == "0"
+    assert redis_process.cli("XLEN", jobs) == "0"
 
 
 async def test_a_full_jobs_backlog_is_a_503_and_no_job_is_ever_trimmed(
     redis_process: RedisServer, spawn: Callable[..., Proc]
 ) -> None:
-    node = spawn("server", {"REDIS_URL": redis_process.url, "STREAMFAN_JOBS_MAX": "3"})  # no producer
+    # Three jobs per partition (the cap is shared out among them: a cluster has no global count).
+    node = spawn("server", {"REDIS_URL": redis_process.url, "STREAMFAN_JOBS_MAX": str(3 * PARTITIONS)})  # no producer
     async with aiohttp.ClientSession() as session:
         cluster = Cluster(redis_process, [node], node, spawn, session)
-        statuses = []
-        for _ in range(5):
+        by_partition: dict[int, list[tuple[str, dict[str, str]]]] = {}
+        while not any(len(found) == 5 for found in by_partition.values()):
             cid, auth = await cluster.create()
+            by_partition.setdefault(partition_of(cid), []).append((cid, auth))
+        partition, five = next((p, found) for p, found in by_partition.items() if len(found) == 5)
+        statuses = []
+        for cid, auth in five:
             async with session.post(
                 f"{node.url}/api/conversations/{cid}/messages", json={"content": "x"}, headers=auth
             ) as resp:
@@ -179,7 +190,10 @@ async def test_a_full_jobs_backlog_is_a_503_and_no_job_is_ever_trimmed(
                 if resp.status == 503:
                     assert resp.headers["Retry-After"] and (await resp.json())["error"] == "overloaded"
         assert statuses == [202, 202, 202, 503, 503]
-        assert redis_process.cli("XLEN", "sf:jobs") == "3"
+        assert redis_process.cli("XLEN", jobs_stream(partition)) == "3"
+        other_cid, other_auth = next(found[0] for p, found in by_partition.items() if p != partition)
+        other = await cluster.post(other_cid, other_auth, "another partition has room")
+        assert other["response_id"]
 
 
 async def test_a_killed_producer_is_taken_over_within_seconds_and_the_answer_continues(direct: Cluster) -> None:
@@ -188,7 +202,7 @@ async def test_a_killed_producer_is_taken_over_within_seconds_and_the_answer_con
     text = " ".join(f"word{i}" for i in range(300))
     posted = await direct.post(cid, auth, text)
     head = await read_events(stream, count=30)
-    owner = direct.redis.cli("HGET", f"sf:{{{cid}}}:state", "owner")
+    owner = direct.redis.cli("HGET", ConversationKeys(cid).state, "owner")
     victim = next(p for p in direct.producers if owner.endswith(f"-{p.popen.pid}"))  # type: ignore[attr-defined]
     victim.stop(signal.SIGKILL)
     killed_at = time.monotonic()

@@ -75,7 +75,10 @@ def test_the_readme_documents_every_setting() -> None:
     from producer.upstream import UpstreamSettings
 
     special += ["OPENAI_API_KEY", "STREAMFAN_API_KEYS"]
+    from launch.redis_client import RedisTopology
+
     names = env_names(Settings) + env_names(ProducerSettings) + env_names(Retention) + env_names(UpstreamSettings)
+    names += env_names(RedisTopology)
     names += special
     missing = [name for name in names if f"`{name}`" not in readme]
     assert missing == []

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Self, TypeVar
 
+from wire.keys import PARTITIONS
+
 N = TypeVar("N", int, float)
 T = TypeVar("T")
 D = TypeVar("D")
@@ -90,7 +92,13 @@ class Retention:
     orphan_seconds: float = setting(60.0, "STREAMFAN_ORPHAN_SECONDS", low=1, high=86_400)
     """An answer nobody has followed on any node for this long is orphaned (see STREAMFAN_ORPHANS)."""
     jobs_max: int = setting(100_000, "STREAMFAN_JOBS_MAX", low=1, high=10**9)
-    """Most generation jobs waiting or running; a post beyond it gets 503 (jobs are never trimmed)."""
+    """Most generation jobs waiting or running; a post beyond it gets 503 (jobs are never trimmed).
+
+    Enforced per partition (a cluster has no atomic global count): each holds ``jobs_per_partition``."""
+
+    @property
+    def jobs_per_partition(self) -> int:
+        return -(-self.jobs_max // PARTITIONS)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:

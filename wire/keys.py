@@ -1,15 +1,38 @@
 """Redis key and channel names.
 
-Every key of one conversation carries the conversation id as a hash tag (``{id}``), so the keys a
-Lua script touches for one conversation hash to one Redis Cluster slot.
+Every conversation belongs to one of ``PARTITIONS`` partitions, and every key and the shard channel
+of a conversation carry its partition's hash tag (``{p17}``): what one Lua script touches lies in
+one Redis Cluster slot, the partition's jobs stream included. A fixed set of tags rather than one
+per conversation lets a node re-subscribe a whole partition's conversations with one SSUBSCRIBE
+(channels of one slot) after a reconnect, instead of one command per conversation.
+
+Changing ``PARTITIONS`` moves every conversation to other keys: it is part of the stored format.
 """
 
+import zlib
 from dataclasses import dataclass
 
 PREFIX = "sf"
-JOBS_STREAM = f"{PREFIX}:jobs"
-"""Redis Stream of generation jobs, consumed by the producers' consumer group."""
+PARTITIONS = 128
 JOBS_GROUP = "producers"
+"""The producers' consumer group on every partition's jobs stream."""
+
+
+def partition_of(conversation_id: str) -> int:
+    """The conversation's partition (CRC-32 of its id: stable across processes and versions)."""
+    return zlib.crc32(conversation_id.encode()) % PARTITIONS
+
+
+def partition_tag(partition: int) -> str:
+    return f"{{p{partition}}}"
+
+
+def jobs_stream(partition: int) -> str:
+    """Redis Stream of the partition's generation jobs, read by the producers' consumer group."""
+    return f"{PREFIX}:{partition_tag(partition)}:jobs"
+
+
+ALL_JOBS_STREAMS = tuple(jobs_stream(p) for p in range(PARTITIONS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,8 +42,17 @@ class ConversationKeys:
     conversation_id: str
 
     @property
+    def partition(self) -> int:
+        return partition_of(self.conversation_id)
+
+    @property
     def _base(self) -> str:
-        return f"{PREFIX}:{{{self.conversation_id}}}"
+        return f"{PREFIX}:{partition_tag(self.partition)}:{self.conversation_id}"
+
+    @property
+    def jobs(self) -> str:
+        """The jobs stream of the conversation's partition (same slot as its other keys)."""
+        return jobs_stream(self.partition)
 
     @property
     def events(self) -> str:
@@ -29,7 +61,7 @@ class ConversationKeys:
 
     @property
     def channel(self) -> str:
-        """Pub/sub channel carrying each event's SSE frame, live."""
+        """Shard channel (SPUBLISH/SSUBSCRIBE) carrying each event's SSE frame, live."""
         return f"{self._base}:live"
 
     @property
@@ -72,7 +104,6 @@ class SessionKeys:
 
 
 def conversation_id_from_channel(channel: bytes) -> str:
-    """Inverse of ``ConversationKeys.channel``."""
+    """Inverse of ``ConversationKeys.channel``: ``sf:{p17}:<id>:live``."""
     text = channel.decode("ascii")
-    start, end = text.index("{") + 1, text.rindex("}")
-    return text[start:end]
+    return text[text.index("}:") + 2 : text.rindex(":")]

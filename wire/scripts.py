@@ -1,6 +1,7 @@
 """The Lua scripts that change a conversation: each is one atomic Redis round trip.
 
-Appending an event to the history stream and publishing its SSE frame happen in the same script,
+Appending an event to the history stream and publishing its SSE frame (SPUBLISH on the
+conversation's shard channel, which lives in the slot of its keys) happen in the same script,
 so the live path and every replay agree on ids and bytes (the frame is ``wire.sse.encode_event``'s
 output for one-line data). Retention is applied on every write: the stream is capped with
 ``MAXLEN ~`` and all of the conversation's keys expire ``ttl`` seconds after its last event.
@@ -23,7 +24,7 @@ local function append_event(etype, data)
   if string.find(data, '[\r\n]') then error('event data must be one line') end
   local id = redis.call('XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 't', etype, 'd', data)
   redis.call('HSETNX', STATE, 'first_id', id)
-  redis.call('PUBLISH', CHANNEL, 'id: ' .. id .. '\nevent: ' .. etype .. '\ndata: ' .. data .. '\n\n')
+  redis.call('SPUBLISH', CHANNEL, 'id: ' .. id .. '\nevent: ' .. etype .. '\ndata: ' .. data .. '\n\n')
   return id
 end
 
@@ -52,9 +53,9 @@ end
 POST_MESSAGE: Final = (
     _PRELUDE
     + r"""
--- KEYS[5] = jobs stream. ARGV: 4 response id, 5 user message record, 6 user_message event data,
--- 7 most jobs waiting, 8 idempotency key, 9 message id, 10 messages kept, 11.. job fields as name,
--- value pairs.
+-- KEYS[5] = the partition's jobs stream. ARGV: 4 response id, 5 user message record, 6 user_message
+-- event data, 7 most jobs waiting in the partition, 8 idempotency key, 9 message id, 10 messages kept,
+-- 11.. job fields as name, value pairs.
 -- Returns {1, reply} (posted), {2, reply} (this idempotency key posted already: the same reply,
 -- so a retry after a lost reply is answered, never doubled), {0, active response id} while an
 -- answer is still generating, or {-1, ''} when the jobs backlog is full (nothing written). The
@@ -80,8 +81,8 @@ return {1, reply}
 REGENERATE: Final = (
     _PRELUDE
     + r"""
--- KEYS[5] = jobs stream. ARGV: 4 new response id, 5 the answer it replaces, 6 most jobs waiting,
--- 7 conversation id, 8 max tokens.
+-- KEYS[5] = the partition's jobs stream. ARGV: 4 new response id, 5 the answer it replaces, 6 most
+-- jobs waiting in the partition, 7 conversation id, 8 max tokens.
 -- A new version of the conversation's last answer, for the same user message: a 'regenerate'
 -- event (the new response id, the one it replaces, the user message) and a job for it. The old
 -- version stays in the history; the new one is stored with 'replaces'.
@@ -149,13 +150,15 @@ DELTA: Final = (
 -- ARGV: 4 response id, 5 owner, 6 delta index, 7 text, 8 delta event data, 9 (optional) the
 -- producer's clock in ms.
 -- Returns {1, event id}; {0} if this index was appended already (a retry); {-1} if the answer
--- is no longer this producer's; {-2} if a cancel was asked (the producer then finishes it).
+-- is no longer this producer's; {-2} if a cancel was asked (the producer then finishes it);
+-- {-3, next index} if deltas before this one are missing (a failover lost writes Redis had
+-- acknowledged: the producer sends them again).
 local st = redis.call('HMGET', STATE, 'active', 'owner', 'next', 'cancel', 'touched')
 if st[1] ~= ARGV[4] or st[2] ~= ARGV[5] then return {-1} end
 if st[4] then return {-2} end
 local index, expected = tonumber(ARGV[6]), tonumber(st[3])
 if index < expected then return {0} end
-if index > expected then return redis.error_reply('delta index ' .. index .. ' skips ' .. expected) end
+if index > expected then return {-3, expected} end
 local id = append_event('delta', ARGV[8])
 redis.call('APPEND', DRAFT, ARGV[7])
 -- Refreshing four TTLs per chunk was a fifth of the script's work: they are refreshed when a

@@ -1,0 +1,138 @@
+"""The producers' shared queue: one jobs stream per partition, one consumer group on each.
+
+A job is posted into its conversation's partition (``wire.keys``), in the same script and slot as the
+conversation's keys, so a Redis Cluster never sees a cross-slot write. Producers read every
+partition fairly: each read goes on round the partitions from where the last one stopped, at most
+one job per partition per pass, pipelined a window at a time (a cluster pipeline sends each node its
+share at once). Redis has no blocking read across slots, so an idle producer passes over all
+partitions every ``poll_seconds``: 128 cheap commands, a few round trips.
+
+A job is named by its stream and entry id (entry ids are only unique within one stream).
+"""
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ResponseError
+
+from wire.keys import ALL_JOBS_STREAMS, JOBS_GROUP
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    stream: bytes
+    entry_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedJob:
+    ref: JobRef
+    fields: dict[bytes, bytes]
+
+
+class PartitionedJobs:
+    def __init__(self, redis: "Redis | RedisCluster", consumer: str) -> None:
+        self._redis = redis
+        self._consumer = consumer
+        self._streams = [s.encode() for s in ALL_JOBS_STREAMS]
+        self._cursor = 0
+        self._groups_ready: set[bytes] = set()
+
+    async def read(self, count: int) -> list[QueuedJob]:
+        """At most ``count`` new jobs, going on round the partitions; ``[]`` after a whole empty pass."""
+        found: list[QueuedJob] = []
+        scanned = 0
+        while scanned < len(self._streams) and len(found) < count:
+            window = min(count - len(found), len(self._streams) - scanned)
+            streams = [self._streams[(self._cursor + i) % len(self._streams)] for i in range(window)]
+            self._cursor = (self._cursor + window) % len(self._streams)
+            scanned += window
+            found += await self._read_window(streams)
+        return found
+
+    async def _read_window(self, streams: list[bytes]) -> list[QueuedJob]:
+        await self._ensure_groups(s for s in streams if s not in self._groups_ready)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xreadgroup(JOBS_GROUP, self._consumer, {stream: ">"}, count=1)
+            replies = await pipe.execute(raise_on_error=False)
+        jobs = []
+        for stream, reply in zip(streams, replies, strict=True):
+            if isinstance(reply, Exception):
+                if not isinstance(reply, ResponseError) or "NOGROUP" not in str(reply):
+                    raise reply
+                self._groups_ready.discard(stream)  # Redis lost it (a restart without persistence)
+                continue
+            for _, entries in _entries(reply):
+                jobs += [QueuedJob(JobRef(stream, entry_id), fields) for entry_id, fields in entries]
+        return jobs
+
+    async def _ensure_groups(self, streams: Iterable[bytes]) -> None:
+        missing = list(streams)
+        if not missing:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in missing:
+                pipe.xgroup_create(stream, JOBS_GROUP, id="0", mkstream=True)
+            replies = await pipe.execute(raise_on_error=False)
+        for stream, reply in zip(missing, replies, strict=True):
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise reply
+            self._groups_ready.add(stream)
+
+    async def ack(self, ref: JobRef) -> None:
+        """Done with the job: acknowledged and deleted (the stream holds only jobs someone waits for)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(ref.stream, JOBS_GROUP, ref.entry_id)
+            pipe.xdel(ref.stream, ref.entry_id)
+            await pipe.execute()
+
+    async def refresh(self, mine: Iterable[JobRef]) -> None:
+        """Re-claim this producer's jobs: their idle time restarts, so nobody takes them over."""
+        by_stream: dict[bytes, list[bytes]] = defaultdict(list)
+        for ref in mine:
+            by_stream[ref.stream].append(ref.entry_id)
+        if not by_stream:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                pipe.xclaim(stream, JOBS_GROUP, self._consumer, 0, list(ids), justid=True)
+            await pipe.execute()
+
+    async def abandoned(self, idle_ms: int, count: int) -> list[QueuedJob]:
+        """Claim at most ``count`` jobs idle for ``idle_ms`` (their producer stopped), fairly across
+        partitions. An entry deleted meanwhile comes back with no fields: the caller acknowledges it."""
+        claimed: list[QueuedJob] = []
+        for stream in self._streams:
+            start: bytes | str = "0-0"
+            while len(claimed) < count:
+                try:
+                    reply = await self._redis.xautoclaim(
+                        stream, JOBS_GROUP, self._consumer, idle_ms, start_id=start, count=1
+                    )
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    break  # not read from since Redis lost it: nothing is pending there
+                start = reply[0]
+                claimed += [QueuedJob(JobRef(stream, entry_id), fields or {}) for entry_id, fields in reply[1]]
+                if start in (b"0-0", "0-0"):
+                    break
+            if len(claimed) >= count:
+                break
+        return claimed
+
+
+def _entries(reply: Any) -> list[tuple[Any, list[tuple[bytes, dict[bytes, bytes]]]]]:
+    """XREADGROUP's reply as (stream, entries) pairs, under RESP2 (a list) or RESP3 (a map)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [(stream, entries) for stream, entries in reply.items()]
+    return [(stream, entries) for stream, entries in reply]
