@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from launch.certificate import dev_certificate
 from launch.processes import (
     ROOT,
     Member,
@@ -167,7 +168,7 @@ class LocalCluster:
             "NGINX_ERROR_LOG": str(self.workdir / "logs" / "nginx-error.log"),
             "STREAMFAN_LISTEN": f"127.0.0.1:{self.port}",
             "STREAMFAN_TLS_LISTEN": f"127.0.0.1:{self.tls_port}",
-            **self._dev_certificate(),
+            **dev_certificate(self.workdir / "tls"),
             "STREAMFAN_MAX_BODY": "64k",
             **self.nginx_limits,
             "STREAMFAN_UPSTREAM_SERVERS": " ".join(
@@ -191,33 +192,6 @@ class LocalCluster:
                 process_group=0,
             )
         wait_for_port(self.port, proc=self.nginx)
-
-    def _dev_certificate(self) -> dict[str, str]:
-        """A self-signed certificate for localhost (made once per cluster with openssl)."""
-        folder = self.workdir / "tls"
-        cert, key = folder / "cert.pem", folder / "key.pem"
-        if not cert.exists():
-            folder.mkdir(exist_ok=True)
-            openssl = [find_binary("openssl", "openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes"]
-            subprocess.run(
-                [
-                    *openssl,
-                    "-days",
-                    "30",
-                    "-keyout",
-                    str(key),
-                    "-out",
-                    str(cert),
-                    "-subj",
-                    "/CN=localhost",
-                    "-addext",
-                    "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                ],
-                check=True,
-                capture_output=True,
-            )
-            os.chmod(key, 0o644)  # nginx's workers run as nobody when started as root
-        return {"STREAMFAN_TLS_CERT": str(cert), "STREAMFAN_TLS_KEY": str(key)}
 
     def restart_balancer(self, sig: int = signal.SIGKILL) -> None:
         """Stop nginx with ``sig`` and start it again on the same port."""

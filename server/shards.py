@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from server.pubsub import SUBSCRIBE, UNSUBSCRIBE, HubUnavailable, PubSubConnection
 from wire.backoff import Backoff
@@ -222,7 +222,7 @@ class ShardedPubSub:
             try:
                 await self._cluster.initialize()
                 break
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:  # e.g. slots not assigned yet
                 log.warning("reading the Redis Cluster map failed (%r); retrying", exc)
                 await asyncio.sleep(backoff.next_delay())
         self._apply_map()
@@ -245,7 +245,7 @@ class ShardedPubSub:
                 return False
             try:
                 await self._cluster.nodes_manager.initialize()
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 log.warning("reading the Redis Cluster map failed (%r)", exc)
                 self._stale.set()
                 return False

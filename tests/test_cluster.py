@@ -77,6 +77,23 @@ async def stored_answer(session: aiohttp.ClientSession, base: str, cid: str, aut
     return str(body["messages"][-1]["content"])
 
 
+def test_the_load_tester_on_a_redis_cluster_loses_nothing(tmp_path: Path) -> None:
+    """The same load, with a Redis Cluster of 3 primaries (and replicas) behind the nodes."""
+    env = {**PACING, "STREAMFAN_GENERATOR": "echo"}
+    cluster = LocalCluster(nodes=2, producers=2, env=env, workdir=tmp_path, redis_cluster=3)
+    cluster.start()
+    try:
+        result, _ = run_loadtest(
+            tmp_path,
+            *("--url", cluster.url, "--clients", "90", "--conversations", "30", "--duration", "4"),
+            *("--ramp-up", "0.5", "--max-tokens", "40"),
+            timeout=90,
+        )
+    finally:
+        cluster.stop()
+    assert result["answers_done"] >= 30 and result["answers_mismatched"] == 0 and result["connect_errors"] == 0
+
+
 def test_the_load_tester_through_nginx_loses_nothing(local_cluster: LocalCluster, tmp_path: Path) -> None:
     result, _ = run_loadtest(
         tmp_path,
@@ -363,9 +380,14 @@ def test_docker_compose_file_validates(tmp_path: Path) -> None:
     assert "condition: service_healthy" in done.stdout
     assert "noeviction" in done.stdout and "--requirepass" in done.stdout and "redis-server" in done.stdout
     profiles = subprocess.run([*args, "--profile", "loadtest", "config", "--services"], capture_output=True, text=True)
-    assert set(profiles.stdout.split()) == {"redis", "producer", "server", "tls-init", "balancer", "loadtest"}, (
-        profiles.stderr
-    )
+    members = {f"redis-cluster-{i}" for i in range(1, 7)} | {"redis-cluster-init"}  # --profile cluster
+    services = {"redis", "producer", "server", "tls-init", "balancer", "loadtest"}
+    assert set(profiles.stdout.split()) in (services, services | members), profiles.stderr
+    clustered = subprocess.run([*args, "--profile", "cluster", "config"], capture_output=True, text=True, env=env)
+    assert clustered.returncode == 0, clustered.stderr
+    for i in range(1, 7):
+        assert f"redis-cluster-{i}:" in clustered.stdout
+    assert "--cluster-enabled" in clustered.stdout and "--cluster-replicas 1" in clustered.stdout
     # Without either secret it refuses, saying which.
     bare = {k: v for k, v in os.environ.items() if k not in ("STREAMFAN_SECRET", "REDIS_PASSWORD")}
     for name, content in (("REDIS_PASSWORD", ""), ("STREAMFAN_SECRET", "REDIS_PASSWORD=" + "a1b2c3d4e5f6a7b8" * 2)):

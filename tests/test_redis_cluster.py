@@ -165,7 +165,23 @@ def _ssubscribes(member: RedisServer) -> int:
     return int(stats.get("cmdstat_ssubscribe", {}).get("calls", 0))
 
 
-# -- faults: failover and slot migration mid-answer -------------------------------------------------
+# -- faults: lost connections, failover and slot migration mid-answer ---------------------------------
+
+
+async def test_the_shards_pubsub_connections_killed_mid_answer_lose_nothing(
+    cluster: Cluster, shared_cluster: RedisClusterServers
+) -> None:
+    cid, auth = await cluster.create()
+    on_a, on_b = await cluster.events(cid, auth, 0), await cluster.events(cid, auth, 1)
+    await cluster.post(cid, auth, LONG)
+    head = await read_events(on_a, count=10)
+    shard = primary_of(shared_cluster, ConversationKeys(cid).channel)
+    killed = client(shard).execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # type: ignore[no-untyped-call]
+    assert int(killed) >= 2  # each node's connection to the conversation's shard
+    pieces_a = [head, *await follow_to_the_end(cluster, cid, auth, on_a, 0)]
+    pieces_b = await follow_to_the_end(cluster, cid, auth, on_b, 1)
+    assert delta_text(pieces_a) == delta_text(pieces_b) == LONG
+    assert (await cluster.history(cid, auth))["messages"][-1]["content"] == LONG
 
 
 async def test_a_primary_killed_mid_answer_loses_nothing(faulty: Cluster, fresh_cluster: RedisClusterServers) -> None:

@@ -1,0 +1,97 @@
+"""Redis CPU per chunk (the DELTA script) and per extra subscriber, against a plain SPUBLISH.
+
+Starts its own redis-server on a free loopback port, appends N deltas to 200 conversations through
+the project's DELTA script (pipelined 1,000 at a time, like the producer), then sends as many plain
+SPUBLISH of an event-sized frame, and prints Redis' own CPU time (INFO cpu) per call. Repeated with
+0, 1 and 4 subscribed connections (nodes) per channel, which read and discard what they get.
+
+    .venv/bin/python scripts/redis_cost.py [N]
+"""
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import redis as sync_redis
+from redis.asyncio import Redis
+
+from launch.processes import RedisServer
+from wire import scripts
+from wire.events import delta_data
+from wire.keys import ConversationKeys
+
+CONVERSATIONS = 200
+BATCH = 1000
+
+
+def redis_cpu(client: "sync_redis.Redis") -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+async def subscribe_all(port: int, channels: list[str]) -> "asyncio.Task[None]":
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for channel in channels:
+        writer.write(b"*2\r\n$10\r\nSSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(channel), channel.encode()))
+
+    async def drain() -> None:
+        while await reader.read(1 << 20):
+            pass
+
+    return asyncio.create_task(drain())
+
+
+async def measure(subscribers: int, n: int) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        admin = sync_redis.Redis(port=server.port)
+        client = Redis(port=server.port)
+        keys = [ConversationKeys(f"conversation{i:06d}aaaaaa") for i in range(CONVERSATIONS)]
+        for k in keys:
+            admin.hset(k.state, mapping={"active": "r", "owner": "p", "next": 0})
+        readers = [await subscribe_all(server.port, [k.channel for k in keys]) for _ in range(subscribers)]
+        sha = admin.script_load(scripts.DELTA)
+        nxt = [0] * CONVERSATIONS
+        before = redis_cpu(admin)
+        for start in range(0, n, BATCH):
+            pipe = client.pipeline(transaction=False)
+            for j in range(start, start + BATCH):
+                c = j % CONVERSATIONS
+                k, i = keys[c], nxt[c]
+                nxt[c] += 1
+                argv = scripts.conversation_argv(k.channel, 10_000, 86_400, "r", "p", i, "tok ")
+                pipe.evalsha(sha, 4, *k.all, *argv, delta_data("r", i, "tok ", int(time.time() * 1000)))
+            await pipe.execute()
+        delta_cpu = redis_cpu(admin) - before
+        frame = "id: 1-0\nevent: delta\ndata: " + delta_data("r", 0, "tok ", 0) + "\n\n"
+        before = redis_cpu(admin)
+        for start in range(0, n, BATCH):
+            pipe = client.pipeline(transaction=False)
+            for j in range(start, start + BATCH):
+                pipe.execute_command("SPUBLISH", keys[j % CONVERSATIONS].channel, frame)
+            await pipe.execute()
+        publish_cpu = redis_cpu(admin) - before
+        print(
+            f"{subscribers} subscribers: DELTA {1e6 * delta_cpu / n:.1f} µs/chunk, "
+            f"plain SPUBLISH {1e6 * publish_cpu / n:.1f} µs/message"
+        )
+        for task in readers:
+            task.cancel()
+        await client.aclose()
+        admin.close()
+    finally:
+        server.remove()
+
+
+async def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 40_000
+    for subscribers in (0, 1, 4):
+        await measure(subscribers, n)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
