@@ -1,4 +1,5 @@
-"""``python -m launch.bench``: every scenario against one node and against two, on a real Redis.
+"""``python -m launch.bench``: every scenario against one node and against two, on a real Redis
+(and with ``--redis-cluster N`` on a Redis Cluster too).
 
 Starts the topology itself for each run (``launch.cluster.LocalCluster``: a redis-server on a free
 loopback port, one producer paced for the scenario, N nodes, no balancer so the nodes alone are
@@ -41,16 +42,23 @@ SCENARIOS = {
 
 
 def run_one(
-    key: str, scenario: Scenario, nodes: int, out: Path, workers: int, scale: float, duration: float | None
+    key: str,
+    scenario: Scenario,
+    nodes: int,
+    out: Path,
+    workers: int,
+    scale: float,
+    duration: float | None,
+    redis_cluster: int = 0,
 ) -> dict[str, Any]:
     env = {
         "STREAMFAN_SIM_TOKENS_PER_SECOND": str(scenario.tokens_per_second),
         "STREAMFAN_SIM_TTFT_MS": "100",
         "STREAMFAN_SIM_JITTER": "0.1",
     }
-    cluster = LocalCluster(nodes=nodes, producers=1, env=env, balancer=False)
+    cluster = LocalCluster(nodes=nodes, producers=1, env=env, balancer=False, redis_cluster=redis_cluster)
     cluster.start()
-    stem = f"{key}-{nodes}node"
+    stem = f"{key}-{nodes}node" + (f"-cluster{redis_cluster}" if redis_cluster else "")
     clients = max(1, int(scenario.clients * scale))
     conversations = max(1, int(scenario.conversations * scale))
     args = [sys.executable, "-m", "loadtest", "--scenario", scenario.name, "--quiet"]
@@ -67,6 +75,7 @@ def run_one(
     (out / f"{stem}.txt").write_text(" ".join(args[1:]) + "\n\n" + done.stdout + done.stderr)
     result: dict[str, Any] = json.loads((out / f"{stem}.json").read_text())
     result["command"] = "python " + " ".join(args[1:]).replace(str(out), "OUT")
+    result["redis"] = f"cluster of {redis_cluster}" if redis_cluster else "one"
     return result
 
 
@@ -76,9 +85,9 @@ def _ms(value: float | None) -> str:
 
 def table(rows: list[tuple[str, int, dict[str, Any]]]) -> str:
     lines = [
-        "| scenario | nodes | clients / conv. | chunks/s | p50 ms | p99 ms | max ms | lost/dup/reord. | "
+        "| scenario | nodes | Redis | clients / conv. | chunks/s | p50 ms | p99 ms | max ms | lost/dup/reord. | "
         "client CPU | server KiB/conn | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, nodes, r in rows:
         lat = r["latency_ms"]
@@ -91,7 +100,8 @@ def table(rows: list[tuple[str, int, dict[str, Any]]]) -> str:
             note = "no step under the bound"
         memory = r.get("server_memory", {}).get("kib_per_connection")
         lines.append(
-            f"| {name} | {nodes} | {r['config']['clients']} / {r['config']['conversations']} | "
+            f"| {name} | {nodes} | {r.get('redis', 'one')} | "
+            f"{r['config']['clients']} / {r['config']['conversations']} | "
             f"{r['chunks_per_second']} | {_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['max'])} | "
             f"{r['lost']}/{r['duplicated']}/{r['reordered']} | {r['client_cpu_percent_of_one_core']}% | "
             f"{memory if memory is not None else '-'} | {'OK' if r['ok'] else 'FAILED'} {note} |"
@@ -106,6 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="bench-results", help="directory for JSON, SVG and summary.md")
     parser.add_argument("--workers", type=int, default=2, help="load-client processes (default: 2)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply clients and conversations (0.01..1)")
+    parser.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run every row on a Redis Cluster of N primaries (each with a replica)",
+    )
     parser.add_argument("--duration", type=float, help="seconds per run instead of each scenario's own (2..600)")
     args = parser.parse_args(argv)
     if not 0.01 <= args.scale <= 1:
@@ -114,13 +131,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--duration must be within 2..600 seconds")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.redis_cluster and not 3 <= args.redis_cluster <= 16:
+        parser.error("--redis-cluster needs 3 to 16 primaries")
     rows = []
     for name in args.scenario or list(SCENARIOS):
         for nodes in args.nodes or [1, 2]:
-            print(f"==> {name} on {nodes} node(s)", flush=True)
-            result = run_one(name, SCENARIOS[name], nodes, out, args.workers, args.scale, args.duration)
-            rows.append((name, nodes, result))
-            print(table([(name, nodes, result)]).splitlines()[-1], flush=True)
+            for shards in sorted({0, args.redis_cluster}):
+                print(f"==> {name} on {nodes} node(s), Redis: {shards or 'one'}", flush=True)
+                result = run_one(name, SCENARIOS[name], nodes, out, args.workers, args.scale, args.duration, shards)
+                rows.append((name, nodes, result))
+                print(table([(name, nodes, result)]).splitlines()[-1], flush=True)
     summary = table(rows) + "\n\nCommands:\n\n" + "\n".join(f"    {r['command']}" for _, _, r in rows) + "\n"
     (out / "summary.md").write_text(summary)
     print(summary)

@@ -60,7 +60,7 @@ async def test_published_frame_equals_python_encoding_and_replayed_frame(fake_re
     await fake_redis.hset(keys.state, mapping={"active": "r1", "owner": "p", "next": 0})
     pubsub = fake_redis.pubsub()
     await pubsub.ssubscribe(keys.channel)
-    await pubsub.get_sharded_message(timeout=1)
+    await pubsub.get_message(timeout=1)
     text = '  🚀 naïve\r\n"quoted" \\ </script>\u2028'
     data = delta_data("r1", 0, text, 123)
     delta = fake_redis.register_script(scripts.DELTA)
@@ -68,7 +68,7 @@ async def test_published_frame_equals_python_encoding_and_replayed_frame(fake_re
         keys=list(keys.all), args=scripts.conversation_argv(keys.channel, 1000, 3600, "r1", "p", 0, text, data)
     )
     assert ok == 1
-    message = await pubsub.get_sharded_message(timeout=1)
+    message = await pubsub.get_message(timeout=1)
     assert message is not None
     published = message["data"]
     assert published == encode_event(event_id.decode(), "delta", data)
