@@ -4,13 +4,19 @@ A job is posted into its conversation's partition (``wire.keys``), in the same s
 conversation's keys, so a Redis Cluster never sees a cross-slot write. Producers read every
 partition fairly: each read goes on round the partitions from where the last one stopped, at most
 one job per partition per pass, pipelined a window at a time (a cluster pipeline sends each node its
-share at once). Redis has no blocking read across slots, so an idle producer passes over all
-partitions every ``poll_seconds``: 128 cheap commands, a few round trips.
+share at once).
+
+An idle producer waits for the next job with one blocking XREADGROUP over every partition on a
+standalone Redis (it wakes with the first job posted). A cluster has no blocking read across slots:
+there an idle producer passes over the partitions every ``POLL_SECONDS`` instead (128 cheap
+commands, a round trip per shard).
 
 A job is named by its stream and entry id (entry ids are only unique within one stream).
 """
 
+import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +28,11 @@ from redis.exceptions import ResponseError
 from wire.keys import ALL_JOBS_STREAMS, JOBS_GROUP
 
 log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.05
+"""How often an idle producer looks at every partition of a cluster."""
+BLOCK_MS = 2000
+"""The longest blocking wait on a standalone Redis (then the loop goes round: shutdown, groups)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,29 @@ class PartitionedJobs:
             scanned += window
             found += await self._read_window(streams)
         return found
+
+    async def wait(self) -> list[QueuedJob]:
+        """Wait for new jobs: up to one per partition that has one, often exactly one."""
+        if isinstance(self._redis, RedisCluster):
+            await asyncio.sleep(POLL_SECONDS)
+            return []
+        await self._ensure_groups(s for s in self._streams if s not in self._groups_ready)
+        asked = time.monotonic()
+        reply = await self._redis.xreadgroup(
+            JOBS_GROUP, self._consumer, dict.fromkeys(self._streams, ">"), count=1, block=BLOCK_MS
+        )
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError  # fakeredis swallows the cancellation of a blocking read
+        jobs = [
+            QueuedJob(JobRef(stream, entry_id), fields)
+            for stream, entries in _entries(reply)
+            for entry_id, fields in entries
+        ]
+        if not jobs and time.monotonic() - asked < BLOCK_MS / 2000:
+            # fakeredis (the embedded broker) answers a blocking read at once: do not spin.
+            await asyncio.sleep(POLL_SECONDS)
+        return jobs
 
     async def _read_window(self, streams: list[bytes]) -> list[QueuedJob]:
         await self._ensure_groups(s for s in streams if s not in self._groups_ready)

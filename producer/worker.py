@@ -28,8 +28,6 @@ from wire.events import FinishReason, Job, parse_event_id
 
 log = logging.getLogger(__name__)
 
-_POLL_SECONDS = 0.05
-"""An idle producer looks for new jobs this often (see ``producer.jobs``: no blocking read spans slots)."""
 _MAX_READ = 32
 
 
@@ -88,34 +86,33 @@ class Worker:
         backoff = Backoff(first=0.1, cap=5.0)
         while True:
             try:
-                found = await self._read_jobs()
+                await self._read_jobs()
                 backoff.reset()
             except (RedisError, OSError) as exc:
                 delay = backoff.next_delay()
                 log.warning("reading jobs failed (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                continue
-            if not found:
-                await asyncio.sleep(_POLL_SECONDS)
 
-    async def _read_jobs(self) -> int:
-        """Take as many new jobs as there are free slots (at least one, at most ``_MAX_READ``)."""
+    async def _read_jobs(self) -> None:
+        """Take as many new jobs as there are free slots (at least one, at most ``_MAX_READ``);
+        when there are none, wait for the next ones."""
         await self._slots.acquire()
         free = 1
         while free < _MAX_READ and not self._slots.locked():
             await self._slots.acquire()
             free += 1
         try:
-            jobs = await self._jobs.read(free)
+            jobs = await self._jobs.read(free) or await self._jobs.wait()
         except BaseException:
             for _ in range(free):
                 self._slots.release()
             raise
         for _ in range(free - len(jobs)):
             self._slots.release()
-        for job in jobs:
+        for i, job in enumerate(jobs):
+            if i >= free:  # a wait can bring one per partition: each still runs in a slot of its own
+                await self._slots.acquire()
             self._launch(job, recovered=False)
-        return len(jobs)
 
     def _launch(self, job: QueuedJob, *, recovered: bool) -> None:
         assert self._group is not None, "jobs run inside run()'s task group"

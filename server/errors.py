@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from redis.exceptions import ClusterDownError, OutOfMemoryError, RedisClusterException, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,17 @@ def guarded(handler: Handler) -> Handler:
     return functools.update_wrapper(wrapped, handler)
 
 
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    RedisClusterException,
+    OSError,
+    TimeoutError,
+)
+
+
 async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
@@ -74,9 +85,10 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
             raise
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         raise JSONError(exc.status, exc.reason, headers=allow) from None
-    except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
-        # Redis is unreachable (restarting, failing over, out of connections): say so, and when to
-        # try again; one log line per interval, not one traceback per request.
+    except _UNAVAILABLE as exc:
+        # Redis is unreachable (restarting, a cluster shard failing over or its slot migrating, out
+        # of connections): say so, and when to try again; one log line per interval, not one
+        # traceback per request.
         if _redis_down.allow():
             log.warning("Redis unavailable (%r; %d more since the last report)", exc, _redis_down.take_suppressed())
         raise JSONError(

@@ -8,8 +8,12 @@ import json
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 
 from producer.generator import Pacing
+from server.errors import JSONError, guarded
 from tests.conftest import fast_producer, node_settings
 from tests.sse_client import assert_strictly_increasing, read_events
 
@@ -374,3 +378,21 @@ async def test_every_key_of_a_conversation_expires_even_after_a_long_answer(clie
     ttls = {key: await redis.ttl(key) for key in keys.all if await redis.exists(key)}
     assert keys.events in ttls and keys.state in ttls and keys.messages in ttls
     assert all(0 < ttl <= 86_400 for ttl in ttls.values()), ttls
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ClusterDownError("CLUSTERDOWN The cluster is down"),
+        TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
+        SlotNotCoveredError("Slot 17 is not covered by the cluster"),
+    ],
+)
+async def test_a_cluster_shard_failing_over_is_a_503_not_a_500(error: Exception) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise error
+
+    request = make_mocked_request("GET", "/api/conversations/x")
+    with pytest.raises(JSONError) as raised:
+        await guarded(handler)(request)
+    assert raised.value.status == 503 and raised.value.headers["Retry-After"] == "1"

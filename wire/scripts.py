@@ -19,12 +19,20 @@ local unpack = unpack or table.unpack
 local STATE, MESSAGES, DRAFT, EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local CHANNEL, MAXLEN, TTL = ARGV[1], ARGV[2], ARGV[3]
 
-local function append_event(etype, data)
+local function publish_event(etype, data)
   -- Appending is the first write of every script, so a refused event leaves nothing half done.
   if string.find(data, '[\r\n]') then error('event data must be one line') end
   local id = redis.call('XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 't', etype, 'd', data)
-  redis.call('HSETNX', STATE, 'first_id', id)
   redis.call('SPUBLISH', CHANNEL, 'id: ' .. id .. '\nevent: ' .. etype .. '\ndata: ' .. data .. '\n\n')
+  return id
+end
+
+local function append_event(etype, data)
+  -- Every event but a delta may be a conversation's first: it records the first id ever
+  -- (replays from the start check it was not trimmed away). A delta always follows its answer's
+  -- user message or regenerate event, so the per-chunk script skips that write.
+  local id = publish_event(etype, data)
+  redis.call('HSETNX', STATE, 'first_id', id)
   return id
 end
 
@@ -159,7 +167,7 @@ if st[4] then return {-2} end
 local index, expected = tonumber(ARGV[6]), tonumber(st[3])
 if index < expected then return {0} end
 if index > expected then return {-3, expected} end
-local id = append_event('delta', ARGV[8])
+local id = publish_event('delta', ARGV[8])
 redis.call('APPEND', DRAFT, ARGV[7])
 -- Refreshing four TTLs per chunk was a fifth of the script's work: they are refreshed when a
 -- quarter of the retention has passed since the last refresh, so a slow model never outlives them
