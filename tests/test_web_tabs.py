@@ -117,7 +117,9 @@ def test_titles_are_plain_and_conversations_can_be_renamed_and_deleted(
     page.once("dialog", lambda dialog: dialog.accept("Renamed by hand"))
     page.click(f"#conversation-list button.rename-chat[data-id='{cid}']")
     page.wait_for_function(
-        f"document.querySelector(`#conversation-list a[href='/c/{cid}']`).innerText === 'Renamed by hand'"
+        # A function, not an expression: Playwright evals a bare expression in the page, which the
+        # page's CSP (no 'unsafe-eval') refuses whenever the first check is not already true.
+        f"() => document.querySelector(`#conversation-list a[href='/c/{cid}']`).innerText === 'Renamed by hand'"
     )
     assert page.locator("#title").inner_text() == "Renamed by hand"
     page.reload()  # the name is kept, not replaced by the first message's
@@ -125,7 +127,7 @@ def test_titles_are_plain_and_conversations_can_be_renamed_and_deleted(
     assert page.locator(f"#conversation-list a[href='/c/{cid}']").inner_text() == "Renamed by hand"
     page.once("dialog", lambda dialog: dialog.accept())
     page.click(f"#conversation-list button.delete-chat[data-id='{cid}']")
-    page.wait_for_function(f"!document.querySelector(`#conversation-list a[href='/c/{cid}']`)")
+    page.wait_for_function(f"() => !document.querySelector(`#conversation-list a[href='/c/{cid}']`)")
     assert page.url.endswith("/") and page.locator("article.msg").count() == 0
     status = page.evaluate(f"fetch('/api/conversations/{cid}').then(r => r.status)")
     assert status in (401, 404)  # deleted on the node, its cookie no longer opens it
