@@ -97,22 +97,30 @@ class Worker:
         """Take as many new jobs as there are free slots (at least one, at most ``_MAX_READ``);
         when there are none, wait for the next ones."""
         await self._slots.acquire()
-        free = 1
-        while free < _MAX_READ and not self._slots.locked():
-            await self._slots.acquire()
-            free += 1
+        free = 1 + await self._take_free_slots(_MAX_READ - 1)
         try:
             jobs = await self._jobs.read(free) or await self._jobs.wait()
         except BaseException:
-            for _ in range(free):
-                self._slots.release()
+            self._release_slots(free, used=0)
             raise
-        for _ in range(free - len(jobs)):
-            self._slots.release()
+        self._release_slots(free, used=len(jobs))
         for i, job in enumerate(jobs):
             if i >= free:  # a wait can bring one per partition: each still runs in a slot of its own
                 await self._slots.acquire()
             self._launch(job, recovered=False)
+
+    async def _take_free_slots(self, most: int) -> int:
+        """Take up to ``most`` of the free slots (never waiting for one); how many were taken."""
+        taken = 0
+        while taken < most and not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once
+            taken += 1
+        return taken
+
+    def _release_slots(self, taken: int, *, used: int) -> None:
+        """Give back the slots taken for a read that brought ``used`` jobs (each job keeps one)."""
+        for _ in range(max(0, taken - used)):
+            self._slots.release()
 
     def _launch(self, job: QueuedJob, *, recovered: bool) -> None:
         assert self._group is not None, "jobs run inside run()'s task group"
@@ -177,20 +185,15 @@ class Worker:
                 log.warning("refreshing job claims failed: %r", exc)
 
     async def _recover_abandoned(self) -> None:
-        free = 0
-        while free < _MAX_READ and not self._slots.locked():
-            await self._slots.acquire()
-            free += 1
+        free = await self._take_free_slots(_MAX_READ)
         if not free:
             return
         try:
             claimed = await self._jobs.abandoned(int(self._settings.claim_idle_seconds * 1000), free)
         except BaseException:
-            for _ in range(free):
-                self._slots.release()
+            self._release_slots(free, used=0)
             raise
-        for _ in range(free - len(claimed)):
-            self._slots.release()
+        self._release_slots(free, used=len(claimed))
         for job in claimed:  # each holds one slot: its task releases it, or it is released here
             if job.ref in self._in_flight or not job.fields:  # ours already, or deleted: nothing to run
                 self._slots.release()

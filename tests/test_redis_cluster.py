@@ -44,25 +44,24 @@ REUSED = (
 """Collected here too: the same assertions, on a cluster."""
 
 
-@pytest.fixture(scope="module")
-def shared_cluster() -> Iterator[RedisClusterServers]:
+def _servers() -> Iterator[RedisClusterServers]:
     servers = RedisClusterServers(primaries=3, replicas=1)
     servers.start()
     try:
         yield servers
     finally:
         servers.remove()
+
+
+@pytest.fixture(scope="module")
+def shared_cluster() -> Iterator[RedisClusterServers]:
+    yield from _servers()
 
 
 @pytest.fixture
 def fresh_cluster() -> Iterator[RedisClusterServers]:
     """A cluster of its own, for the tests that kill or reshape it."""
-    servers = RedisClusterServers(primaries=3, replicas=1)
-    servers.start()
-    try:
-        yield servers
-    finally:
-        servers.remove()
+    yield from _servers()
 
 
 async def _relay(servers: RedisClusterServers, spawn: Callable[..., Proc]) -> AsyncIterator[Cluster]:
