@@ -102,8 +102,7 @@ class ShardedPubSub:
         self._mapped = asyncio.Event()
         """Set once the first connection exists (in a cluster: once the map was read)."""
         self._group: asyncio.TaskGroup | None = None
-        self._reconnects_before = 0
-        """Reconnects of connections since stopped (their shard went away)."""
+        self._reconnects_before = 0  # of connections since stopped (their shard went away)
 
     # -- what the hub and the channel table ask --------------------------------------------
 
@@ -119,10 +118,6 @@ class ShardedPubSub:
     def generation(self) -> int:
         """The newest connection's generation."""
         return max((conn.generation for conn in self._conns.values()), default=0)
-
-    @property
-    def shards(self) -> int:
-        return len(self._conns)
 
     def owner(self, channel: bytes) -> str:
         """The shard serving ``channel`` as of the newest map."""
@@ -254,13 +249,15 @@ class ShardedPubSub:
 
     def _apply_map(self) -> bool:
         assert self._cluster is not None
-        wanted = self.hub.wanted_channels()
-        before = {c: self.owner(c) for c in wanted}
+        # A new map displaces the channels subscribed on their old shard, or waiting for its
+        # connection to come back; a subscription still in flight on a live connection is
+        # re-routed by its own request (after MOVED), and its client stays connected.
+        subscribed = {c: self.owner(c) for c in self.hub.wanted_channels() if not self._in_flight(c)}
         slots = self._cluster.nodes_manager.slots_cache
         owner = [slots[s][0].name if slots.get(s) else _STANDALONE for s in range(16384)]
         changed = owner != self._slot_owner
         self._slot_owner = owner
-        self._displaced.update(c for c in wanted if before[c] != self.owner(c))
+        self._displaced.update(c for c, before in subscribed.items() if before != self.owner(c))
         primaries = {node.name for node in self._cluster.get_primaries()}
         for name in primaries - self._conns.keys():
             self._start(name)
@@ -284,6 +281,10 @@ class ShardedPubSub:
                 continue
             self.hub.on_connected(channels, conn.generation)
             self._spawn(self._subscribe(conn, channels), f"resubscribe-{name}")
+
+    def _in_flight(self, channel: bytes) -> bool:
+        conn = self._conns.get(self.owner(channel))
+        return conn is not None and conn.ready and channel not in conn.confirmed
 
     async def _subscribe(self, conn: PubSubConnection, channels: list[bytes]) -> None:
         for group in conn.by_slot(channels):

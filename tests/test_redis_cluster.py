@@ -219,6 +219,25 @@ async def test_a_slot_migrated_mid_answer_loses_nothing(faulty: Cluster, fresh_c
     assert (await faulty.history(cid, auth))["messages"][-1]["content"] == LONG
 
 
+async def test_a_subscription_refused_with_moved_is_made_on_the_new_shard(
+    faulty: Cluster, fresh_cluster: RedisClusterServers
+) -> None:
+    cid, auth = await faulty.create()
+    keys = ConversationKeys(cid)
+    await faulty.history(cid, auth)  # the nodes have read the cluster map by now
+    source = primary_of(fresh_cluster, keys.state)
+    target = next(m for m in fresh_cluster.members if m.port in fresh_cluster.primary_ports() and m is not source)
+    # Nobody follows the conversation yet, so no node hears of the move: their maps are stale, and
+    # the first SSUBSCRIBE goes to the old shard, which answers MOVED.
+    await asyncio.to_thread(migrate_slot, key_slot(keys.state.encode()), source, target)
+    stream = await faulty.events(cid, auth, 0)
+    posted = await faulty.post(cid, auth, "after the move", node=1)
+    got = await read_events(stream, within=20, until=lambda e: e.type == "done")
+    assert got.text(posted["response_id"]) == "after the move", [(e.type, e.data[:80]) for e in got.events]
+    _, subscribers = client(target).execute_command("PUBSUB", "SHARDNUMSUB", keys.channel)  # type: ignore[no-untyped-call]
+    assert subscribers == 1
+
+
 def migrate_slot(slot: int, source: RedisServer, target: RedisServer) -> None:
     """Move one slot, keys and all, the way ``redis-cli --cluster reshard`` does."""
     src, dst = client(source), client(target)
