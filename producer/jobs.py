@@ -80,11 +80,7 @@ class PartitionedJobs:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise asyncio.CancelledError  # fakeredis swallows the cancellation of a blocking read
-        jobs = [
-            QueuedJob(JobRef(stream, entry_id), fields)
-            for stream, entries in _entries(reply)
-            for entry_id, fields in entries
-        ]
+        jobs = _queued(reply)
         if not jobs and time.monotonic() - asked < BLOCK_MS / 2000:
             # fakeredis (the embedded broker) answers a blocking read at once: do not spin.
             await asyncio.sleep(POLL_SECONDS)
@@ -92,6 +88,18 @@ class PartitionedJobs:
 
     async def _read_window(self, streams: list[bytes]) -> list[QueuedJob]:
         await self._ensure_groups(s for s in streams if s not in self._groups_ready)
+        if not isinstance(self._redis, RedisCluster):
+            # One command for the whole window (one entry at most from each stream): a scan of
+            # the 128 partitions was a pipeline of 128 commands per job read (profiled: 4 % of
+            # the producer's CPU at 4k chunks/s).
+            try:
+                reply = await self._redis.xreadgroup(JOBS_GROUP, self._consumer, dict.fromkeys(streams, ">"), count=1)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._groups_ready.difference_update(streams)  # Redis lost them (a restart without persistence)
+                return []
+            return _queued(reply)
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream in streams:
                 pipe.xreadgroup(JOBS_GROUP, self._consumer, {stream: ">"}, count=1)
@@ -140,27 +148,34 @@ class PartitionedJobs:
             await pipe.execute()
 
     async def abandoned(self, idle_ms: int, count: int) -> list[QueuedJob]:
-        """Claim at most ``count`` jobs idle for ``idle_ms`` (their producer stopped), fairly across
-        partitions. An entry deleted meanwhile comes back with no fields: the caller acknowledges it."""
+        """Claim at most ``count`` jobs idle for ``idle_ms`` (their producer stopped), at most one per
+        partition per window of ``count`` partitions, pipelined. An entry deleted meanwhile comes
+        back with no fields: the caller acknowledges it."""
         claimed: list[QueuedJob] = []
-        for stream in self._streams:
-            start: bytes | str = "0-0"
-            while len(claimed) < count:
-                try:
-                    reply = await self._redis.xautoclaim(
-                        stream, JOBS_GROUP, self._consumer, idle_ms, start_id=start, count=1
-                    )
-                except ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
-                        raise
-                    break  # not read from since Redis lost it: nothing is pending there
-                start = reply[0]
-                claimed += [QueuedJob(JobRef(stream, entry_id), fields or {}) for entry_id, fields in reply[1]]
-                if start in (b"0-0", "0-0"):
-                    break
+        for first in range(0, len(self._streams), count):
             if len(claimed) >= count:
                 break
+            window = self._streams[first : first + count - len(claimed)]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for stream in window:
+                    pipe.xautoclaim(stream, JOBS_GROUP, self._consumer, idle_ms, start_id="0-0", count=1)
+                replies = await pipe.execute(raise_on_error=False)
+            for stream, reply in zip(window, replies, strict=True):
+                if isinstance(reply, Exception):
+                    if not isinstance(reply, ResponseError) or "NOGROUP" not in str(reply):
+                        raise reply
+                    continue  # never read from since Redis lost it: nothing is pending there
+                claimed += [QueuedJob(JobRef(stream, entry_id), fields or {}) for entry_id, fields in reply[1]]
         return claimed
+
+
+def _queued(reply: Any) -> list[QueuedJob]:
+    """The jobs of a multi-stream XREADGROUP reply."""
+    return [
+        QueuedJob(JobRef(stream, entry_id), fields)
+        for stream, entries in _entries(reply)
+        for entry_id, fields in entries
+    ]
 
 
 def _entries(reply: Any) -> list[tuple[Any, list[tuple[bytes, dict[bytes, bytes]]]]]:

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+_NAMES_CACHED = 10_000
+
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, OSError)
 """Errors that pass: Redis restarting, a cluster shard failing over or a slot migrating."""
 
@@ -58,10 +60,18 @@ class Publisher:
         self._start = redis.register_script(scripts.START)
         self._delta = ScriptBatcher(redis, scripts.DELTA)
         self._finish = redis.register_script(scripts.FINISH)
+        self._names: dict[str, tuple[list[str], str]] = {}
+        """Each conversation's key and channel names, made once per answer rather than per chunk."""
 
-    def _call(self, keys: ConversationKeys, *args: str | int) -> tuple[list[str], list[str | int]]:
+    def _call(self, conversation_id: str, *args: str | int) -> tuple[list[str], list[str | int]]:
+        names = self._names.get(conversation_id)
+        if names is None:
+            if len(self._names) >= _NAMES_CACHED:
+                self._names.clear()
+            keys = ConversationKeys(conversation_id)
+            names = self._names[conversation_id] = (list(keys.all), keys.channel)
         r = self._retention
-        return list(keys.all), scripts.conversation_argv(keys.channel, r.max_events, r.ttl_seconds, *args)
+        return names[0], scripts.conversation_argv(names[1], r.max_events, r.ttl_seconds, *args)
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self._retry_seconds
@@ -79,7 +89,7 @@ class Publisher:
     async def claim(self, conversation_id: str, response_id: str, owner: str, *, recovered: bool) -> Claim:
         """Make ``owner`` the answer's producer (see ``wire.scripts.START``); safe to retry."""
         keys, argv = self._call(
-            ConversationKeys(conversation_id),
+            conversation_id,
             response_id,
             owner,
             done_data(response_id, FinishReason.CANCELLED),
@@ -95,7 +105,7 @@ class Publisher:
     async def delta(self, conversation_id: str, response_id: str, owner: str, index: int, text: str) -> Appended:
         now_ms = int(time.time() * 1000)
         keys, argv = self._call(
-            ConversationKeys(conversation_id),
+            conversation_id,
             response_id,
             owner,
             index,
@@ -119,7 +129,7 @@ class Publisher:
         """Store the answer (with the model's ``usage``) and publish ``done``; ``owner=''``
         finishes an abandoned answer."""
         keys, argv = self._call(
-            ConversationKeys(conversation_id),
+            conversation_id,
             response_id,
             owner,
             str(reason),
