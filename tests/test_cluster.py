@@ -104,6 +104,26 @@ def test_the_load_tester_through_nginx_loses_nothing(local_cluster: LocalCluster
     assert result["answers_done"] >= 30 and result["answers_mismatched"] == 0 and result["connect_errors"] == 0
 
 
+async def test_the_balancer_keeps_a_conversations_tabs_on_one_node(
+    local_cluster: LocalCluster, session: aiohttp.ClientSession
+) -> None:
+    """Conversation-affine balancing: all tabs of a conversation share one node's subscription."""
+    conversations = [await create(session, local_cluster.url) for _ in range(8)]
+    streams = []
+    for cid, auth in conversations:
+        for _ in range(3):
+            resp = await session.get(f"{local_cluster.url}/api/conversations/{cid}/events", headers=auth)
+            assert resp.status == 200
+            streams.append(resp)
+    subscribed = 0.0
+    for node in local_cluster.node_members:
+        async with session.get(f"{node.url}/metrics") as r:
+            subscribed += _sample(await r.text(), "streamfan_channels_subscribed")
+    for resp in streams:
+        resp.close()
+    assert subscribed == len(conversations)  # spread at random, 24 tabs would subscribe ~17 times
+
+
 async def test_metrics_on_every_node_and_producer_but_not_through_the_balancer(
     local_cluster: LocalCluster, session: aiohttp.ClientSession
 ) -> None:
