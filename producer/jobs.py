@@ -72,48 +72,48 @@ class PartitionedJobs:
         if isinstance(self._redis, RedisCluster):
             await asyncio.sleep(POLL_SECONDS)
             return []
-        await self._ensure_groups(s for s in self._streams if s not in self._groups_ready)
         asked = time.monotonic()
-        reply = await self._redis.xreadgroup(
-            JOBS_GROUP, self._consumer, dict.fromkeys(self._streams, ">"), count=1, block=BLOCK_MS
-        )
+        jobs = await self._read_streams(self._streams, block_ms=BLOCK_MS)
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise asyncio.CancelledError  # fakeredis swallows the cancellation of a blocking read
-        jobs = _queued(reply)
         if not jobs and time.monotonic() - asked < BLOCK_MS / 2000:
             # fakeredis (the embedded broker) answers a blocking read at once: do not spin.
             await asyncio.sleep(POLL_SECONDS)
         return jobs
 
     async def _read_window(self, streams: list[bytes]) -> list[QueuedJob]:
-        await self._ensure_groups(s for s in streams if s not in self._groups_ready)
         if not isinstance(self._redis, RedisCluster):
             # One command for the whole window (one entry at most from each stream): a scan of
             # the 128 partitions was a pipeline of 128 commands per job read (profiled: 4 % of
             # the producer's CPU at 4k chunks/s).
-            try:
-                reply = await self._redis.xreadgroup(JOBS_GROUP, self._consumer, dict.fromkeys(streams, ">"), count=1)
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self._groups_ready.difference_update(streams)  # Redis lost them (a restart without persistence)
-                return []
-            return _queued(reply)
+            return await self._read_streams(streams, block_ms=None)
+        await self._ensure_groups(s for s in streams if s not in self._groups_ready)
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream in streams:
                 pipe.xreadgroup(JOBS_GROUP, self._consumer, {stream: ">"}, count=1)
             replies = await pipe.execute(raise_on_error=False)
         jobs = []
         for stream, reply in zip(streams, replies, strict=True):
-            if isinstance(reply, Exception):
-                if not isinstance(reply, ResponseError) or "NOGROUP" not in str(reply):
-                    raise reply
-                self._groups_ready.discard(stream)  # Redis lost it (a restart without persistence)
-                continue
-            for _, entries in _entries(reply):
-                jobs += [QueuedJob(JobRef(stream, entry_id), fields) for entry_id, fields in entries]
+            if _group_lost(reply):
+                self._groups_ready.discard(stream)
+            else:
+                jobs += _queued(reply)
         return jobs
+
+    async def _read_streams(self, streams: list[bytes], *, block_ms: int | None) -> list[QueuedJob]:
+        """One XREADGROUP over ``streams`` (a standalone Redis: no slots to respect)."""
+        await self._ensure_groups(s for s in streams if s not in self._groups_ready)
+        try:
+            reply = await self._redis.xreadgroup(
+                JOBS_GROUP, self._consumer, dict.fromkeys(streams, ">"), count=1, block=block_ms
+            )
+        except ResponseError as exc:
+            if not _group_lost(exc):
+                raise
+            self._groups_ready.difference_update(streams)
+            return []
+        return _queued(reply)
 
     async def _ensure_groups(self, streams: Iterable[bytes]) -> None:
         missing = list(streams)
@@ -161,12 +161,20 @@ class PartitionedJobs:
                     pipe.xautoclaim(stream, JOBS_GROUP, self._consumer, idle_ms, start_id="0-0", count=1)
                 replies = await pipe.execute(raise_on_error=False)
             for stream, reply in zip(window, replies, strict=True):
-                if isinstance(reply, Exception):
-                    if not isinstance(reply, ResponseError) or "NOGROUP" not in str(reply):
-                        raise reply
+                if _group_lost(reply):
                     continue  # never read from since Redis lost it: nothing is pending there
                 claimed += [QueuedJob(JobRef(stream, entry_id), fields or {}) for entry_id, fields in reply[1]]
         return claimed
+
+
+def _group_lost(reply: Any) -> bool:
+    """Is this reply Redis saying it lost the group (a restart without persistence)? Other errors
+    are raised."""
+    if not isinstance(reply, Exception):
+        return False
+    if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+        return True
+    raise reply
 
 
 def _queued(reply: Any) -> list[QueuedJob]:
@@ -182,6 +190,4 @@ def _entries(reply: Any) -> list[tuple[Any, list[tuple[bytes, dict[bytes, bytes]
     """XREADGROUP's reply as (stream, entries) pairs, under RESP2 (a list) or RESP3 (a map)."""
     if not reply:
         return []
-    if isinstance(reply, dict):
-        return [(stream, entries) for stream, entries in reply.items()]
-    return [(stream, entries) for stream, entries in reply]
+    return list(reply.items()) if isinstance(reply, dict) else list(reply)
