@@ -3,6 +3,7 @@
 Nothing here knows what the processes do; ``launch.cluster`` and the tests compose them.
 """
 
+import collections
 import shutil
 import signal
 import socket
@@ -15,11 +16,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_HANDED_OUT: "collections.deque[int]" = collections.deque(maxlen=4096)
+"""Ports this process handed out lately: the kernel may offer a just-closed port again, and two
+listeners started one after the other (nginx's HTTP and HTTPS ports) would then collide."""
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port nothing listens on now, and not one this process handed out lately."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
 
 
 def wait_for_port(port: int, timeout: float = 15.0, proc: "subprocess.Popen[bytes] | None" = None) -> None:
