@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from producer.generation import Completion, GenerationFailed, Generator, Resumable, WithHistory
 from producer.metrics import ProducerMetrics
-from producer.publisher import Appended, Publisher
+from producer.publisher import Appended, PendingDelta, Publisher
 from wire.events import FinishReason, Job
 
 log = logging.getLogger(__name__)
@@ -96,44 +96,59 @@ class AnswerWriter:
         check_at = loop.time() + orphan_seconds if orphan_seconds else math.inf
         sent: list[str] = []
         """This run's chunks (bounded by max_tokens): what to send again if Redis loses some."""
+        pending: PendingDelta | None = None
+        """The last chunk sent; settled before the next one is sent, so one is in flight at most."""
         try:
-            async for text in chunks:
-                if loop.time() >= check_at:
-                    assert orphan_seconds is not None
-                    check_at = loop.time() + orphan_seconds / 4
-                    if not await self._publisher.watched(job.conversation_id):
-                        metrics.orphans.inc()
-                        reason, error = FinishReason.CANCELLED, "nobody was following this answer"
+            try:
+                async for text in chunks:
+                    if loop.time() >= check_at:
+                        assert orphan_seconds is not None
+                        check_at = loop.time() + orphan_seconds / 4
+                        if not await self._publisher.watched(job.conversation_id):
+                            metrics.orphans.inc()
+                            reason, error = FinishReason.CANCELLED, "nobody was following this answer"
+                            break
+                    if index >= job.max_tokens:
+                        reason = FinishReason.LENGTH
                         break
-                if index >= job.max_tokens:
-                    reason = FinishReason.LENGTH
-                    break
-                if not text:
-                    continue
-                outcome = await self._publisher.delta(job.conversation_id, job.response_id, owner, index, text)
-                if outcome is Appended.BEHIND:
-                    outcome = await self._send_again(job, sent, first_index, index, text)
+                    if not text:
+                        continue
+                    if pending is not None:
+                        settled, pending = pending, None
+                        outcome = await self._settle(job, settled, sent, first_index, index - 1)
+                        if outcome is Appended.NOT_OURS:
+                            return
+                        if outcome is Appended.CANCEL_REQUESTED:
+                            reason = FinishReason.CANCELLED
+                            break
+                    pending = self._publisher.delta_soon(job.conversation_id, job.response_id, owner, index, text)
+                    sent.append(text)
+                    if index == first_index:
+                        first_at = time.time()
+                        if posted_at is not None and index == 0:
+                            metrics.time_to_first_token.observe(max(0.0, first_at - posted_at))
+                    index += 1
+            except GenerationFailed as exc:
+                log.warning("response %s failed upstream: %s", job.response_id, exc)
+                reason, error = FinishReason.FAILED, str(exc)
+            finally:
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()  # a cancel reaches the model server: it stops generating
+            if pending is not None:
+                # The last chunk lands before the answer is finished (finish stores the draft).
+                settled, pending = pending, None
+                try:
+                    outcome = await self._settle(job, settled, sent, first_index, index - 1)
+                except GenerationFailed as exc:
+                    outcome, reason, error = Appended.OK, FinishReason.FAILED, str(exc)
                 if outcome is Appended.NOT_OURS:
-                    # Another producer took it over (this one looked dead), or the conversation expired.
-                    log.warning("response %s is no longer this producer's; stopping", job.response_id)
                     return
-                if outcome is Appended.CANCEL_REQUESTED:
+                if outcome is Appended.CANCEL_REQUESTED and reason is not FinishReason.FAILED:
                     reason = FinishReason.CANCELLED
-                    break
-                sent.append(text)
-                if index == first_index:
-                    first_at = time.time()
-                    if posted_at is not None and index == 0:
-                        metrics.time_to_first_token.observe(max(0.0, first_at - posted_at))
-                index += 1
-                metrics.tokens.value += 1
-        except GenerationFailed as exc:
-            log.warning("response %s failed upstream: %s", job.response_id, exc)
-            reason, error = FinishReason.FAILED, str(exc)
         finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()  # a cancel reaches the model server: it stops generating
+            if pending is not None:
+                pending.abandon()  # cancelled or failed on the way: nobody will read its reply
         if reason is FinishReason.STOP and completion.finish_reason == "length":
             reason = FinishReason.LENGTH
         usage = None
@@ -144,6 +159,18 @@ class AnswerWriter:
         elapsed = time.time() - first_at
         if index - first_index > 1 and elapsed > 0:
             metrics.tokens_per_second.observe((index - first_index - 1) / elapsed)
+
+    async def _settle(self, job: Job, pending: PendingDelta, sent: list[str], first_index: int, index: int) -> Appended:
+        """The outcome of chunk ``index``, after sending lost ones again if Redis lost some."""
+        outcome = await pending.outcome()
+        if outcome is Appended.BEHIND:
+            outcome = await self._send_again(job, sent[:-1], first_index, index, sent[-1])
+        if outcome is Appended.NOT_OURS:
+            # Another producer took it over (this one looked dead), or the conversation expired.
+            log.warning("response %s is no longer this producer's; stopping", job.response_id)
+        elif outcome is not Appended.CANCEL_REQUESTED:
+            self.metrics.tokens.value += 1
+        return outcome
 
     async def _send_again(self, job: Job, sent: list[str], first_index: int, index: int, text: str) -> Appended:
         """Redis lost deltas it had acknowledged (a failover to a replica that lagged): append them

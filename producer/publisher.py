@@ -11,14 +11,16 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer.batcher import ScriptBatcher
+from producer.script_pipe import Script, ScriptPipe
 from wire import scripts
 from wire.backoff import Backoff
 from wire.env import Retention
@@ -52,14 +54,54 @@ class Claim:
     """The next delta index: how many chunks the answer already has."""
 
 
+_START, _DELTA, _FINISH = Script(scripts.START), Script(scripts.DELTA), Script(scripts.FINISH)
+
+
+def _script_calls(redis: "Redis | RedisCluster") -> "ScriptPipe | ScriptBatcher":
+    """One pipelined connection on a standalone Redis (redis-py's own connection class); redis-py's
+    pipelines, batched per tick, on a cluster and on the embedded broker."""
+    if isinstance(redis, Redis):
+        pool = redis.connection_pool
+        if pool.connection_class.read_response is AbstractConnection.read_response:
+            return ScriptPipe(redis)
+    return ScriptBatcher(redis)
+
+
+class PendingDelta:
+    """A chunk sent by ``Publisher.delta_soon`` whose reply may not have arrived yet."""
+
+    __slots__ = ("_args", "_publisher", "_reply")
+
+    def __init__(
+        self, publisher: "Publisher", reply: "asyncio.Future[Any]", args: tuple[str, str, str, int, str]
+    ) -> None:
+        self._publisher = publisher
+        self._reply = reply
+        self._args = args
+
+    async def outcome(self) -> Appended:
+        """The chunk's outcome; sent again (it is idempotent) with backoff if Redis was away."""
+        try:
+            result = await self._reply  # almost always here already: no wake-up
+        except _TRANSIENT:
+            return await self._publisher.delta(*self._args)
+        return Appended(int(result[0]))
+
+    def abandon(self) -> None:
+        """The writer stops without the outcome: withdraw the call, or consume its error."""
+        if not self._reply.done():
+            self._reply.cancel()
+        elif not self._reply.cancelled():
+            self._reply.exception()
+
+
 class Publisher:
     def __init__(self, redis: "Redis | RedisCluster", retention: Retention, *, retry_seconds: float) -> None:
         self._redis = redis
         self._retention = retention
         self._retry_seconds = retry_seconds
-        self._start = redis.register_script(scripts.START)
-        self._delta = ScriptBatcher(redis, scripts.DELTA)
-        self._finish = redis.register_script(scripts.FINISH)
+        # Claims and finishes go the chunks' way: every answer starts and ends with one.
+        self._calls = _script_calls(redis)
         self._names: dict[str, tuple[list[str], str]] = {}
         """Each conversation's key and channel names, made once per answer rather than per chunk."""
 
@@ -95,26 +137,35 @@ class Publisher:
             done_data(response_id, FinishReason.CANCELLED),
             "1" if recovered else "0",
         )
-        status, next_index = await self._retrying(lambda: self._start(keys=keys, args=argv))
+        status, next_index = await self._retrying(lambda: self._calls.submit(_START, keys, argv))
         return Claim(status.decode() if isinstance(status, bytes) else str(status), int(next_index))
 
     async def start(self, conversation_id: str, response_id: str, owner: str) -> str:
         """'ok', 'gone', 'cancelled' (finished as cancelled) or 'taken': ``claim`` for a fresh job."""
         return (await self.claim(conversation_id, response_id, owner, recovered=False)).status
 
-    async def delta(self, conversation_id: str, response_id: str, owner: str, index: int, text: str) -> Appended:
+    def _delta_call(
+        self, conversation_id: str, response_id: str, owner: str, index: int, text: str
+    ) -> tuple[list[str], list[str | int]]:
         now_ms = int(time.time() * 1000)
-        keys, argv = self._call(
-            conversation_id,
-            response_id,
-            owner,
-            index,
-            text,
-            delta_data(response_id, index, text, now_ms),
-            now_ms,
+        return self._call(
+            conversation_id, response_id, owner, index, text, delta_data(response_id, index, text, now_ms), now_ms
         )
-        result = await self._retrying(lambda: self._delta(keys=keys, args=argv))
+
+    async def delta(self, conversation_id: str, response_id: str, owner: str, index: int, text: str) -> Appended:
+        """Append and publish one chunk, retrying while Redis is away."""
+        keys, argv = self._delta_call(conversation_id, response_id, owner, index, text)
+        result = await self._retrying(lambda: self._calls.submit(_DELTA, keys, argv))
         return Appended(int(result[0]))
+
+    def delta_soon(self, conversation_id: str, response_id: str, owner: str, index: int, text: str) -> PendingDelta:
+        """Send one chunk without waiting for its reply: the writer generates the next chunk
+        meanwhile and settles this one before sending that. Awaiting every reply cost the writer a
+        second wake-up per chunk: 39-40 against 34-37 µs of CPU per chunk (scripts/producer_alone.py)."""
+        keys, argv = self._delta_call(conversation_id, response_id, owner, index, text)
+        return PendingDelta(
+            self, self._calls.submit(_DELTA, keys, argv), (conversation_id, response_id, owner, index, text)
+        )
 
     async def finish(
         self,
@@ -139,8 +190,12 @@ class Publisher:
             self._retention.max_messages,
             dumps(usage) if usage else "",
         )
-        result = await self._retrying(lambda: self._finish(keys=keys, args=argv))
+        result = await self._retrying(lambda: self._calls.submit(_FINISH, keys, argv))
         return result is not None
+
+    async def aclose(self) -> None:
+        """Give up the connection (calls still waiting fail as if Redis were gone)."""
+        await self._calls.aclose()
 
     async def next_index(self, conversation_id: str) -> int:
         """The index the answer's next delta must have (how many Redis holds)."""

@@ -64,19 +64,22 @@ class Worker:
 
     async def run(self) -> None:
         """Consume jobs until ``shutdown`` (or cancellation, which leaves answers to be recovered)."""
-        async with asyncio.TaskGroup() as group:
-            self._group = group
-            claims = group.create_task(self._keep_claims(), name="producer-claims")
-            reader = group.create_task(self._read_loop(), name="producer-reader")
-            await self._stopping.wait()
-            reader.cancel()
-            pending = list(self._in_flight.values())
-            if pending:
-                log.info("draining %d answers for up to %.1fs", len(pending), self._settings.drain_seconds)
-                await asyncio.wait(pending, timeout=self._settings.drain_seconds)
-            for task in list(self._in_flight.values()):
-                task.cancel()  # each finishes its answer as failed on the way out
-            claims.cancel()
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                claims = group.create_task(self._keep_claims(), name="producer-claims")
+                reader = group.create_task(self._read_loop(), name="producer-reader")
+                await self._stopping.wait()
+                reader.cancel()
+                pending = list(self._in_flight.values())
+                if pending:
+                    log.info("draining %d answers for up to %.1fs", len(pending), self._settings.drain_seconds)
+                    await asyncio.wait(pending, timeout=self._settings.drain_seconds)
+                for task in list(self._in_flight.values()):
+                    task.cancel()  # each finishes its answer as failed on the way out
+                claims.cancel()
+        finally:
+            await self._publisher.aclose()  # after the answers: their last finishes go through it
 
     def shutdown(self) -> None:
         """Stop taking jobs; let answers in flight finish for ``drain_seconds``, then fail the rest."""

@@ -3,7 +3,8 @@
 It sits on a free loopback port in front of a real server (Redis). ``lose_reply_to(pattern)`` arms
 it: the next client command containing ``pattern`` reaches the server (which executes it), and the
 server's reply is swallowed while the client's connection is closed, exactly as a reply lost in the
-network. ``kill_all()`` drops every connection at once.
+network. ``stall()`` swallows every reply from then on and keeps the connections open: a server that
+hangs. ``kill_all()`` drops every connection at once.
 """
 
 import asyncio
@@ -16,6 +17,7 @@ class FaultProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._pattern: bytes | None = None
+        self._stalled = False
         self.replies_lost = 0
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -30,6 +32,9 @@ class FaultProxy:
 
     def lose_reply_to(self, pattern: bytes) -> None:
         self._pattern = pattern
+
+    def stall(self) -> None:
+        self._stalled = True
 
     def kill_all(self) -> None:
         for client, upstream in list(self._pairs):
@@ -68,6 +73,8 @@ class FaultProxy:
 
         async def to_client() -> None:
             while data := await up_reader.read(65536):
+                if self._stalled:
+                    continue
                 if armed.is_set():
                     self.replies_lost += 1
                     client_writer.transport.abort()

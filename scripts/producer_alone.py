@@ -1,0 +1,100 @@
+"""The producer's own CPU per chunk, without the nodes and the load tester on the same cores.
+
+Starts a redis-server on a free loopback port, puts ``CONVERSATIONS`` answers in the queued state,
+and writes them all at once in this process through ``producer.answer.AnswerWriter`` with the
+simulated model at S2's pace (20 chunks/s each, 120 chunks an answer), then prints this process's
+CPU time (``time.process_time``) per published chunk. Redis runs in its own process and is not
+counted. Much steadier than ``producer_cost.py``, which shares the cores with a whole cluster.
+It also runs the simulated model alone (the same answers, paced the same, published nowhere): the
+difference is the producer's own cost per chunk, the model's pacing set aside.
+
+    .venv/bin/python scripts/producer_alone.py [conversations] [rounds]
+"""
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import uvloop
+
+from launch.processes import RedisServer
+from launch.redis_client import connect
+from producer.answer import AnswerWriter
+from producer.generator import Pacing, SimulatedLLM
+from producer.metrics import ProducerMetrics
+from producer.publisher import Publisher
+from wire.env import Retention
+from wire.events import Job
+from wire.keys import ConversationKeys
+
+TOKENS = 120
+
+
+async def measure(port: int, conversations: int, round_: int) -> float:
+    redis = connect(f"redis://127.0.0.1:{port}", max_connections=64, timeout_seconds=10)
+    metrics = ProducerMetrics()
+    writer_publisher = Publisher(redis, Retention.from_env(), retry_seconds=10)
+    writer = AnswerWriter(
+        writer_publisher,
+        SimulatedLLM(Pacing(ttft_seconds=0.1, tokens_per_second=20, jitter=0.1)),
+        metrics,
+        owner="bench",
+        takeover="fail",
+    )
+    jobs = []
+    for i in range(conversations):
+        job = Job(f"bench{round_}c{i:06d}", f"r{i}", f"m{i}", f"tell me about topic {i}", TOKENS)
+        await redis.hset(
+            ConversationKeys(job.conversation_id).state,
+            mapping={"active": job.response_id, "phase": "queued", "next": 0},
+        )
+        jobs.append(job)
+    cpu = time.process_time()
+    await asyncio.gather(*(writer.answer(job, None, recovered=False) for job in jobs))
+    used = time.process_time() - cpu
+    chunks = metrics.tokens.value
+    await writer_publisher.aclose()
+    await redis.aclose()
+    return 1e6 * used / chunks
+
+
+async def model_alone(conversations: int) -> float:
+    """CPU per chunk of the simulated model's pacing by itself (what any producer pays to pace it)."""
+    model = SimulatedLLM(Pacing(ttft_seconds=0.1, tokens_per_second=20, jitter=0.1))
+
+    async def one(i: int) -> int:
+        count = 0
+        async for _ in model.generate(f"tell me about topic {i}", TOKENS):
+            count += 1
+            if count == TOKENS:
+                break
+        return count
+
+    cpu = time.process_time()
+    chunks = sum(await asyncio.gather(*(one(i) for i in range(conversations))))
+    return 1e6 * (time.process_time() - cpu) / chunks
+
+
+def main() -> None:
+    conversations = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    server = RedisServer()
+    server.start()
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            for r in range(rounds):
+                cost = runner.run(measure(server.port, conversations, r))
+                pacing = runner.run(model_alone(conversations))
+                print(
+                    f"round {r}: {cost:.1f} µs of producer CPU per chunk, of which the simulated model's "
+                    f"pacing {pacing:.1f}: {cost - pacing:.1f} µs of its own"
+                )
+    finally:
+        server.remove()
+
+
+if __name__ == "__main__":
+    main()

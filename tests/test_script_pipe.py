@@ -1,0 +1,128 @@
+"""The producer's pipelined script connection on a real Redis: every call gets its own reply or an
+error, never another call's, and never waits for ever (faults injected by a proxy)."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from launch.processes import RedisServer
+from launch.redis_client import connect
+from producer.script_pipe import Script, ScriptPipe
+from tests.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.timeout(30)
+
+ECHO = Script("return ARGV[1]")
+COUNT = Script("return redis.call('INCR', KEYS[1])")
+FAIL = Script("return redis.error_reply('refused ' .. ARGV[1])")
+
+
+@pytest.fixture
+async def proxy(redis_process: RedisServer) -> AsyncIterator[FaultProxy]:
+    proxy = FaultProxy(redis_process.port)
+    await proxy.start()
+    yield proxy
+    await proxy.close()
+
+
+@pytest.fixture
+async def redis(proxy: FaultProxy) -> AsyncIterator[Redis]:
+    client = connect(proxy.url, max_connections=8, timeout_seconds=5)
+    assert isinstance(client, Redis)
+    yield client
+    await client.aclose()
+
+
+async def test_every_call_gets_its_own_reply_in_one_connection(redis: Redis, redis_process: RedisServer) -> None:
+    pipe = ScriptPipe(redis)
+    admin = Redis(port=redis_process.port)
+    try:
+        before = (await admin.info("stats"))["total_connections_received"]
+        for _ in range(5):  # five ticks of 400 calls, three scripts interleaved
+            futures = []
+            for i in range(400):
+                script = (ECHO, COUNT, FAIL)[i % 3]
+                futures.append(pipe.submit(script, ["pipe:count"], [f"call {i}"]))
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            for i, result in enumerate(results):
+                if i % 3 == 0:
+                    assert result == f"call {i}".encode()
+                elif i % 3 == 2:
+                    assert isinstance(result, ResponseError)
+                    assert f"refused call {i}" in str(result)
+        assert int(await admin.get("pipe:count")) == 5 * 133
+        after = (await admin.info("stats"))["total_connections_received"]
+        assert after - before == 1  # one connection for 2,000 calls (the admin connected before)
+    finally:
+        await pipe.aclose()
+        await admin.aclose()
+
+
+async def test_a_cancelled_call_is_never_sent(redis: Redis, redis_process: RedisServer) -> None:
+    pipe = ScriptPipe(redis)
+    admin = Redis(port=redis_process.port)
+    try:
+        withdrawn = pipe.submit(COUNT, ["pipe:withdrawn"], [])
+        kept = pipe.submit(COUNT, ["pipe:kept"], [])
+        withdrawn.cancel()
+        assert await kept == 1
+        assert await admin.get("pipe:withdrawn") is None
+    finally:
+        await pipe.aclose()
+        await admin.aclose()
+
+
+async def test_a_lost_reply_fails_the_calls_in_flight_and_the_next_ones_get_a_new_connection(
+    redis: Redis, proxy: FaultProxy
+) -> None:
+    pipe = ScriptPipe(redis)
+    try:
+        assert await pipe.submit(ECHO, ["k"], ["warm"]) == b"warm"
+        proxy.lose_reply_to(b"lost one")
+        lost = [pipe.submit(ECHO, ["k"], ["lost one"]), pipe.submit(ECHO, ["k"], ["with it"])]
+        for result in await asyncio.gather(*lost, return_exceptions=True):
+            assert isinstance(result, RedisConnectionError)  # never another call's reply, never a hang
+        assert proxy.replies_lost == 1
+        assert await pipe.submit(ECHO, ["k"], ["after"]) == b"after"
+    finally:
+        await pipe.aclose()
+
+
+async def test_a_redis_that_stops_answering_fails_the_calls_after_the_reply_timeout(
+    redis: Redis, proxy: FaultProxy
+) -> None:
+    pipe = ScriptPipe(redis, reply_timeout=0.5)
+    try:
+        assert await pipe.submit(ECHO, ["k"], ["warm"]) == b"warm"
+        proxy.stall()
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(pipe.submit(ECHO, ["k"], ["hangs"]), 5)
+    finally:
+        await pipe.aclose()
+
+
+async def test_a_script_cache_redis_lost_is_filled_again(redis: Redis, redis_process: RedisServer) -> None:
+    pipe = ScriptPipe(redis)
+    admin = Redis(port=redis_process.port)
+    try:
+        assert await pipe.submit(ECHO, ["k"], ["cached"]) == b"cached"
+        await admin.script_flush()  # what a Redis restart does to the cache
+        assert await asyncio.gather(*(pipe.submit(ECHO, ["k"], [str(i)]) for i in range(3))) == [b"0", b"1", b"2"]
+        assert (await admin.script_exists(ECHO.sha.decode())) == [True]
+    finally:
+        await pipe.aclose()
+        await admin.aclose()
+
+
+async def test_closing_fails_what_waits_and_refuses_new_calls(redis: Redis) -> None:
+    pipe = ScriptPipe(redis)
+    assert await pipe.submit(ECHO, ["k"], ["open"]) == b"open"
+    queued = pipe.submit(ECHO, ["k"], ["queued"])
+    await pipe.aclose()
+    for future in (queued, pipe.submit(ECHO, ["k"], ["late"])):
+        with pytest.raises(RedisConnectionError):
+            await future
