@@ -10,6 +10,7 @@ WORKDIR /app
 # Installed in place (-e), so the node serves /app/web and reads /app/deploy.
 COPY pyproject.toml README.md ./
 COPY wire ./wire
+COPY redisio ./redisio
 COPY server ./server
 COPY producer ./producer
 COPY loadtest ./loadtest

@@ -1,8 +1,8 @@
 """Coalesce the script calls of one event-loop tick into one pipeline: on a Redis Cluster (redis-py's
 cluster pipeline sends each shard its share and follows MOVED/ASK) and on the embedded broker.
 
-Standalone Redis takes ``producer.script_pipe.ScriptPipe`` instead, which keeps one connection and
-skips redis-py's per-command work. Every call keeps its own result or error, and the scripts are
+Standalone Redis takes ``redisio.pipe.CommandPipe`` instead, which keeps one connection and skips
+redis-py's per-command work. Every call keeps its own result or error, and the scripts are
 idempotent, so a failed batch is simply retried by its callers.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 
-from producer.script_pipe import Script
+from redisio.pipe import Script
 
 _Pending = tuple[Script, list[Any], "asyncio.Future[Any]"]
 
@@ -23,7 +23,7 @@ class ScriptBatcher:
         self._pending: list[_Pending] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
-    def submit(self, script: Script, keys: list[str], args: list[str | int]) -> "asyncio.Future[Any]":
+    def script(self, script: Script, keys: list[str], args: list[str | int]) -> "asyncio.Future[Any]":
         """Queue the call for this tick's batch; its reply (or error) arrives in the future.
         Cancelling the future before the tick ends withdraws the call."""
         loop = asyncio.get_running_loop()

@@ -14,13 +14,12 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis, RedisCluster
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer.batcher import ScriptBatcher
-from producer.script_pipe import Script, ScriptPipe
+from redisio.pipe import CommandPipe, Script, pipe_for
 from wire import scripts
 from wire.backoff import Backoff
 from wire.env import Retention
@@ -57,14 +56,10 @@ class Claim:
 _START, _DELTA, _FINISH = Script(scripts.START), Script(scripts.DELTA), Script(scripts.FINISH)
 
 
-def _script_calls(redis: "Redis | RedisCluster") -> "ScriptPipe | ScriptBatcher":
-    """One pipelined connection on a standalone Redis (redis-py's own connection class); redis-py's
-    pipelines, batched per tick, on a cluster and on the embedded broker."""
-    if isinstance(redis, Redis):
-        pool = redis.connection_pool
-        if pool.connection_class.read_response is AbstractConnection.read_response:
-            return ScriptPipe(redis)
-    return ScriptBatcher(redis)
+def _script_calls(redis: "Redis | RedisCluster") -> "CommandPipe | ScriptBatcher":
+    """One pipelined connection on a standalone Redis; redis-py's pipelines, batched per tick, on a
+    cluster and on the embedded broker."""
+    return pipe_for(redis) or ScriptBatcher(redis)
 
 
 class PendingDelta:
@@ -137,7 +132,7 @@ class Publisher:
             done_data(response_id, FinishReason.CANCELLED),
             "1" if recovered else "0",
         )
-        status, next_index = await self._retrying(lambda: self._calls.submit(_START, keys, argv))
+        status, next_index = await self._retrying(lambda: self._calls.script(_START, keys, argv))
         return Claim(status.decode() if isinstance(status, bytes) else str(status), int(next_index))
 
     async def start(self, conversation_id: str, response_id: str, owner: str) -> str:
@@ -155,7 +150,7 @@ class Publisher:
     async def delta(self, conversation_id: str, response_id: str, owner: str, index: int, text: str) -> Appended:
         """Append and publish one chunk, retrying while Redis is away."""
         keys, argv = self._delta_call(conversation_id, response_id, owner, index, text)
-        result = await self._retrying(lambda: self._calls.submit(_DELTA, keys, argv))
+        result = await self._retrying(lambda: self._calls.script(_DELTA, keys, argv))
         return Appended(int(result[0]))
 
     def delta_soon(self, conversation_id: str, response_id: str, owner: str, index: int, text: str) -> PendingDelta:
@@ -164,7 +159,7 @@ class Publisher:
         second wake-up per chunk: 39-40 against 34-37 µs of CPU per chunk (scripts/producer_alone.py)."""
         keys, argv = self._delta_call(conversation_id, response_id, owner, index, text)
         return PendingDelta(
-            self, self._calls.submit(_DELTA, keys, argv), (conversation_id, response_id, owner, index, text)
+            self, self._calls.script(_DELTA, keys, argv), (conversation_id, response_id, owner, index, text)
         )
 
     async def finish(
@@ -190,7 +185,7 @@ class Publisher:
             self._retention.max_messages,
             dumps(usage) if usage else "",
         )
-        result = await self._retrying(lambda: self._calls.submit(_FINISH, keys, argv))
+        result = await self._retrying(lambda: self._calls.script(_FINISH, keys, argv))
         return result is not None
 
     async def aclose(self) -> None:

@@ -104,3 +104,4 @@ async def _run_hub(app: web.Application) -> AsyncIterator[None]:
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+    await app[STORE].aclose()

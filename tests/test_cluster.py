@@ -436,5 +436,5 @@ def test_docker_compose_file_validates(tmp_path: Path) -> None:
 def test_the_image_holds_every_package_the_processes_import() -> None:
     """No Docker daemon here to build it: at least every package must be copied into the image."""
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("wire", "server", "producer", "loadtest", "launch", "web", "deploy"):
+    for package in ("wire", "redisio", "server", "producer", "loadtest", "launch", "web", "deploy"):
         assert f"COPY {package} ./{package}" in dockerfile, package

@@ -11,7 +11,7 @@ from redis.exceptions import ResponseError
 
 from launch.processes import RedisServer
 from launch.redis_client import connect
-from producer.script_pipe import Script, ScriptPipe
+from redisio.pipe import CommandPipe, Script
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(30)
@@ -38,7 +38,7 @@ async def redis(proxy: FaultProxy) -> AsyncIterator[Redis]:
 
 
 async def test_every_call_gets_its_own_reply_in_one_connection(redis: Redis, redis_process: RedisServer) -> None:
-    pipe = ScriptPipe(redis)
+    pipe = CommandPipe(redis)
     admin = Redis(port=redis_process.port)
     try:
         before = (await admin.info("stats"))["total_connections_received"]
@@ -46,7 +46,7 @@ async def test_every_call_gets_its_own_reply_in_one_connection(redis: Redis, red
             futures = []
             for i in range(400):
                 script = (ECHO, COUNT, FAIL)[i % 3]
-                futures.append(pipe.submit(script, ["pipe:count"], [f"call {i}"]))
+                futures.append(pipe.script(script, ["pipe:count"], [f"call {i}"]))
             results = await asyncio.gather(*futures, return_exceptions=True)
             for i, result in enumerate(results):
                 if i % 3 == 0:
@@ -63,11 +63,11 @@ async def test_every_call_gets_its_own_reply_in_one_connection(redis: Redis, red
 
 
 async def test_a_cancelled_call_is_never_sent(redis: Redis, redis_process: RedisServer) -> None:
-    pipe = ScriptPipe(redis)
+    pipe = CommandPipe(redis)
     admin = Redis(port=redis_process.port)
     try:
-        withdrawn = pipe.submit(COUNT, ["pipe:withdrawn"], [])
-        kept = pipe.submit(COUNT, ["pipe:kept"], [])
+        withdrawn = pipe.script(COUNT, ["pipe:withdrawn"], [])
+        kept = pipe.script(COUNT, ["pipe:kept"], [])
         withdrawn.cancel()
         assert await kept == 1
         assert await admin.get("pipe:withdrawn") is None
@@ -79,15 +79,15 @@ async def test_a_cancelled_call_is_never_sent(redis: Redis, redis_process: Redis
 async def test_a_lost_reply_fails_the_calls_in_flight_and_the_next_ones_get_a_new_connection(
     redis: Redis, proxy: FaultProxy
 ) -> None:
-    pipe = ScriptPipe(redis)
+    pipe = CommandPipe(redis)
     try:
-        assert await pipe.submit(ECHO, ["k"], ["warm"]) == b"warm"
+        assert await pipe.script(ECHO, ["k"], ["warm"]) == b"warm"
         proxy.lose_reply_to(b"lost one")
-        lost = [pipe.submit(ECHO, ["k"], ["lost one"]), pipe.submit(ECHO, ["k"], ["with it"])]
+        lost = [pipe.script(ECHO, ["k"], ["lost one"]), pipe.script(ECHO, ["k"], ["with it"])]
         for result in await asyncio.gather(*lost, return_exceptions=True):
             assert isinstance(result, RedisConnectionError)  # never another call's reply, never a hang
         assert proxy.replies_lost == 1
-        assert await pipe.submit(ECHO, ["k"], ["after"]) == b"after"
+        assert await pipe.script(ECHO, ["k"], ["after"]) == b"after"
     finally:
         await pipe.aclose()
 
@@ -95,23 +95,23 @@ async def test_a_lost_reply_fails_the_calls_in_flight_and_the_next_ones_get_a_ne
 async def test_a_redis_that_stops_answering_fails_the_calls_after_the_reply_timeout(
     redis: Redis, proxy: FaultProxy
 ) -> None:
-    pipe = ScriptPipe(redis, reply_timeout=0.5)
+    pipe = CommandPipe(redis, reply_timeout=0.5)
     try:
-        assert await pipe.submit(ECHO, ["k"], ["warm"]) == b"warm"
+        assert await pipe.script(ECHO, ["k"], ["warm"]) == b"warm"
         proxy.stall()
         with pytest.raises(RedisConnectionError):
-            await asyncio.wait_for(pipe.submit(ECHO, ["k"], ["hangs"]), 5)
+            await asyncio.wait_for(pipe.script(ECHO, ["k"], ["hangs"]), 5)
     finally:
         await pipe.aclose()
 
 
 async def test_a_script_cache_redis_lost_is_filled_again(redis: Redis, redis_process: RedisServer) -> None:
-    pipe = ScriptPipe(redis)
+    pipe = CommandPipe(redis)
     admin = Redis(port=redis_process.port)
     try:
-        assert await pipe.submit(ECHO, ["k"], ["cached"]) == b"cached"
+        assert await pipe.script(ECHO, ["k"], ["cached"]) == b"cached"
         await admin.script_flush()  # what a Redis restart does to the cache
-        assert await asyncio.gather(*(pipe.submit(ECHO, ["k"], [str(i)]) for i in range(3))) == [b"0", b"1", b"2"]
+        assert await asyncio.gather(*(pipe.script(ECHO, ["k"], [str(i)]) for i in range(3))) == [b"0", b"1", b"2"]
         assert (await admin.script_exists(ECHO.sha.decode())) == [True]
     finally:
         await pipe.aclose()
@@ -119,10 +119,10 @@ async def test_a_script_cache_redis_lost_is_filled_again(redis: Redis, redis_pro
 
 
 async def test_closing_fails_what_waits_and_refuses_new_calls(redis: Redis) -> None:
-    pipe = ScriptPipe(redis)
-    assert await pipe.submit(ECHO, ["k"], ["open"]) == b"open"
-    queued = pipe.submit(ECHO, ["k"], ["queued"])
+    pipe = CommandPipe(redis)
+    assert await pipe.script(ECHO, ["k"], ["open"]) == b"open"
+    queued = pipe.script(ECHO, ["k"], ["queued"])
     await pipe.aclose()
-    for future in (queued, pipe.submit(ECHO, ["k"], ["late"])):
+    for future in (queued, pipe.script(ECHO, ["k"], ["late"])):
         with pytest.raises(RedisConnectionError):
             await future

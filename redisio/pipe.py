@@ -1,22 +1,22 @@
-"""Every script call of a producer, pipelined on one long-lived Redis connection.
+"""Redis commands and scripts pipelined on one long-lived connection, for the hot paths.
 
-The calls of one event-loop tick go out in one write; replies are read by one task and matched to
-their calls in order (Redis answers in order). A chunk therefore costs no pool checkout, no task, no
-timeout context and no coroutine wake-up of its own. Measured with ``scripts/producer_alone.py`` (300
-answers at 20 chunks/s): the per-tick batch through a pooled connection, with a flush task and a
-timeout per batch, cost the producer more CPU per chunk than the chunk's own work, because at that
-pace most ticks carry one or two chunks.
+The calls of one event-loop turn go out in one write; replies are read by one task and matched to
+their calls in order (Redis answers in order). A call therefore costs no pool checkout, no task, no
+timeout context and no coroutine wake-up of its own. Measured with py-spy: redis-py's per-call path
+(checkout, encoder, a timeout per reply) was the largest part of the producer's CPU per chunk
+(``scripts/producer_alone.py``: 56-66 -> 34-41 µs) and of the node's CPU per new stream (the token
+check and the history replay).
 
-Only for redis-py's own connection to a standalone Redis; ``producer.batcher.ScriptBatcher`` serves a
-cluster (its pipeline routes by slot) and the embedded broker.
+Only for redis-py's own connection class to a standalone Redis (``pipe_for``); callers keep redis-py
+for a cluster (its pipelines route by slot) and for the embedded broker.
 
 Invariants (this class owns them):
 - a call's future is resolved exactly once: with its reply, with the error Redis replied, or with
-  ``ConnectionError`` when the connection is lost before its reply (the scripts are idempotent: the
-  caller sends it again);
+  ``ConnectionError`` when the connection is lost before its reply (callers send idempotent calls
+  again);
 - a reply is never matched to the wrong call: a connection that failed is dropped, never reused;
-- a call refused with NOSCRIPT (Redis restarted and lost its script cache) is sent again once as
-  ``EVAL`` with the script's source, which caches it again.
+- a script call refused with NOSCRIPT (Redis restarted and lost its script cache) is sent again once
+  as ``EVAL`` with the script's source, which caches it again.
 """
 
 import asyncio
@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
@@ -52,24 +52,37 @@ def _bulk(arg: Any) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
-def pack_call(script: Script, keys: list[str], args: list[str | int], *, by_sha: bool = True) -> bytes:
-    """``EVALSHA sha numkeys keys... args...`` (``EVAL source ...`` when not ``by_sha``) in RESP,
-    by hand: redis-py's encoder costs several times more per argument."""
-    command: tuple[bytes, bytes] = (b"EVALSHA", script.sha) if by_sha else (b"EVAL", script.source.encode())
-    items = [*command, len(keys), *keys, *args]
+def pack(items: list[Any]) -> bytes:
+    """One command in RESP, by hand: redis-py's encoder costs several times more per argument."""
     return b"*%d\r\n%b" % (len(items), b"".join(map(_bulk, items)))
 
 
 @dataclass(slots=True)
 class _Call:
-    script: Script
-    keys: list[str]
-    args: list[str | int]
+    args: list[Any]
+    """The command; for a script, what follows ``EVALSHA sha`` (numkeys, keys, arguments)."""
+    script: Script | None
     future: "asyncio.Future[Any]"
     retried: bool = False
 
+    def packed(self) -> bytes:
+        script = self.script
+        if script is None:
+            return pack(self.args)
+        if self.retried:
+            return pack([b"EVAL", script.source, *self.args])
+        return pack([b"EVALSHA", script.sha, *self.args])
 
-class ScriptPipe:
+
+def pipe_for(redis: "Redis | RedisCluster") -> "CommandPipe | None":
+    """A pipe for ``redis`` when it is redis-py's own connection to a standalone Redis; else None."""
+    if isinstance(redis, Redis):
+        if redis.connection_pool.connection_class.read_response is AbstractConnection.read_response:
+            return CommandPipe(redis)
+    return None
+
+
+class CommandPipe:
     def __init__(self, redis: Redis, *, reply_timeout: float = _REPLY_TIMEOUT) -> None:
         """``reply_timeout``: seconds without a reply while calls wait before the connection counts
         as dead. Calls wait no longer than the loop turn for company: a 1 or 2 ms gathering window
@@ -78,7 +91,7 @@ class ScriptPipe:
         self._reply_timeout = reply_timeout
         self._conn: AbstractConnection | None = None
         self._queued: list[_Call] = []
-        """Calls of this tick (or waiting for a connection), not written yet."""
+        """Calls of this turn (or waiting for a connection), not written yet."""
         self._sent: deque[_Call] = deque()
         """Calls written on the current connection, oldest first, waiting for their replies."""
         self._replies = asyncio.Event()
@@ -90,19 +103,24 @@ class ScriptPipe:
         """Failed connections being closed and given back to the pool."""
         self._closed = False
 
-    def submit(self, script: Script, keys: list[str], args: list[str | int]) -> "asyncio.Future[Any]":
-        """Send the call with this tick's others; its reply (or error) arrives in the future.
-        Cancelling the future before the tick ends withdraws the call."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+    def script(self, script: Script, keys: list[str], args: list[str | int]) -> "asyncio.Future[Any]":
+        """Run ``script`` with this turn's other calls; its reply (or error) arrives in the future.
+        Cancelling the future before the turn ends withdraws the call."""
+        return self._queue(_Call([len(keys), *keys, *args], script, asyncio.get_running_loop().create_future()))
+
+    def command(self, *args: str | bytes | int) -> "asyncio.Future[Any]":
+        """Send one command with this turn's other calls (its raw reply: bytes, not str)."""
+        return self._queue(_Call(list(args), None, asyncio.get_running_loop().create_future()))
+
+    def _queue(self, call: _Call) -> "asyncio.Future[Any]":
         if self._closed:
-            future.set_exception(RedisConnectionError("the producer is shutting down"))
-            return future
-        self._queued.append(_Call(script, keys, args, future))
+            call.future.set_exception(RedisConnectionError("the connection to Redis is closed"))
+            return call.future
+        self._queued.append(call)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        return future
+            asyncio.get_running_loop().call_soon(self._flush)
+        return call.future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -120,7 +138,7 @@ class ScriptPipe:
             self._drop(RedisConnectionError("connection to Redis lost"), calls)
             return
         # No drain: at most one call per answer is in flight, so what is buffered is bounded.
-        writer.write(b"".join(pack_call(c.script, c.keys, c.args, by_sha=not c.retried) for c in calls))
+        writer.write(b"".join(call.packed() for call in calls))
         self._sent.extend(calls)
         self._replies.set()
 
@@ -161,13 +179,13 @@ class ScriptPipe:
             log.warning("script connection to Redis lost (%r)", exc)
             self._lost(conn, RedisConnectionError(f"connection to Redis lost: {exc!r}"))
         except BaseException:
-            self._lost(conn, RedisConnectionError("the producer is shutting down"))
+            self._lost(conn, RedisConnectionError("the connection to Redis is closed"))
             raise
 
     def _resolve(self, call: _Call, reply: Any) -> None:
         if call.future.done():
             return  # its caller is gone (cancelled): the reply is simply not needed
-        if isinstance(reply, NoScriptError) and not call.retried:
+        if isinstance(reply, NoScriptError) and call.script is not None and not call.retried:
             call.retried = True  # Redis restarted: EVAL with the source caches the script again
             self._queued.append(call)
             if not self._flush_scheduled:
@@ -213,5 +231,5 @@ class ScriptPipe:
             await asyncio.wait(tasks)  # they end by cancellation; this task's own is not swallowed
         if self._closing:
             await asyncio.wait(list(self._closing))
-        self._drop(RedisConnectionError("the producer is shutting down"), self._queued)
+        self._drop(RedisConnectionError("the connection to Redis is closed"), self._queued)
         self._queued = []
