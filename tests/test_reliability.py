@@ -97,6 +97,18 @@ async def test_pooled_connections_redis_closed_are_retried_not_500(direct: Clust
     assert statuses == [200] * 64
 
 
+async def test_new_streams_after_redis_closed_the_nodes_connections_open_not_503(direct: Cluster) -> None:
+    """A new stream's token check and replay go over one long-lived pipelined connection: closed
+    by Redis while idle, it is replaced on the next stream, which is not refused."""
+    cid, auth = await direct.create()
+    posted = await direct.post(cid, auth, "before the connections are closed")
+    await read_events(await direct.events(cid, auth))
+    direct.redis.cli("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    for _ in range(3):
+        got = await read_events(await direct.events(cid, auth))
+        assert got.text(posted["response_id"]) == "before the connections are closed"
+
+
 async def test_redis_down_is_a_503_with_retry_after_logged_once(direct: Cluster) -> None:
     cid, auth = await direct.create()
     direct.redis.stop()
