@@ -12,6 +12,7 @@ import uvloop
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from launch.gc_tuning import tune_gc
 from launch.redis_client import connect_from_env
 from wire.env import SettingsError
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = Settings.from_env()
         producer_settings = ProducerSettings.from_env() if settings.embedded else None
+        tune_gc()
     except SettingsError as exc:
         sys.exit(f"server: {exc}")
     _raise_open_files_limit()

@@ -9,6 +9,7 @@ import uvloop
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
+from launch.gc_tuning import tune_gc
 from launch.redis_client import connect_from_env
 from producer.generator import close_generator, load_generator
 from producer.metrics import serve_metrics
@@ -38,6 +39,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = ProducerSettings.from_env()
+        tune_gc()
     except SettingsError as exc:
         sys.exit(f"producer: {exc}")
     if settings.redis_url is None:

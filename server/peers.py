@@ -11,7 +11,6 @@ measured when the node dropped its last middleware. These are plain functions th
 """
 
 import ipaddress
-from collections.abc import Sequence
 from functools import lru_cache
 
 from aiohttp import web
@@ -40,12 +39,15 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def within(address: str, networks: Sequence[Network]) -> bool:
+@lru_cache(maxsize=4096)
+def within(address: str, networks: tuple[Network, ...]) -> bool:
+    """Cached: every new stream asks three or four times, and ``ip in network`` over the list was 7 %
+    of a node's CPU while 10,000 streams opened (py-spy, the bench's S1)."""
     ip = _address(address)
     return ip is not None and any(ip in network for network in networks)
 
 
-def client_ip(request: web.BaseRequest, trusted: Sequence[Network]) -> str:
+def client_ip(request: web.BaseRequest, trusted: tuple[Network, ...]) -> str:
     """The client's address: the peer's, or what a chain of trusted proxies says it was."""
     peer = request.remote or ""
     if not within(peer, trusted):
@@ -59,7 +61,7 @@ def client_ip(request: web.BaseRequest, trusted: Sequence[Network]) -> str:
     return peer
 
 
-def client_scheme(request: web.BaseRequest, trusted: Sequence[Network]) -> str:
+def client_scheme(request: web.BaseRequest, trusted: tuple[Network, ...]) -> str:
     """``https`` when the client spoke TLS to us or to a trusted proxy in front of us."""
     if request.secure:
         return "https"

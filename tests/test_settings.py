@@ -82,3 +82,22 @@ def test_the_readme_documents_every_setting() -> None:
     names += special
     missing = [name for name in names if f"`{name}`" not in readme]
     assert missing == []
+
+
+def test_the_garbage_collector_is_tuned_for_many_live_objects_and_the_setting_is_checked() -> None:
+    import gc
+
+    from launch.gc_tuning import DEFAULT_THRESHOLD, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        tune_gc({})
+        assert gc.get_threshold() == (DEFAULT_THRESHOLD, 50, 10)
+        gc.set_threshold(700, 10, 10)
+        tune_gc({"STREAMFAN_GC_THRESHOLD": "0"})
+        assert gc.get_threshold() == (700, 10, 10)
+        with pytest.raises(SettingsError, match="STREAMFAN_GC_THRESHOLD"):
+            tune_gc({"STREAMFAN_GC_THRESHOLD": "lots"})
+    finally:
+        gc.set_threshold(*before)
