@@ -78,14 +78,15 @@ async def test_published_frame_equals_python_encoding_and_replayed_frame(fake_re
     await pubsub.aclose()
 
 
-async def test_scripts_refuse_multiline_data_before_writing(fake_redis: FakeRedis) -> None:
+@pytest.mark.parametrize("data", ["a\nevent: evil", "a\revent: evil", "a\r\nevent: evil"])
+async def test_scripts_refuse_multiline_data_before_writing(fake_redis: FakeRedis, data: str) -> None:
     keys = ConversationKeys("d" * 22)
     await fake_redis.hset(keys.state, mapping={"active": "r1", "owner": "p", "next": 0})
     delta = fake_redis.register_script(scripts.DELTA)
     with pytest.raises(Exception, match="one line"):
         await delta(
             keys=list(keys.all),
-            args=scripts.conversation_argv(keys.channel, 1000, 3600, "r1", "p", 0, "x", "a\nevent: evil"),
+            args=scripts.conversation_argv(keys.channel, 1000, 3600, "r1", "p", 0, "x", data),
         )
     assert await fake_redis.exists(keys.events, keys.draft) == 0
 

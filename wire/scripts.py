@@ -21,7 +21,11 @@ local CHANNEL, MAXLEN, TTL = ARGV[1], ARGV[2], ARGV[3]
 
 local function publish_event(etype, data)
   -- Appending is the first write of every script, so a refused event leaves nothing half done.
-  if string.find(data, '[\r\n]') then error('event data must be one line') end
+  -- Two plain finds (a byte scan each): the pattern '[\r\n]' was 8 % of the per-chunk script's
+  -- Redis CPU (scripts/redis_cost.py).
+  if string.find(data, '\n', 1, true) or string.find(data, '\r', 1, true) then
+    error('event data must be one line')
+  end
   local id = redis.call('XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 't', etype, 'd', data)
   redis.call('SPUBLISH', CHANNEL, 'id: ' .. id .. '\nevent: ' .. etype .. '\ndata: ' .. data .. '\n\n')
   return id
