@@ -2,9 +2,10 @@
 
 Starts a redis-server on a free loopback port, puts ``CONVERSATIONS`` answers in the queued state,
 and writes them all at once in this process through ``producer.answer.AnswerWriter`` with the
-simulated model at S2's pace (20 chunks/s each, 120 chunks an answer), then prints this process's
-CPU time (``time.process_time``) per published chunk. Redis runs in its own process and is not
-counted. Much steadier than ``producer_cost.py``, which shares the cores with a whole cluster.
+simulated model at S2's pace (20 chunks/s each, 120 chunks an answer), with the producer process's
+garbage collector settings, then prints this process's CPU time (``time.process_time``) per
+published chunk. Redis runs in its own process and is not counted. Steadier than
+``producer_cost.py``, which shares the cores with a whole cluster.
 It also runs the simulated model alone (the same answers, paced the same, published nowhere): the
 difference is the producer's own cost per chunk, the model's pacing set aside.
 
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import uvloop
 
+from launch.gc_tuning import tune_gc
 from launch.processes import RedisServer
 from launch.redis_client import connect
 from producer.answer import AnswerWriter
@@ -81,6 +83,7 @@ async def model_alone(conversations: int) -> float:
 def main() -> None:
     conversations = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    tune_gc()  # as the producer process does
     server = RedisServer()
     server.start()
     try:

@@ -20,6 +20,7 @@ from launch.processes import Member, RedisServer, free_port, wait_for_port
 from producer.generator import Pacing
 from producer.settings import ProducerSettings
 from server.settings import Settings
+from tests.faultproxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = b"test-secret-0123456789abcdef"
@@ -75,6 +76,15 @@ def redis_process() -> Iterator[RedisServer]:
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture
+async def proxy(redis_process: RedisServer) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of ``redis_process`` (``tests.faultproxy``)."""
+    proxy = FaultProxy(redis_process.port)
+    await proxy.start()
+    yield proxy
+    await proxy.close()
 
 
 Proc = Member

@@ -22,14 +22,6 @@ FAIL = Script("return redis.error_reply('refused ' .. ARGV[1])")
 
 
 @pytest.fixture
-async def proxy(redis_process: RedisServer) -> AsyncIterator[FaultProxy]:
-    proxy = FaultProxy(redis_process.port)
-    await proxy.start()
-    yield proxy
-    await proxy.close()
-
-
-@pytest.fixture
 async def redis(proxy: FaultProxy) -> AsyncIterator[Redis]:
     client = connect(proxy.url, max_connections=8, timeout_seconds=5)
     assert isinstance(client, Redis)

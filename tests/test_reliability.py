@@ -28,14 +28,6 @@ def sha(script: str) -> bytes:
 
 
 @pytest.fixture
-async def proxy(redis_process: RedisServer) -> AsyncIterator[FaultProxy]:
-    proxy = FaultProxy(redis_process.port)
-    await proxy.start()
-    yield proxy
-    await proxy.close()
-
-
-@pytest.fixture
 async def proxied(redis_process: RedisServer, proxy: FaultProxy, spawn: Callable[..., Proc]) -> AsyncIterator[Cluster]:
     """A node on Redis directly, and a producer whose Redis traffic goes through the fault proxy."""
     node = spawn("server", {"REDIS_URL": redis_process.url, "STREAMFAN_HEARTBEAT_SECONDS": "1"})
