@@ -170,14 +170,18 @@ class CommandPipe:
                     replies = 0
                     while sent:
                         reply = await parser.read_response()
-                        self._resolve(sent.popleft(), reply)
+                        self._resolve(sent[0], reply)  # popped after: a failure drops it with the rest
+                        sent.popleft()
                         replies += 1
                         if not replies & 63:  # per reply, the timer's upkeep was 4 % of the producer
                             deadline.reschedule(loop.time() + self._reply_timeout)
                 self._replies.clear()
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("script connection to Redis lost (%r)", exc)
+            log.warning("pipelined connection to Redis lost (%r)", exc)
             self._lost(conn, RedisConnectionError(f"connection to Redis lost: {exc!r}"))
+        except Exception as exc:  # a bug: never leave calls waiting on a reader that is gone
+            log.exception("pipelined connection reader failed")
+            self._lost(conn, RedisConnectionError(f"connection to Redis dropped: {exc!r}"))
         except BaseException:
             self._lost(conn, RedisConnectionError("the connection to Redis is closed"))
             raise

@@ -118,3 +118,24 @@ async def test_closing_fails_what_waits_and_refuses_new_calls(redis: Redis) -> N
     for future in (queued, pipe.script(ECHO, ["k"], ["late"])):
         with pytest.raises(RedisConnectionError):
             await future
+
+
+async def test_a_reader_that_fails_unexpectedly_fails_its_calls_and_the_pipe_goes_on(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipe = CommandPipe(redis)
+    resolve = CommandPipe._resolve
+    broken = [True]
+
+    def resolve_once_broken(self: CommandPipe, call: object, reply: object) -> None:
+        if broken.pop() if broken else False:
+            raise RuntimeError("a bug in the reader")
+        resolve(self, call, reply)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CommandPipe, "_resolve", resolve_once_broken)
+    try:
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(pipe.script(ECHO, ["k"], ["first"]), 5)  # never left waiting
+        assert await pipe.script(ECHO, ["k"], ["second"]) == b"second"
+    finally:
+        await pipe.aclose()
