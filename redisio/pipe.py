@@ -74,11 +74,15 @@ class _Call:
         return pack([b"EVALSHA", script.sha, *self.args])
 
 
+def native(connection_class: type[AbstractConnection]) -> bool:
+    """Is this redis-py's own connection class, whose parser may be read directly? (Not fakeredis'.)"""
+    return connection_class.read_response is AbstractConnection.read_response
+
+
 def pipe_for(redis: "Redis | RedisCluster") -> "CommandPipe | None":
     """A pipe for ``redis`` when it is redis-py's own connection to a standalone Redis; else None."""
-    if isinstance(redis, Redis):
-        if redis.connection_pool.connection_class.read_response is AbstractConnection.read_response:
-            return CommandPipe(redis)
+    if isinstance(redis, Redis) and native(redis.connection_pool.connection_class):
+        return CommandPipe(redis)
     return None
 
 
@@ -117,17 +121,21 @@ class CommandPipe:
             call.future.set_exception(RedisConnectionError("the connection to Redis is closed"))
             return call.future
         self._queued.append(call)
+        self._schedule_flush()
+        return call.future
+
+    def _schedule_flush(self) -> None:
+        """Write what is queued at the end of this loop turn (once, however many calls come)."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        return call.future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         conn = self._conn
         if conn is None:
             if self._connecting is None and not self._closed:
-                self._connecting = asyncio.get_running_loop().create_task(self._connect(), name="script-pipe-connect")
+                self._connecting = asyncio.get_running_loop().create_task(self._connect(), name="redis-pipe-connect")
             return  # sent once connected
         calls = [call for call in self._queued if not call.future.done()]
         self._queued = []
@@ -155,7 +163,7 @@ class CommandPipe:
             await self._pool.release(conn)
             return
         self._conn = conn
-        self._reader = asyncio.get_running_loop().create_task(self._read(conn), name="script-pipe-reader")
+        self._reader = asyncio.get_running_loop().create_task(self._read(conn), name="redis-pipe-reader")
         self._flush()
 
     async def _read(self, conn: AbstractConnection) -> None:
@@ -192,9 +200,7 @@ class CommandPipe:
         if isinstance(reply, NoScriptError) and call.script is not None and not call.retried:
             call.retried = True  # Redis restarted: EVAL with the source caches the script again
             self._queued.append(call)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+            self._schedule_flush()
         elif isinstance(reply, Exception):
             call.future.set_exception(reply)
         else:
@@ -203,16 +209,15 @@ class CommandPipe:
     def _lost(self, conn: AbstractConnection, error: RedisError) -> None:
         self._conn = None
         self._reader = None
-        self._drop(error, list(self._sent))
+        self._drop(error, self._sent)
         self._sent.clear()
         self._replies.clear()
         # Replies may still be on the way: the connection is closed, never given back for reuse.
         closing = asyncio.get_running_loop().create_task(self._discard(conn))
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
-        if self._queued and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)  # a new connection for what is queued
+        if self._queued:
+            self._schedule_flush()  # a new connection for what is queued
 
     async def _discard(self, conn: AbstractConnection) -> None:
         with contextlib.suppress(RedisError, OSError):

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 
+from redisio.pipe import native
 from wire.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def _reader(conn: AbstractConnection) -> Callable[[], Awaitable[Any]]:
     Dead links are the watchdog's job, so no timeout is lost. Other connections (fakeredis) go the
     documented way.
     """
-    if type(conn).read_response is AbstractConnection.read_response:
+    if native(type(conn)):
         parser: Any = conn._parser
         return functools.partial(parser.read_response, push_request=True)
     return functools.partial(conn.read_response, timeout=math.inf, push_request=True)
