@@ -26,7 +26,8 @@ class Tab:
     base_url: str
     last_event_id: str = ""
     last_key: tuple[int, int] = (0, 0)
-    expected: dict[str, int] = field(default_factory=dict)
+    current: str = ""
+    """The answer the latest user_message or regenerate started (until its done): the deltas' answer."""
     texts: dict[str, list[str]] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     chunks: int = 0
@@ -55,27 +56,32 @@ class Tab:
             return
         self.last_key = key
         if event_type == "delta":
-            body = json.loads(data)
-            response_id, index = body["response_id"], body["index"]
-            expected = self.expected.get(response_id, 0)
-            if index < expected:
-                self.duplicated += 1
+            # A delta is its answer's text; the answer is the one last started, its time the id's ms.
+            response_id = self.current
+            if not response_id:
+                self.lost += 1  # a delta with no answer started before it: the start was lost
                 return
-            if index > expected:
-                self.lost += index - expected
-            self.expected[response_id] = index + 1
-            self.texts.setdefault(response_id, []).append(body["text"])
+            first = response_id not in self.texts
+            self.texts.setdefault(response_id, []).append(data)
             self.chunks += 1
             now = time.time()
-            latency.add(now * 1000 - body["ts"])
+            latency.add(now * 1000 - key[0])
             if self.gaps is not None:
                 if self.gap_from[0] == response_id:
                     self.gaps.add((now - self.gap_from[1]) * 1000)
                 self.gap_from = (response_id, now)
-            if index == 0 and self.report is not None:
+            if first and self.report is not None:
                 self.report("first", response_id, now)
+        elif event_type in ("user_message", "regenerate"):
+            self.current = json.loads(data)["response_id"]
         elif event_type == "done":
-            response_id = json.loads(data)["response_id"]
+            body = json.loads(data)
+            response_id = body["response_id"]
+            seen = len(self.texts.get(response_id, ()))
+            if response_id == self.current:  # it saw the answer start: it must have seen every delta once
+                self.lost += max(0, body["chunks"] - seen)
+                self.duplicated += max(0, seen - body["chunks"])
+            self.current = ""
             self.done.add(response_id)
             if self.report is not None:
                 self.report("done", response_id, time.time())

@@ -23,7 +23,7 @@ from redisio.pipe import CommandPipe, Script, pipe_for
 from wire import scripts
 from wire.backoff import Backoff
 from wire.env import Retention
-from wire.events import FinishReason, assistant_status, delta_data, done_data, dumps
+from wire.events import FinishReason, assistant_status, delta_lines, delta_text, done_data, dumps
 from wire.keys import ConversationKeys
 
 log = logging.getLogger(__name__)
@@ -142,10 +142,8 @@ class Publisher:
     def _delta_call(
         self, conversation_id: str, response_id: str, owner: str, index: int, text: str
     ) -> tuple[list[str], list[str | int]]:
-        now_ms = int(time.time() * 1000)
-        return self._call(
-            conversation_id, response_id, owner, index, text, delta_data(response_id, index, text, now_ms), now_ms
-        )
+        text = delta_text(text)
+        return self._call(conversation_id, response_id, owner, index, text, delta_lines(text), int(time.time() * 1000))
 
     async def delta(self, conversation_id: str, response_id: str, owner: str, index: int, text: str) -> Appended:
         """Append and publish one chunk, retrying while Redis is away."""

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from launch.processes import RedisServer
 from wire import scripts
-from wire.events import delta_data
+from wire.events import delta_lines
 from wire.keys import ConversationKeys
 
 CONVERSATIONS = 200
@@ -64,10 +64,10 @@ async def measure(subscribers: int, n: int) -> None:
                 k, i = keys[c], nxt[c]
                 nxt[c] += 1
                 argv = scripts.conversation_argv(k.channel, 10_000, 86_400, "r", "p", i, "tok ")
-                pipe.evalsha(sha, 4, *k.all, *argv, delta_data("r", i, "tok ", int(time.time() * 1000)))
+                pipe.evalsha(sha, 4, *k.all, *argv, delta_lines("tok "), int(time.time() * 1000))
             await pipe.execute()
         delta_cpu = redis_cpu(admin) - before
-        frame = "id: 1-0\nevent: delta\ndata: " + delta_data("r", 0, "tok ", 0) + "\n\n"
+        frame = "id: 1-0\nevent: delta\ndata: " + delta_lines("tok ") + "\n\n"
         before = redis_cpu(admin)
         for start in range(0, n, BATCH):
             pipe = client.pipeline(transaction=False)

@@ -29,7 +29,7 @@ from aiohttp import web
 from server.api import json_body
 from server.context import HUB, SETTINGS, STORE
 from server.errors import JSONError
-from server.follower import TranslatingFollower, answer_event
+from server.follower import AnswerEvents, TranslatingFollower
 from server.openai_chat import check_key
 from server.sse_endpoint import catch_up, event_stream_response
 from server.store import Busy, Overloaded, new_id
@@ -55,11 +55,14 @@ def conversation_of(request: web.Request, chat_id: object) -> str:
 class UIMessageFollower(TranslatingFollower):
     """Writes one answer as UI message stream parts."""
 
-    __slots__ = ("done", "part_id", "response_id", "started")
+    __slots__ = ("answer", "done", "part_id", "response_id", "started")
 
     def __init__(self, stream: Any, *, max_pending: int, response_id: str, text_so_far: str | None) -> None:
         super().__init__(stream, max_pending=max_pending)
         self.response_id = response_id
+        self.answer = AnswerEvents(response_id, inside=True)
+        """Both uses start inside the answer: after the post that started it, or at a resume's
+        snapshot of it."""
         self.part_id = f"text-{response_id}"
         self.started = text_so_far is not None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -72,8 +75,8 @@ class UIMessageFollower(TranslatingFollower):
             stream.put(stream.framed(opening))
 
     def translate(self, frame: bytes) -> bytes:
-        event = answer_event(frame, self.response_id)
-        if event is None:
+        event = self.answer.take(frame)
+        if event is None or event[1] == b"user_message":
             return b""
         event_id, event_type, data = event
         out = b""
@@ -134,6 +137,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             stream.put(stream.framed(b"data: [DONE]\n\n"))
             return response
         follower.response_id, follower.part_id = result.response_id, f"text-{result.response_id}"
+        follower.answer.response_id = result.response_id
         follower.position = parse_event_id(result.event_id)
         await _follow(response, follower, conversation_id, request)
     finally:

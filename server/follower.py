@@ -19,6 +19,7 @@ from typing import Any
 
 from server.client_stream import ClientStream, http_chunk
 from wire.events import EventId
+from wire.sse import frame_data
 
 
 def mux_frame(prefix: bytes, frame: bytes) -> bytes:
@@ -169,18 +170,38 @@ class TranslatingFollower(Follower):
         return self._framed(frame)  # the feed hands a translating follower the native frames
 
 
-def answer_event(frame: bytes, response_id: str) -> tuple[bytes, bytes, dict[str, Any]] | None:
-    """(event id, type, data) of a ``delta`` or ``done`` frame of the answer ``response_id``, else
-    ``None``: what the dialects translate, one answer each."""
-    event_id, event_type, data_line = frame_parts(frame)
-    if event_type not in (b"delta", b"done"):
-        return None
-    data: dict[str, Any] = json.loads(data_line)
-    return (event_id, event_type, data) if data.get("response_id") == response_id else None
+class AnswerEvents:
+    """Picks one answer's events out of its conversation's stream, for the dialects.
+
+    A delta does not name its answer: it belongs to the one the latest ``user_message`` or
+    ``regenerate`` event started (both name it), until that answer's ``done`` (the DELTA script
+    refuses a delta of any other answer). So a follower that reads from before its answer's start
+    event sees it begin; one that starts after it (a resume, or after the post it made itself) is
+    ``inside`` from the start.
+    """
+
+    __slots__ = ("inside", "response_id")
+
+    def __init__(self, response_id: str, *, inside: bool) -> None:
+        self.response_id = response_id
+        self.inside = inside
+
+    def take(self, frame: bytes) -> tuple[bytes, bytes, dict[str, Any]] | None:
+        """(event id, type, data) of a ``user_message`` starting the answer or a ``delta`` or
+        ``done`` of it (a delta's data is ``{"text": ...}``), else ``None``."""
+        event_id, event_type, data = frame_parts(frame)
+        if event_type == b"delta":
+            return (event_id, event_type, {"text": data.decode()}) if self.inside else None
+        if event_type not in (b"user_message", b"regenerate", b"done"):
+            return None
+        parsed: dict[str, Any] = json.loads(data)
+        ours = parsed.get("response_id") == self.response_id
+        self.inside = ours and event_type != b"done"
+        return (event_id, event_type, parsed) if ours else None
 
 
 def frame_parts(frame: bytes) -> tuple[bytes, bytes, bytes]:
-    """(event id, type, one-line data) of a frame of ours."""
+    """(event id, type, data) of a frame of ours, its data lines joined with LF."""
     head, _, rest = frame.partition(b"\nevent: ")
-    event_type, _, data = rest.partition(b"\ndata: ")
-    return head.removeprefix(b"id: "), event_type, data.rstrip(b"\n")
+    event_type, _, _ = rest.partition(b"\n")
+    return head.removeprefix(b"id: "), event_type, frame_data(frame)

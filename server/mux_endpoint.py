@@ -81,7 +81,7 @@ async def stream_many(request: web.Request) -> web.StreamResponse:
 
 async def _stream(request: web.Request, wanted: dict[str, EventId], allowed: dict[str, bool]) -> web.StreamResponse:
     settings, hub, store, metrics = request.app[SETTINGS], request.app[HUB], request.app[STORE], request.app[METRICS]
-    response, stream = await event_stream_response(request)
+    response, stream = await event_stream_response(request, until_close=True)
     if stream is None:
         return response
     stream.send_control(encode_retry(settings.retry_ms))

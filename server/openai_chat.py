@@ -26,7 +26,7 @@ from aiohttp import web
 from server.api import json_body
 from server.context import GATE, HUB, SETTINGS, STORE
 from server.errors import JSONError
-from server.follower import TranslatingFollower, answer_event
+from server.follower import AnswerEvents, TranslatingFollower
 from server.sse_endpoint import catch_up, event_stream_response
 from server.store import Busy, Overloaded, new_id
 
@@ -107,12 +107,13 @@ def _request(body: Any, settings: Any) -> tuple[list[dict[str, str]], int, bool,
 class ChatFollower(TranslatingFollower):
     """A follower that writes the conversation's answer as chat.completion.chunk data lines."""
 
-    __slots__ = ("created", "done", "model", "name", "response_id", "started")
+    __slots__ = ("answer", "created", "done", "model", "name", "started")
 
-    def __init__(self, stream: Any, *, max_pending: int, response_id: str, model: str) -> None:
+    def __init__(self, stream: Any, *, max_pending: int, model: str) -> None:
         super().__init__(stream, max_pending=max_pending)
-        self.response_id = response_id
-        self.name = f"chatcmpl-{response_id}"
+        self.answer = AnswerEvents("", inside=False)
+        """Named once posted; the catch-up reads from the start, so it sees the answer begin."""
+        self.name = "chatcmpl-"
         self.model = model
         self.created = int(time.time())
         self.started = False
@@ -131,8 +132,8 @@ class ChatFollower(TranslatingFollower):
         return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
 
     def translate(self, frame: bytes) -> bytes:
-        event = answer_event(frame, self.response_id)
-        if event is None:
+        event = self.answer.take(frame)
+        if event is None or event[1] == b"user_message":
             return b""
         _, event_type, data = event
         if event_type == b"delta":
@@ -190,11 +191,11 @@ async def _streamed(
     if stream is None:
         return response
     # Subscribe before posting, so no event of the answer can be missed.
-    follower = ChatFollower(stream, max_pending=settings.catchup_buffer_events, response_id="", model=model)
+    follower = ChatFollower(stream, max_pending=settings.catchup_buffer_events, model=model)
     feed = await hub.attach(conversation_id, follower)
     try:
-        follower.response_id = await _post(request, conversation_id, content, limit)
-        follower.name = f"chatcmpl-{follower.response_id}"
+        follower.answer.response_id = await _post(request, conversation_id, content, limit)
+        follower.name = f"chatcmpl-{follower.answer.response_id}"
         await catch_up(follower, store, conversation_id, settings.replay_page_events)
         follower.go_live()
         waits: list[asyncio.Future[Any]] = [follower.done, response.ended]

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from server.context import HUB, SETTINGS, STORE
-from server.follower import TranslatingFollower, frame_parts
+from server.follower import AnswerEvents, TranslatingFollower
 from server.openai_chat import OpenAIError, check_key, read_payload
 from server.sse_endpoint import catch_up, event_stream_response
 from server.store import Busy, Overloaded, new_id
@@ -71,8 +71,8 @@ class ResponsesFollower(TranslatingFollower):
     def __init__(self, stream: Any, *, max_pending: int, response_id: str, answer: str, model: str, after: int) -> None:
         super().__init__(stream, max_pending=max_pending)
         self.response_id = response_id
-        self.answer = answer
-        """The streamfan answer this follows: its conversation's only one."""
+        self.answer = AnswerEvents(answer, inside=False)
+        """The streamfan answer this follows (its conversation's only one), read from the start."""
         self.model = model
         self.after = after
         """Events numbered up to this are not written (the client has them)."""
@@ -83,15 +83,13 @@ class ResponsesFollower(TranslatingFollower):
         return b"" if sequence <= self.after else _event(kind, {"sequence_number": sequence, **body})
 
     def translate(self, frame: bytes) -> bytes:
-        _, event_type, data_line = frame_parts(frame)
-        if event_type not in (b"user_message", b"delta", b"done"):
+        event = self.answer.take(frame)
+        if event is None:
             return b""
-        data = json.loads(data_line)
-        if data.get("response_id") != self.answer:
-            return b""
+        _, event_type, data = event
         item_id = f"msg_{self.response_id.removeprefix(_ID_PREFIX)}"
         where = {"item_id": item_id, "output_index": 0, "content_index": 0}
-        if event_type == b"user_message":
+        if event_type != b"delta" and event_type != b"done":  # its user_message (or a regenerate)
             started = response_object(self.response_id, self.model, "in_progress", "", None)
             item = {"id": item_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}
             empty = {"type": "output_text", "text": "", "annotations": []}
@@ -104,7 +102,7 @@ class ResponsesFollower(TranslatingFollower):
         if event_type == b"delta":
             self.text.append(data["text"])
             return self.numbered(
-                4 + data["index"], "response.output_text.delta", {**where, "delta": data["text"], "logprobs": []}
+                3 + len(self.text), "response.output_text.delta", {**where, "delta": data["text"], "logprobs": []}
             )
         text = "".join(self.text)
         base = 4 + len(self.text)

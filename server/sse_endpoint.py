@@ -85,7 +85,7 @@ async def _stream(
     hub, store, metrics = request.app[HUB], request.app[STORE], request.app[METRICS]
     # A browser's cookie lives on while its stream is used (an API client keeps its own token).
     dress = (lambda r: request.app[GATE].grant(r, request, access)) if access.from_cookie else None
-    response, stream = await event_stream_response(request, dress)
+    response, stream = await event_stream_response(request, dress, until_close=True)
     if stream is None:
         return response
     stream.send_control(encode_retry(settings.retry_ms))
@@ -128,17 +128,19 @@ async def _send_snapshot(client: Follower, store: ConversationStore, conversatio
 
 
 async def event_stream_response(
-    request: web.Request, dress: Callable[[web.StreamResponse], object] | None = None
+    request: web.Request, dress: Callable[[web.StreamResponse], object] | None = None, *, until_close: bool = False
 ) -> tuple[EventStreamResponse, ClientStream | None]:
     """Send the stream's headers (``dress`` adds any, such as cookies, first) and make its write path.
 
-    The stream is ``None`` when the client left before the headers were sent.
+    The stream is ``None`` when the client left before the headers were sent. ``until_close``: see
+    ``EventStreamResponse``.
     """
     settings, metrics = request.app[SETTINGS], request.app[METRICS]
     response = EventStreamResponse(
         send_timeout=settings.send_timeout_seconds,
         send_buffer=settings.socket_send_buffer_bytes,
         method=request.method,  # the handler checked it; the OpenAI dialects stream a POST
+        until_close=until_close,
     )
     if dress is not None:
         dress(response)

@@ -26,10 +26,23 @@ class Received:
         return [e.last_event_id for e in self.events]
 
     def of_type(self, event_type: str) -> list[dict[str, Any]]:
-        return [json.loads(e.data) for e in self.events if e.type == event_type]
+        """The events' data (a delta's is its text: ``{"text": ...}``)."""
+        return [_data(e) for e in self.events if e.type == event_type]
 
     def text(self, response_id: str | None = None) -> str:
-        return "".join(d["text"] for d in self.of_type("delta") if response_id in (None, d["response_id"]))
+        """The deltas' text; with ``response_id``, of that answer only (the deltas after the
+        ``user_message`` or ``regenerate`` that started it)."""
+        answer, parts = None, []
+        for event in self.events:
+            if event.type in ("user_message", "regenerate"):
+                answer = json.loads(event.data)["response_id"]
+            elif event.type == "delta" and response_id in (None, answer):
+                parts.append(event.data)
+        return "".join(parts)
+
+
+def _data(event: SSEEvent) -> dict[str, Any]:
+    return {"text": event.data} if event.type == "delta" else dict(json.loads(event.data))
 
 
 def is_done(event: SSEEvent) -> bool:

@@ -5,6 +5,7 @@ Longer than 300 lines: one test per rule of the HTTP API, sharing the in-process
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 
+from loadtest.sse_parser import SSEParser
 from producer.generator import Pacing
 from server.errors import JSONError, guarded
 from tests.conftest import fast_producer, node_settings
@@ -62,9 +64,11 @@ async def test_answer_streams_byte_exact_and_matches_history(client_factory: Any
     assert received.events[-1].type == "done"
     assert_strictly_increasing(received.ids)
     deltas = received.of_type("delta")
-    assert [d["index"] for d in deltas] == list(range(len(deltas)))
-    assert all(isinstance(d["ts"], int) for d in deltas)
-    assert received.text(posted["response_id"]) == TRICKY
+    assert received.of_type("done")[0]["chunks"] == len(deltas) > 1
+    # The answer (the simulated model echoes the prompt) has its line breaks as LF: what an
+    # EventSource can carry, and what the history stores too (wire.events.delta_text).
+    answer = TRICKY.replace("\r\n", "\n").replace("\r", "\n")
+    assert received.text(posted["response_id"]) == answer
     history = await (await client.get(f"/api/conversations/{cid}", headers=auth)).json()
     assert [m["role"] for m in history["messages"]] == ["user", "assistant"]
     assert history["messages"][0]["content"] == TRICKY
@@ -75,9 +79,36 @@ async def test_answer_streams_byte_exact_and_matches_history(client_factory: Any
         "status": "complete",
         "finish_reason": "stop",
     }
-    assert history["messages"][1]["content"] == TRICKY
+    assert history["messages"][1]["content"] == answer
     assert history["last_event_id"] == received.ids[-1]
     events.close()
+
+
+async def test_a_delta_is_its_text_on_the_wire_without_chunk_framing(client_factory: Any) -> None:
+    """The bytes of the native stream, as a socket sees them: the body is the frames themselves
+    (ended by the connection, no chunked framing), and a delta's frame is its id, its type and its
+    text; the done event counts the deltas."""
+    client = await client_factory()
+    cid, auth = await create(client)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        f"GET /api/conversations/{cid}/events HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: {auth['Authorization']}\r\n\r\n".encode()
+    )
+    head = (await reader.readuntil(b"\r\n\r\n")).lower()
+    assert b"transfer-encoding" not in head and b"\r\nconnection: close\r\n" in head
+    assert await reader.readexactly(len(b"retry: 1000\n\n")) == b"retry: 1000\n\n"
+    await post(client, cid, auth, "two\nlines")
+    body = b""
+    async with asyncio.timeout(10):
+        while b"event: done" not in body:
+            body += await reader.read(65536)
+    writer.close()
+    frames = body.split(b"\n\n")
+    deltas = [f for f in frames if b"\nevent: delta\n" in f]
+    assert all(re.fullmatch(rb"id: \d+-\d+\nevent: delta\n(data: [^\n]*\n?)+", f + b"\n") for f in deltas)
+    assert "".join(e.data for e in SSEParser().feed(b"\n\n".join(deltas) + b"\n\n")) == "two\nlines"
+    assert b'"chunks":%d}' % len(deltas) in body
 
 
 async def test_no_cursor_replays_everything_then_goes_live(client_factory: Any) -> None:
@@ -255,13 +286,13 @@ async def test_cancel_ends_the_answer_with_done_cancelled(client_factory: Any, w
     cid, auth = await create(client)
     events = await client.get(f"/api/conversations/{cid}/events", headers=auth)
     posted = await post(client, cid, auth, " ".join(["word"] * 200))
-    if when == "generating":
-        await read_events(events, until=lambda e: e.type == "delta")
+    first = await read_events(events, until=lambda e: e.type == ("delta" if when == "generating" else "user_message"))
     resp = await client.post(f"/api/conversations/{cid}/cancel", json={}, headers=auth)
     assert resp.status == 202
     received = await read_events(events)
     done = received.of_type("done")[-1]
-    assert done == {"response_id": posted["response_id"], "finish_reason": "cancelled"}
+    chunks = len(first.of_type("delta")) + len(received.of_type("delta"))
+    assert done == {"response_id": posted["response_id"], "finish_reason": "cancelled", "chunks": chunks}
     history = await (await client.get(f"/api/conversations/{cid}", headers=auth)).json()
     answer = history["messages"][-1]
     assert answer["status"] == "cancelled" and answer["finish_reason"] == "cancelled"

@@ -54,6 +54,7 @@ class Tab:
     """One EventSource-like follower: reconnects with Last-Event-ID, checks ids strictly increase."""
 
     last_id: str = ""
+    current: str = ""
     texts: dict[str, list[str]] = field(default_factory=dict)
     done: dict[str, dict[str, str]] = field(default_factory=dict)
     anomalies: list[str] = field(default_factory=list)
@@ -64,9 +65,12 @@ class Tab:
             self.anomalies.append(f"{event_type} {event_id} after {self.last_id}")
             return
         self.last_id = event_id or self.last_id
+        if event_type == "delta":  # the text of the answer last started
+            self.texts.setdefault(self.current, []).append(data)
+            return
         body = json.loads(data)
-        if event_type == "delta":
-            self.texts.setdefault(body["response_id"], []).append(body["text"])
+        if event_type in ("user_message", "regenerate"):
+            self.current = body["response_id"]
         elif event_type == "done":
             self.done[body["response_id"]] = body
         elif event_type == "reset":

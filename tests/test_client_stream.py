@@ -4,12 +4,11 @@ import asyncio
 
 from server.client_stream import http_chunk
 from tests.fakes import FakeTransport, make_listener, sent_ids
-from wire.events import delta_data
 from wire.sse import encode_event
 
 
 def frame(event_id: str, text: str) -> bytes:
-    return encode_event(event_id, "delta", delta_data("r", 0, text, 0))
+    return encode_event(event_id, "delta", text)
 
 
 async def test_one_write_path_keeps_order_across_replay_live_heartbeat_and_reset() -> None:

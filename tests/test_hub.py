@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 from fakeredis.aioredis import FakeRedis
 
+from loadtest.sse_parser import SSEParser
 from server.client_stream import ClientStream, http_chunk
 from server.hub import Hub
 from server.store import ConversationStore
 from tests.fakes import FakeTransport, eventually, make_listener, running_hub, sent_ids
 from wire import scripts
 from wire.env import Retention
-from wire.events import delta_data, parse_event_id
+from wire.events import delta_lines, parse_event_id
 from wire.keys import ConversationKeys
 from wire.sse import encode_event
 
@@ -50,9 +51,7 @@ class Producer:
         await self.redis.hset(self.keys.state, mapping={"active": "r", "owner": "p", "next": 0})
 
     async def delta(self, text: str) -> str:
-        args = scripts.conversation_argv(
-            self.keys.channel, 1000, 3600, "r", "p", self.index, text, delta_data("r", self.index, text, 0)
-        )
+        args = scripts.conversation_argv(self.keys.channel, 1000, 3600, "r", "p", self.index, text, delta_lines(text))
         ok, event_id = await self.script(keys=list(self.keys.all), args=args)
         assert ok == 1
         self.index += 1
@@ -78,8 +77,8 @@ async def test_many_listeners_share_one_subscription(hub: Hub, fake_redis: FakeR
         assert hub.channel_count == 1 and hub.listener_count(CID) == 50
         first = await producer.delta("hello")
         second = await producer.delta(" world")
-        expected = http_chunk(encode_event(first, "delta", delta_data("r", 0, "hello", 0))) + http_chunk(
-            encode_event(second, "delta", delta_data("r", 1, " world", 0))
+        expected = http_chunk(encode_event(first, "delta", "hello")) + http_chunk(
+            encode_event(second, "delta", " world")
         )
         await eventually(lambda: all(len(t.data) == len(expected) for t in transports))
         assert all(bytes(t.data) == expected for t in transports)
@@ -182,7 +181,7 @@ async def test_gap_is_filled_after_the_pubsub_connection_drops(hub: Hub, fake_re
         ids += [await producer.delta(c) for c in "ij"]
         await eventually(lambda: transport.data.count(b"event: delta") == 10, within=5)
     assert sent_ids(transport) == ids
-    assert b"".join(bytes(transport.data).split(b"data: ")[1:]).count(b'"text"') == 10
+    assert [e.data for e in SSEParser().feed(bytes(transport.data)) if e.type == "delta"] == list("abcdefghij")
 
 
 async def test_live_clients_get_heartbeats_from_the_hub(hub: Hub) -> None:

@@ -12,8 +12,12 @@ from loadtest.stats import Series, percentile
 from tests.conftest import ROOT, Proc, run_loadtest
 
 
-def delta(rid: str, index: int, text: str) -> str:
-    return json.dumps({"response_id": rid, "index": index, "text": text, "ts": 0})
+def start(rid: str) -> str:
+    return json.dumps({"message_id": "m", "content": "x", "response_id": rid})
+
+
+def done(rid: str, chunks: int) -> str:
+    return json.dumps({"response_id": rid, "finish_reason": "stop", "chunks": chunks})
 
 
 def feed(tab: Tab, events: list[tuple[str, str, str]]) -> None:
@@ -22,19 +26,33 @@ def feed(tab: Tab, events: list[tuple[str, str, str]]) -> None:
         tab.on_event(event_type, data, event_id, latency)
 
 
-def test_checker_counts_a_lost_and_a_doubled_chunk() -> None:
+def test_checker_counts_lost_chunks_from_the_done_count() -> None:
     tab = Tab("c", "t", "http://127.0.0.1")
     feed(
         tab,
         [
-            ("delta", delta("r", 0, "a"), "1-0"),
-            ("delta", delta("r", 2, "c"), "2-0"),  # index 1 never came: lost
-            ("delta", delta("r", 2, "c"), "3-0"),  # index 2 again under a new id: doubled
-            ("done", json.dumps({"response_id": "r", "finish_reason": "stop"}), "4-0"),
+            ("user_message", start("r"), "1-0"),
+            ("delta", "a", "2-0"),
+            ("delta", "c", "4-0"),  # the chunk between never came
+            ("done", done("r", 3), "5-0"),
         ],
     )
-    assert (tab.lost, tab.duplicated, tab.reordered) == (1, 1, 0)
+    assert (tab.lost, tab.duplicated, tab.reordered) == (1, 0, 0)
     assert "".join(tab.texts["r"]) == "ac"
+
+
+def test_checker_counts_a_chunk_doubled_under_a_new_id() -> None:
+    tab = Tab("c", "t", "http://127.0.0.1")
+    feed(
+        tab,
+        [
+            ("user_message", start("r"), "1-0"),
+            ("delta", "a", "2-0"),
+            ("delta", "a", "3-0"),
+            ("done", done("r", 1), "4-0"),
+        ],
+    )
+    assert (tab.lost, tab.duplicated, tab.reordered) == (0, 1, 0)
 
 
 def test_checker_counts_reordered_and_replayed_ids() -> None:
@@ -42,29 +60,40 @@ def test_checker_counts_reordered_and_replayed_ids() -> None:
     feed(
         tab,
         [
-            ("delta", delta("r", 0, "a"), "5-0"),
-            ("delta", delta("r", 1, "b"), "4-0"),  # an older id after a newer one
-            ("delta", delta("r", 1, "b"), "5-0"),  # the same id again
+            ("user_message", start("r"), "1-0"),
+            ("delta", "a", "5-0"),
+            ("delta", "b", "4-0"),  # an older id after a newer one
+            ("delta", "b", "5-0"),  # the same id again
         ],
     )
     assert tab.reordered == 2 and tab.lost == 0 and tab.duplicated == 0
 
 
+def test_checker_counts_a_delta_whose_answer_never_started() -> None:
+    tab = Tab("c", "t", "http://127.0.0.1")
+    feed(tab, [("delta", "orphan", "1-0")])
+    assert tab.lost == 1 and tab.chunks == 0
+
+
 def test_clean_stream_has_no_anomalies_and_digests_the_answer() -> None:
     tab = Tab("c", "t", "http://127.0.0.1")
-    feed(
-        tab,
-        [
-            ("user_message", json.dumps({"message_id": "m", "content": "x", "response_id": "r"}), "1-0"),
-            ("delta", delta("r", 0, "he"), "2-0"),
-            ("delta", delta("r", 1, "llo"), "2-1"),
-            ("done", json.dumps({"response_id": "r", "finish_reason": "stop"}), "3-0"),
-        ],
-    )
-    assert (tab.lost, tab.duplicated, tab.reordered, tab.chunks) == (0, 0, 0, 2)
+    latency = Series()
+    events = [
+        ("user_message", start("r"), "1-0"),
+        ("delta", "he", "2-0"),
+        ("delta", "llo\n", "2-1"),
+        ("done", done("r", 2), "3-0"),
+        ("regenerate", json.dumps({"response_id": "r2", "replaces": "r", "message_id": "m"}), "4-0"),
+        ("delta", "again", "5-0"),
+        ("done", done("r2", 1), "6-0"),
+    ]
+    for event_type, data, event_id in events:
+        tab.on_event(event_type, data, event_id, latency)
+    assert (tab.lost, tab.duplicated, tab.reordered, tab.chunks) == (0, 0, 0, 3)
     import hashlib
 
-    assert tab.digests() == {"r": hashlib.sha256(b"hello").hexdigest()}
+    assert tab.digests() == {"r": hashlib.sha256(b"hello\n").hexdigest(), "r2": hashlib.sha256(b"again").hexdigest()}
+    assert latency.summary()["count"] == 3  # each delta's latency, from its id's milliseconds
 
 
 def test_percentiles_are_nearest_rank() -> None:

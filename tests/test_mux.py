@@ -25,7 +25,7 @@ async def read_mux(resp: Any, until_done: set[str]) -> list[tuple[str, str, str,
         assert chunk, "the stream ended early"
         for event in parser.feed(chunk):
             conversation, _, event_id = event.last_event_id.partition("/")
-            data = json.loads(event.data)
+            data = {"text": event.data} if event.type == "delta" else json.loads(event.data)
             events.append((conversation, event_id, event.type, data))
             if event.type in ("done", "gone"):
                 waiting.discard(conversation)

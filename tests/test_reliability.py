@@ -216,8 +216,8 @@ async def test_a_killed_producer_is_taken_over_within_seconds_and_the_answer_con
     killed_at = time.monotonic()
     rest = await read_events(stream, within=30)
     assert time.monotonic() - killed_at < 12
-    done = rest.of_type("done")
-    assert done == [{"response_id": posted["response_id"], "finish_reason": "stop"}]
+    chunks = len(head.of_type("delta")) + len(rest.of_type("delta"))
+    assert rest.of_type("done") == [{"response_id": posted["response_id"], "finish_reason": "stop", "chunks": chunks}]
     assert head.text() + rest.text() == text == (await direct.history(cid, auth))["messages"][-1]["content"]
 
 

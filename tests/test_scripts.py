@@ -3,7 +3,7 @@
 from fakeredis.aioredis import FakeRedis
 
 from wire import scripts
-from wire.events import delta_data
+from wire.events import delta_lines
 from wire.keys import ConversationKeys
 
 CID = "conversation-0000000001"
@@ -17,9 +17,7 @@ async def test_a_slow_answer_refreshes_its_ttls_by_time_not_by_chunk_count(fake_
     script = fake_redis.register_script(scripts.DELTA)
 
     async def delta(index: int, now_ms: int) -> None:
-        args = scripts.conversation_argv(
-            keys.channel, 1000, TTL, "r", "p", index, "x", delta_data("r", index, "x", now_ms), now_ms
-        )
+        args = scripts.conversation_argv(keys.channel, 1000, TTL, "r", "p", index, "x", delta_lines("x"), now_ms)
         ok, _ = await script(keys=list(keys.all), args=args)
         assert ok == 1
 

@@ -1,15 +1,13 @@
 """SSE framing: exact bytes, no way to inject a field, and the Lua-built frames match Python's."""
 
-import json
-
 import pytest
 from fakeredis.aioredis import FakeRedis
 
 from loadtest.sse_parser import SSEParser
 from wire import scripts
-from wire.events import delta_data
+from wire.events import delta_data, delta_lines, delta_text
 from wire.keys import ConversationKeys
-from wire.sse import encode_comment, encode_event, encode_retry, frame_event_id, frame_from_entry
+from wire.sse import encode_comment, encode_event, encode_retry, frame_data, frame_event_id, frame_from_entry
 
 
 def test_event_bytes_are_exact() -> None:
@@ -61,29 +59,34 @@ async def test_published_frame_equals_python_encoding_and_replayed_frame(fake_re
     pubsub = fake_redis.pubsub()
     await pubsub.ssubscribe(keys.channel)
     await pubsub.get_message(timeout=1)
-    text = '  🚀 naïve\r\n"quoted" \\ </script>\u2028'
-    data = delta_data("r1", 0, text, 123)
+    text = delta_text('  🚀 naïve\r\n"quoted" \\ </script>\u2028\n\nevent: evil\n')
     delta = fake_redis.register_script(scripts.DELTA)
     ok, event_id = await delta(
-        keys=list(keys.all), args=scripts.conversation_argv(keys.channel, 1000, 3600, "r1", "p", 0, text, data)
+        keys=list(keys.all),
+        args=scripts.conversation_argv(keys.channel, 1000, 3600, "r1", "p", 0, text, delta_lines(text)),
     )
     assert ok == 1
     message = await pubsub.get_message(timeout=1)
     assert message is not None
     published = message["data"]
-    assert published == encode_event(event_id.decode(), "delta", data)
+    assert published == encode_event(event_id.decode(), "delta", text)
     [(stored_id, fields)] = await fake_redis.xrange(keys.events)
     assert frame_from_entry(stored_id, fields[b"t"], fields[b"d"]) == published
-    assert await fake_redis.get(keys.draft) == text.encode()
+    assert frame_data(published) == text.encode() == await fake_redis.get(keys.draft)
+    [event] = SSEParser().feed(published)
+    assert (event.type, event.data) == ("delta", text)  # what an EventSource hands on: the text
     await pubsub.aclose()
 
 
-@pytest.mark.parametrize("data", ["a\nevent: evil", "a\revent: evil", "a\r\nevent: evil"])
-async def test_scripts_refuse_multiline_data_before_writing(fake_redis: FakeRedis, data: str) -> None:
+@pytest.mark.parametrize(
+    "data",
+    ["a\nevent: evil", "a\revent: evil", "a\r\nevent: evil", "a\ndata: b\n\nevent: evil", "a\ndata: b\ndata:c\nid: 9"],
+)
+async def test_scripts_refuse_data_that_is_not_data_lines_before_writing(fake_redis: FakeRedis, data: str) -> None:
     keys = ConversationKeys("d" * 22)
     await fake_redis.hset(keys.state, mapping={"active": "r1", "owner": "p", "next": 0})
     delta = fake_redis.register_script(scripts.DELTA)
-    with pytest.raises(Exception, match="one line"):
+    with pytest.raises(Exception, match="event data must"):
         await delta(
             keys=list(keys.all),
             args=scripts.conversation_argv(keys.channel, 1000, 3600, "r1", "p", 0, "x", data),
@@ -91,10 +94,21 @@ async def test_scripts_refuse_multiline_data_before_writing(fake_redis: FakeRedi
     assert await fake_redis.exists(keys.events, keys.draft) == 0
 
 
-@pytest.mark.parametrize("text", ["plain", 'q"uote\\back', "line\nbreak\r\x00\t", " \u2028 🚀 naïve 日本語", ""])
-def test_delta_data_is_exactly_the_compact_json(text: str) -> None:
-    from wire.events import delta_data, dumps
-
-    built = delta_data("r-1", 7, text, 1_700_000_000_123)
-    assert built == dumps({"response_id": "r-1", "index": 7, "text": text, "ts": 1_700_000_000_123})
-    assert "\n" not in built and "\r" not in built and json.loads(built)["text"] == text
+@pytest.mark.parametrize(
+    ("text", "lines"),
+    [
+        ("plain", "plain"),
+        ('q"uote\\back', 'q"uote\\back'),
+        ("line\nbreak\r\nend\r\x00\t", "line\ndata: break\ndata: end\ndata: \x00\t"),
+        (" \u2028 🚀 naïve 日本語", " \u2028 🚀 naïve 日本語"),
+        ("\n", "\ndata: "),
+        ("", ""),
+    ],
+)
+def test_delta_data_is_the_text_in_data_lines(text: str, lines: str) -> None:
+    assert delta_lines(text) == lines
+    assert delta_data("r-1", 7, text, 1_700_000_000_123) == lines  # the harness's four-argument form
+    [event] = SSEParser().feed(encode_event("1-0", "delta", text))
+    assert (
+        event.data == delta_text(text) and frame_data(encode_event("1-0", "delta", text)) == delta_text(text).encode()
+    )

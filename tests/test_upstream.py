@@ -145,10 +145,13 @@ async def test_a_cancel_reaches_the_model_server(client_factory: Any, upstream: 
     cid, auth = await create(client)
     stream = await client.get(f"/api/conversations/{cid}/events", headers=auth)
     posted = await post(client, cid, auth, "hang: forever")
-    await read_events(stream, count=5)
+    first = await read_events(stream, count=5)
     resp = await client.post(f"/api/conversations/{cid}/cancel", json={}, headers=auth)
     assert resp.status == 202
     got = await read_events(stream, within=10)
     stream.close()
-    assert got.of_type("done") == [{"response_id": posted["response_id"], "finish_reason": "cancelled"}]
+    chunks = len(first.of_type("delta")) + len(got.of_type("delta"))
+    assert got.of_type("done") == [
+        {"response_id": posted["response_id"], "finish_reason": "cancelled", "chunks": chunks}
+    ]
     await eventually(lambda: upstream.cancelled == 1, within=5)

@@ -3,7 +3,7 @@
 Appending an event to the history stream and publishing its SSE frame (SPUBLISH on the
 conversation's shard channel, which lives in the slot of its keys) happen in the same script,
 so the live path and every replay agree on ids and bytes (the frame is ``wire.sse.encode_event``'s
-output for one-line data). Retention is applied on every write: the stream is capped with
+output). Retention is applied on every write: the stream is capped with
 ``MAXLEN ~`` and all of the conversation's keys expire ``ttl`` seconds after its last event.
 
 Conversation scripts take ``KEYS = ConversationKeys.all`` (state, messages, draft, events) and
@@ -21,10 +21,14 @@ local CHANNEL, MAXLEN, TTL = ARGV[1], ARGV[2], ARGV[3]
 
 local function publish_event(etype, data)
   -- Appending is the first write of every script, so a refused event leaves nothing half done.
-  -- Two plain finds (a byte scan each): the pattern '[\r\n]' was 8 % of the per-chunk script's
-  -- Redis CPU (scripts/redis_cost.py).
-  if string.find(data, '\n', 1, true) or string.find(data, '\r', 1, true) then
-    error('event data must be one line')
+  -- Data is SSE data lines: no CR, and every LF starts another 'data: ' line, so no data can
+  -- forge a field or end its event early. Plain finds (a byte scan each): the pattern '[\r\n]'
+  -- was 8 % of the per-chunk script's Redis CPU (scripts/redis_cost.py).
+  if string.find(data, '\r', 1, true) then error('event data must not hold CR') end
+  if string.find(data, '\n', 1, true) then
+    local _, lines = string.gsub(data, '\n', '')
+    local _, continued = string.gsub(data, '\ndata: ', '')
+    if lines ~= continued then error('event data must be data lines') end
   end
   local id = redis.call('XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 't', etype, 'd', data)
   redis.call('SPUBLISH', CHANNEL, 'id: ' .. id .. '\nevent: ' .. etype .. '\ndata: ' .. data .. '\n\n')
@@ -47,7 +51,9 @@ local function touch()
 end
 
 local function finish(rid, reason, status, done, err, usage)
-  local id = append_event('done', done)
+  -- The done event says how many deltas the answer has, so a client can check it saw them all.
+  local chunks = tonumber(redis.call('HGET', STATE, 'next')) or 0
+  local id = append_event('done', string.sub(done, 1, -2) .. ',"chunks":' .. chunks .. '}')
   local content = redis.call('GET', DRAFT) or ''
   local message = {id = rid, role = 'assistant', content = content, status = status, finish_reason = reason}
   if err and err ~= '' then message['error'] = err end
@@ -159,8 +165,8 @@ return {'taken', next_index}
 DELTA: Final = (
     _PRELUDE
     + r"""
--- ARGV: 4 response id, 5 owner, 6 delta index, 7 text, 8 delta event data, 9 (optional) the
--- producer's clock in ms.
+-- ARGV: 4 response id, 5 owner, 6 delta index, 7 text, 8 its event data (wire.events.delta_lines),
+-- 9 (optional) the producer's clock in ms.
 -- Returns {1, event id}; {0} if this index was appended already (a retry); {-1} if the answer
 -- is no longer this producer's; {-2} if a cancel was asked (the producer then finishes it);
 -- {-3, next index} if deltas before this one are missing (a failover lost writes Redis had

@@ -2,8 +2,9 @@
 
 A frame is ``id: <id>\\nevent: <type>\\ndata: <line>\\n...\\n\\n``. Ids and types can never carry
 CR, LF or NUL; multi-line data becomes several ``data:`` lines, so no input can forge a field or end
-an event early. The Lua scripts in ``wire.scripts`` build the same bytes for one-line JSON data;
-``tests/test_sse.py`` holds both to that.
+an event early. The Lua scripts in ``wire.scripts`` build the same bytes from data already in
+lines (one-line JSON, or a delta's text from ``wire.events.delta_lines``); ``tests/test_sse.py``
+holds both to that.
 """
 
 import re
@@ -37,6 +38,12 @@ def encode_comment(text: str = "") -> bytes:
     return "".join(f":{line}\n" for line in _LINE_BREAK.split(text)).encode() + b"\n"
 
 
+def frame_data(frame: bytes) -> bytes:
+    """The data of a frame of ours, its data lines joined with LF (what an EventSource hands on)."""
+    _, _, data = frame.partition(b"\ndata: ")
+    return data[:-2].replace(b"\ndata: ", b"\n")
+
+
 def frame_event_id(frame: bytes) -> bytes:
     """The id of a frame made by ``encode_event`` (or the Lua scripts): its first line's value."""
     if not frame.startswith(b"id: "):
@@ -47,6 +54,7 @@ def frame_event_id(frame: bytes) -> bytes:
 def frame_from_entry(event_id: bytes, event_type: bytes, data: bytes) -> bytes:
     """The frame of a stored history entry: byte-identical to what its script published.
 
-    Stored data is one line (the scripts refuse anything else), so no splitting is needed here.
+    Stored data is in data lines already (the scripts refuse anything else), so no splitting is
+    needed here.
     """
     return b"id: " + event_id + b"\nevent: " + event_type + b"\ndata: " + data + b"\n\n"

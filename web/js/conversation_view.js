@@ -104,6 +104,13 @@ export class ConversationView {
       return;
     }
     if (id && !newer(id, this.lastId)) return; // seen already (history, or another tab's relay)
+    if (type === "delta") {
+      // A delta's data is its text; it belongs to the active answer (the latest one started).
+      if (id) this.lastId = id;
+      if (this.active) this.#answer(this.active).md.append(raw);
+      this.hooks.onChange();
+      return;
+    }
     let data;
     try {
       data = JSON.parse(raw);
@@ -118,9 +125,6 @@ export class ConversationView {
     } else if (type === "regenerate") {
       this.#answer(data.response_id, data.replaces);
       this.#setActive(data.response_id);
-    } else if (type === "delta") {
-      this.#answer(data.response_id).md.append(data.text);
-      if (this.active !== data.response_id) this.#setActive(data.response_id);
     } else if (type === "done") {
       this.#finish(this.#answer(data.response_id), data.finish_reason, data.error);
       if (this.active === data.response_id) this.#setActive(null);
