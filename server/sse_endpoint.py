@@ -49,12 +49,58 @@ def requested_cursor(request: web.Request) -> EventId:
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    gate, hub, store = request.app[GATE], request.app[HUB], request.app[STORE]
+    """The stream runs in this one coroutine, whose frame lives as long as the stream: the checks
+    before it run in ``_admit`` (a second coroutine nested for the stream's life was 420 bytes more
+    per open stream)."""
+    access, cursor, snapshot, limited_address = await _admit(request)
+    settings, gate = request.app[SETTINGS], request.app[GATE]
+    hub, store, metrics = request.app[HUB], request.app[STORE], request.app[METRICS]
+    conversation_id = access.conversation_id
+    if limited_address is not None:
+        gate.streams_per_ip.enter(limited_address)
+    try:
+        # A browser's cookie lives on while its stream is used (an API client keeps its own token).
+        dress = (lambda r: gate.grant(r, request, access)) if access.from_cookie else None
+        response, stream = await event_stream_response(request, dress, until_close=True)
+        if stream is None:
+            return response
+        stream.send_control(encode_retry(settings.retry_ms))
+        client = Follower(stream, max_pending=settings.catchup_buffer_events)
+        client.position = cursor
+        metrics.sockets_open += 1
+        try:
+            feed = await hub.attach(conversation_id, client)
+            try:
+                if snapshot and cursor == (0, 0):
+                    await _send_snapshot(client, store, conversation_id)
+                replayed = await catch_up(client, store, conversation_id, settings.replay_page_events)
+                if replayed:
+                    metrics.replays.inc()
+                    metrics.replay_events.observe(replayed)
+                if not client.closed:
+                    client.go_live()
+                    await response.ended
+            finally:
+                hub.detach(feed, client)
+        except (HubUnavailable, RedisError, OSError, TimeoutError) as exc:
+            # The client reconnects with its cursor once the node can serve it again.
+            log.warning("stream of a conversation ended early: %r", exc)
+        finally:
+            metrics.sockets_open -= 1
+        return response
+    finally:
+        if limited_address is not None:
+            gate.streams_per_ip.leave(limited_address)
+
+
+async def _admit(request: web.Request) -> tuple[Access, EventId, bool, str | None]:
+    """(access, cursor, compacted catch-up?, the client's address if its streams are counted), or
+    the JSON error that refuses the stream."""
+    settings, gate, hub = request.app[SETTINGS], request.app[GATE], request.app[HUB]
     if request.method != "GET":
         raise JSONError(405, "Method Not Allowed", headers={"Allow": "GET"})
     try:
-        access = await gate.conversation(request, store)
+        access = await gate.conversation(request, request.app[STORE])
     except (RedisError, OSError, TimeoutError):
         raise JSONError(
             503, "the service is briefly unavailable; try again", code="unavailable", headers={"Retry-After": "1"}
@@ -69,49 +115,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         raise JSONError(
             429, "too many open streams of this conversation", code="too_many_streams", headers={"Retry-After": "5"}
         )
-    if limited:
-        gate.streams_per_ip.enter(address)
-    try:
-        return await _stream(request, access.conversation_id, cursor, access, snapshot=compact == "snapshot")
-    finally:
-        if limited:
-            gate.streams_per_ip.leave(address)
-
-
-async def _stream(
-    request: web.Request, conversation_id: str, cursor: EventId, access: Access, *, snapshot: bool
-) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    hub, store, metrics = request.app[HUB], request.app[STORE], request.app[METRICS]
-    # A browser's cookie lives on while its stream is used (an API client keeps its own token).
-    dress = (lambda r: request.app[GATE].grant(r, request, access)) if access.from_cookie else None
-    response, stream = await event_stream_response(request, dress, until_close=True)
-    if stream is None:
-        return response
-    stream.send_control(encode_retry(settings.retry_ms))
-    client = Follower(stream, max_pending=settings.catchup_buffer_events)
-    client.position = cursor
-    metrics.sockets_open += 1
-    try:
-        feed = await hub.attach(conversation_id, client)
-        try:
-            if snapshot and cursor == (0, 0):
-                await _send_snapshot(client, store, conversation_id)
-            replayed = await catch_up(client, store, conversation_id, settings.replay_page_events)
-            if replayed:
-                metrics.replays.inc()
-                metrics.replay_events.observe(replayed)
-            if not client.closed:
-                client.go_live()
-                await response.ended
-        finally:
-            hub.detach(feed, client)
-    except (HubUnavailable, RedisError, OSError, TimeoutError) as exc:
-        # The client reconnects with its cursor once the node can serve it again.
-        log.warning("stream of a conversation ended early: %r", exc)
-    finally:
-        metrics.sockets_open -= 1
-    return response
+    return access, cursor, compact == "snapshot", address if limited else None
 
 
 async def _send_snapshot(client: Follower, store: ConversationStore, conversation_id: str) -> None:

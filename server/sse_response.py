@@ -52,11 +52,12 @@ class EventStreamResponse(EventSourceResponse):
         del self.headers["Connection"]  # aiohttp says "close" where it applies
         if until_close:
             # aiohttp chunks every HTTP/1.1 body of unknown length unless its length check is off
-            # (as for its WebSocket responses); tests/test_sse.py checks the bytes on the wire.
+            # (as for its WebSocket responses); tests/test_api.py checks the bytes on the wire.
             self._length_check = False
             self.force_close()
         self._socket_options = (send_timeout, send_buffer)
         self._method = method
+        self._until_close = until_close
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
         if self.prepared:  # aiohttp prepares a returned response again: it is the writer we have
@@ -65,6 +66,10 @@ class EventStreamResponse(EventSourceResponse):
             raise HTTPMethodNotAllowed(request.method, (self._method,))
         tune_socket(request, *self._socket_options)
         writer = await StreamResponse.prepare(self, request)
+        if self._until_close and writer is not None:
+            # No keep-alive after this response, and no keep-alive timer: aiohttp arms one per
+            # connection (75 s) and it would stay armed under the stream, about 570 bytes each.
+            request.protocol.keep_alive(False)
         self._ended = asyncio.get_running_loop().create_future()
         return writer
 

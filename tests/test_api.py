@@ -111,6 +111,18 @@ async def test_a_delta_is_its_text_on_the_wire_without_chunk_framing(client_fact
     assert b'"chunks":%d}' % len(deltas) in body
 
 
+async def test_an_open_stream_holds_no_keep_alive_timer(client_factory: Any) -> None:
+    """aiohttp arms a keep-alive timer per connection (75 s); a native stream, which ends with its
+    connection, cancels it (about 570 bytes per open stream)."""
+    client = await client_factory()
+    cid, auth = await create(client)
+    events = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    assert events.status == 200
+    [handler] = client.server.handler.connections
+    assert handler._keepalive_handle is None and not handler._keepalive
+    events.close()
+
+
 async def test_no_cursor_replays_everything_then_goes_live(client_factory: Any) -> None:
     client = await client_factory()
     cid, auth = await create(client)
