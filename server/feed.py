@@ -1,7 +1,8 @@
 """One conversation's live feed on this node: its clients, the order of its frames, its gap fill.
 
-Each frame arrives already encoded (the publishing script built it); the feed parses its id once,
-frames it as an HTTP chunk once, and hands the same bytes to every client (encode once, write many).
+Each frame arrives already encoded (the publishing script built it); the feed parses its id once
+and hands the same bytes to every client (encode once, write many): the native streams send frames
+as they are (their body ends with the connection, no chunked framing).
 
 Invariants (this class owns them):
 - ``forwarded`` is the newest event id handed to the clients; no frame at or before it is forwarded
@@ -23,7 +24,6 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from server.client_stream import http_chunk
 from server.follower import Follower, mux_frame
 from server.history import history_after
 from server.metrics import NodeMetrics
@@ -134,20 +134,18 @@ class ChannelFeed:
         if forwarded is not None and event_id <= forwarded:
             return  # forwarded already, from the history while a gap was filled
         self.forwarded = event_id
-        chunk = http_chunk(frame)
-        muxed: tuple[bytes, bytes] | None = None
+        muxed: bytes | None = None
         clients = self.clients
         for client in clients:
             if client.muxed:
                 if muxed is None:  # once per frame, for every multiplexed follower of the node
-                    mux = mux_frame(self.mux_prefix, frame)
-                    muxed = mux, http_chunk(mux)
-                client.deliver(event_id, *muxed)
+                    muxed = mux_frame(self.mux_prefix, frame)
+                client.deliver(event_id, muxed)
             else:
-                client.deliver(event_id, frame, chunk)
+                client.deliver(event_id, frame)
         metrics = self._services.metrics
         metrics.delivered.value += len(clients)
-        metrics.bytes_written.value += len(clients) * len(chunk)
+        metrics.bytes_written.value += len(clients) * len(frame)
         metrics.publish_to_write.observe(max(0.0, time.time() - event_id[0] / 1000))
 
     # -- the gap fill -------------------------------------------------------------------------

@@ -53,9 +53,9 @@ class Follower:
     def closed(self) -> bool:
         return self.stream.closed
 
-    def deliver(self, event_id: EventId, frame: bytes, chunk: bytes) -> None:
-        """A live event: ``frame`` and ``chunk`` (it as an HTTP chunk) already in this follower's
-        form (prefixed when ``muxed``), built once per node, not per client."""
+    def deliver(self, event_id: EventId, frame: bytes) -> None:
+        """A live event: ``frame`` already in this follower's form (prefixed when ``muxed``), built
+        once per node, not per client."""
         pending = self.pending
         if pending is not None:
             if len(pending) >= self.max_pending:
@@ -76,7 +76,7 @@ class Follower:
         if stream.closed or transport.is_closing():
             stream.close()
             return
-        data = chunk if stream.chunked else frame
+        data = http_chunk(frame) if stream.chunked else frame  # a native stream is never chunked
         transport.write(data)
         if transport.get_write_buffer_size() - len(data) > stream.max_buffer:
             stream.too_slow()
@@ -146,7 +146,7 @@ class TranslatingFollower(Follower):
     def translate(self, frame: bytes) -> bytes:
         raise NotImplementedError
 
-    def deliver(self, event_id: EventId, frame: bytes, chunk: bytes) -> None:
+    def deliver(self, event_id: EventId, frame: bytes) -> None:
         pending = self.pending
         if pending is not None:
             if len(pending) < self.max_pending:

@@ -15,18 +15,18 @@ async def test_one_write_path_keeps_order_across_replay_live_heartbeat_and_reset
     transport = FakeTransport()
     client = make_listener(transport)
     client.stream.send_control(b"retry: 1000\n\n")
-    client.deliver((3, 0), frame("3-0", "live during replay"), b"unused")  # buffered while catching up
+    client.deliver((3, 0), frame("3-0", "live during replay"))  # buffered while catching up
     if client.live:  # the hub beats live followers only
         client.stream.heartbeat(b":\n\n", http_chunk(b":\n\n"), 0.0)
     await client.replay([((1, 0), frame("1-0", "one")), ((2, 0), frame("2-0", "two")), ((3, 0), frame("3-0", "x"))])
     client.go_live()  # 3-0 came from history already: not twice
-    client.deliver((3, 0), frame("3-0", "again"), http_chunk(frame("3-0", "again")))
+    client.deliver((3, 0), frame("3-0", "again"))
     client.stream.heartbeat(b":\n\n", http_chunk(b":\n\n"), 1.0)
     client.stream.heartbeat(b":\n\n", http_chunk(b":\n\n"), 1.0)  # one beat per tick per connection
-    client.deliver((4, 0), frame("4-0", "four"), http_chunk(frame("4-0", "four")))
+    client.deliver((4, 0), frame("4-0", "four"))
     reset = encode_event("2-0", "reset", '{"reason":"unknown_cursor"}')
     client.reset((2, 0), reset)
-    client.deliver((4, 0), frame("4-0", "four"), http_chunk(frame("4-0", "four")))  # after the head: new again
+    client.deliver((4, 0), frame("4-0", "four"))  # after the head: new again
     expected = b"".join(
         http_chunk(f)
         for f in (
@@ -82,7 +82,7 @@ async def test_a_muxed_follower_names_its_conversation_once_for_frames_buffered_
     follower = make_listener(transport, conversation_id="conversation-aaaaaaaaa")
     prefix = b"id: conversation-aaaaaaaaa/"
     live = mux_frame(prefix, frame("2-0", "live while catching up"))  # the feed hands muxed frames
-    follower.deliver((2, 0), live, http_chunk(live))
+    follower.deliver((2, 0), live)
     await follower.replay([((1, 0), frame("1-0", "from history"))])
     follower.go_live()
     assert sent_ids(transport) == ["conversation-aaaaaaaaa/1-0", "conversation-aaaaaaaaa/2-0"]
