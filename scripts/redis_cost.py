@@ -6,6 +6,11 @@ SPUBLISH of an event-sized frame, and prints Redis' own CPU time (INFO cpu) per 
 0, 1 and 4 subscribed connections (nodes) per channel, which read and discard what they get.
 
     .venv/bin/python scripts/redis_cost.py [N]
+    .venv/bin/python scripts/redis_cost.py --breakdown [N]
+
+``--breakdown`` times variants of the DELTA script instead, each without one of its calls (and an
+empty script with the same arguments), with a harness-sized chunk and one subscriber, three rounds
+interleaved: where a chunk's Redis CPU goes.
 """
 
 import asyncio
@@ -87,8 +92,72 @@ async def measure(subscribers: int, n: int) -> None:
         server.remove()
 
 
+def _without(original: str, removed: str, replacement: str = "") -> str:
+    if removed not in original:
+        raise SystemExit(f"the DELTA script changed: no {removed!r} in it; update the breakdown")
+    return original.replace(removed, replacement)
+
+
+def variants() -> dict[str, str]:
+    base = scripts.DELTA
+    no_checks = _without(base, "if string.find(data, '\\r', 1, true) then error('event data must not hold CR') end")
+    return {
+        "as it is": base,
+        "without APPEND (the draft)": _without(base, "redis.call('APPEND', DRAFT, ARGV[7])"),
+        "without the data checks": _without(no_checks, "if string.find(data, '\\n', 1, true) then", "if false then"),
+        "without SPUBLISH": _without(base, "redis.call('SPUBLISH', CHANNEL,", "select('#', CHANNEL,"),
+        "without XADD": _without(
+            base, "redis.call('XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 't', etype, 'd', data)", "'1-1'"
+        ),
+        "an empty script": "return {1, '1-1'}",
+    }
+
+
+async def breakdown(n: int) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        admin = sync_redis.Redis(port=server.port)
+        client = Redis(port=server.port)
+        keys = [ConversationKeys(f"conversation{i:06d}aaaaaa") for i in range(CONVERSATIONS)]
+        reader = await subscribe_all(server.port, [k.channel for k in keys])
+        text = "BM|7M7NZp4xO7_IaJ2dv0UZVA|123|1764543000000000000|" + "x" * 100  # the bench harness's size
+        timings: dict[str, list[float]] = {name: [] for name in variants()}
+        for _ in range(3):
+            for name, lua in variants().items():
+                for k in keys:
+                    admin.delete(k.events, k.draft)
+                    admin.hset(k.state, mapping={"active": "r", "owner": "p", "next": 0})
+                sha = admin.script_load(lua)
+                nxt = [0] * CONVERSATIONS
+                before = redis_cpu(admin)
+                for start in range(0, n, BATCH):
+                    pipe = client.pipeline(transaction=False)
+                    for j in range(start, start + BATCH):
+                        c = j % CONVERSATIONS
+                        k, i = keys[c], nxt[c]
+                        nxt[c] += 1
+                        argv = scripts.conversation_argv(k.channel, 10_000, 86_400, "r", "p", i, text)
+                        pipe.evalsha(sha, 4, *k.all, *argv, delta_lines(text), int(time.time() * 1000))
+                    replies = await pipe.execute()
+                if replies[-1][0] != 1:
+                    raise SystemExit(f"{name}: the script refused a chunk: {replies[-1]!r}")
+                timings[name].append(1e6 * (redis_cpu(admin) - before) / n)
+        for name, runs in timings.items():
+            print(f"DELTA {name}: {min(runs):.1f} µs/chunk (three runs: {', '.join(f'{t:.1f}' for t in runs)})")
+        reader.cancel()
+        await client.aclose()
+        admin.close()
+    finally:
+        server.remove()
+
+
 async def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 40_000
+    args = sys.argv[1:]
+    if args[:1] == ["--breakdown"]:
+        await breakdown(int(args[1]) if len(args) > 1 else 20_000)
+        return
+    n = int(args[0]) if args else 40_000
     for subscribers in (0, 1, 4):
         await measure(subscribers, n)
 
