@@ -16,7 +16,11 @@ interleaved: where a chunk's Redis CPU goes.
 import asyncio
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -49,47 +53,76 @@ async def subscribe_all(port: int, channels: list[str]) -> "asyncio.Task[None]":
     return asyncio.create_task(drain())
 
 
-async def measure(subscribers: int, n: int) -> None:
+@dataclass
+class Bench:
+    port: int
+    admin: "sync_redis.Redis"
+    client: Redis
+    keys: list[ConversationKeys]
+
+
+@asynccontextmanager
+async def fresh_redis() -> AsyncIterator[Bench]:
+    """A redis-server of its own, with clients and the conversations' key names; removed after."""
     server = RedisServer()
     server.start()
     try:
         admin = sync_redis.Redis(port=server.port)
         client = Redis(port=server.port)
         keys = [ConversationKeys(f"conversation{i:06d}aaaaaa") for i in range(CONVERSATIONS)]
-        for k in keys:
-            admin.hset(k.state, mapping={"active": "r", "owner": "p", "next": 0})
-        readers = [await subscribe_all(server.port, [k.channel for k in keys]) for _ in range(subscribers)]
-        sha = admin.script_load(scripts.DELTA)
-        nxt = [0] * CONVERSATIONS
-        before = redis_cpu(admin)
-        for start in range(0, n, BATCH):
-            pipe = client.pipeline(transaction=False)
-            for j in range(start, start + BATCH):
-                c = j % CONVERSATIONS
-                k, i = keys[c], nxt[c]
-                nxt[c] += 1
-                argv = scripts.conversation_argv(k.channel, 10_000, 86_400, "r", "p", i, "tok ")
-                pipe.evalsha(sha, 4, *k.all, *argv, delta_lines("tok "), int(time.time() * 1000))
-            await pipe.execute()
-        delta_cpu = redis_cpu(admin) - before
+        try:
+            yield Bench(server.port, admin, client, keys)
+        finally:
+            await client.aclose()
+            admin.close()
+    finally:
+        server.remove()
+
+
+async def append_deltas(
+    admin: "sync_redis.Redis", client: Redis, keys: list[ConversationKeys], lua: str, n: int, text: str
+) -> float:
+    """Fresh answers, then ``n`` chunks of ``text`` through the script ``lua`` pipelined like the
+    producer: Redis' CPU per chunk, in µs."""
+    for k in keys:
+        admin.delete(k.events, k.draft)
+        admin.hset(k.state, mapping={"active": "r", "owner": "p", "next": 0})
+    sha = admin.script_load(lua)
+    nxt = [0] * len(keys)
+    before = redis_cpu(admin)
+    replies: list[Any] = []
+    for start in range(0, n, BATCH):
+        pipe = client.pipeline(transaction=False)
+        for j in range(start, start + BATCH):
+            c = j % len(keys)
+            k, i = keys[c], nxt[c]
+            nxt[c] += 1
+            argv = scripts.conversation_argv(k.channel, 10_000, 86_400, "r", "p", i, text)
+            pipe.evalsha(sha, 4, *k.all, *argv, delta_lines(text), int(time.time() * 1000))
+        replies = await pipe.execute()
+    if replies[-1] is None or replies[-1][0] != 1:
+        raise SystemExit(f"the script refused a chunk: {replies[-1]!r}")
+    return 1e6 * (redis_cpu(admin) - before) / n
+
+
+async def measure(subscribers: int, n: int) -> None:
+    async with fresh_redis() as r:
+        readers = [await subscribe_all(r.port, [k.channel for k in r.keys]) for _ in range(subscribers)]
+        delta_us = await append_deltas(r.admin, r.client, r.keys, scripts.DELTA, n, "tok ")
         frame = "id: 1-0\nevent: delta\ndata: " + delta_lines("tok ") + "\n\n"
-        before = redis_cpu(admin)
+        before = redis_cpu(r.admin)
         for start in range(0, n, BATCH):
-            pipe = client.pipeline(transaction=False)
+            pipe = r.client.pipeline(transaction=False)
             for j in range(start, start + BATCH):
-                pipe.execute_command("SPUBLISH", keys[j % CONVERSATIONS].channel, frame)
+                pipe.execute_command("SPUBLISH", r.keys[j % CONVERSATIONS].channel, frame)
             await pipe.execute()
-        publish_cpu = redis_cpu(admin) - before
+        publish_cpu = redis_cpu(r.admin) - before
         print(
-            f"{subscribers} subscribers: DELTA {1e6 * delta_cpu / n:.1f} µs/chunk, "
+            f"{subscribers} subscribers: DELTA {delta_us:.1f} µs/chunk, "
             f"plain SPUBLISH {1e6 * publish_cpu / n:.1f} µs/message"
         )
         for task in readers:
             task.cancel()
-        await client.aclose()
-        admin.close()
-    finally:
-        server.remove()
 
 
 def _without(original: str, removed: str, replacement: str = "") -> str:
@@ -114,42 +147,16 @@ def variants() -> dict[str, str]:
 
 
 async def breakdown(n: int) -> None:
-    server = RedisServer()
-    server.start()
-    try:
-        admin = sync_redis.Redis(port=server.port)
-        client = Redis(port=server.port)
-        keys = [ConversationKeys(f"conversation{i:06d}aaaaaa") for i in range(CONVERSATIONS)]
-        reader = await subscribe_all(server.port, [k.channel for k in keys])
+    async with fresh_redis() as r:
+        reader = await subscribe_all(r.port, [k.channel for k in r.keys])
         text = "BM|7M7NZp4xO7_IaJ2dv0UZVA|123|1764543000000000000|" + "x" * 100  # the bench harness's size
         timings: dict[str, list[float]] = {name: [] for name in variants()}
         for _ in range(3):
             for name, lua in variants().items():
-                for k in keys:
-                    admin.delete(k.events, k.draft)
-                    admin.hset(k.state, mapping={"active": "r", "owner": "p", "next": 0})
-                sha = admin.script_load(lua)
-                nxt = [0] * CONVERSATIONS
-                before = redis_cpu(admin)
-                for start in range(0, n, BATCH):
-                    pipe = client.pipeline(transaction=False)
-                    for j in range(start, start + BATCH):
-                        c = j % CONVERSATIONS
-                        k, i = keys[c], nxt[c]
-                        nxt[c] += 1
-                        argv = scripts.conversation_argv(k.channel, 10_000, 86_400, "r", "p", i, text)
-                        pipe.evalsha(sha, 4, *k.all, *argv, delta_lines(text), int(time.time() * 1000))
-                    replies = await pipe.execute()
-                if replies[-1][0] != 1:
-                    raise SystemExit(f"{name}: the script refused a chunk: {replies[-1]!r}")
-                timings[name].append(1e6 * (redis_cpu(admin) - before) / n)
+                timings[name].append(await append_deltas(r.admin, r.client, r.keys, lua, n, text))
         for name, runs in timings.items():
             print(f"DELTA {name}: {min(runs):.1f} µs/chunk (three runs: {', '.join(f'{t:.1f}' for t in runs)})")
         reader.cancel()
-        await client.aclose()
-        admin.close()
-    finally:
-        server.remove()
 
 
 async def main() -> None:
