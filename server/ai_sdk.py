@@ -55,11 +55,10 @@ def conversation_of(request: web.Request, chat_id: object) -> str:
 class UIMessageFollower(TranslatingFollower):
     """Writes one answer as UI message stream parts."""
 
-    __slots__ = ("answer", "done", "part_id", "response_id", "started")
+    __slots__ = ("answer", "done", "part_id", "started")
 
     def __init__(self, stream: Any, *, max_pending: int, response_id: str, text_so_far: str | None) -> None:
         super().__init__(stream, max_pending=max_pending)
-        self.response_id = response_id
         self.answer = AnswerEvents(response_id, inside=True)
         """Both uses start inside the answer: after the post that started it, or at a resume's
         snapshot of it."""
@@ -82,7 +81,7 @@ class UIMessageFollower(TranslatingFollower):
         out = b""
         if not self.started:
             self.started = True
-            out += part({"type": "start", "messageId": self.response_id}) + part(
+            out += part({"type": "start", "messageId": self.answer.response_id}) + part(
                 {"type": "text-start", "id": self.part_id}
             )
         if event_type == b"delta":
@@ -136,8 +135,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             stream.put(stream.framed(part({"type": "error", "errorText": "an answer is still being generated"})))
             stream.put(stream.framed(b"data: [DONE]\n\n"))
             return response
-        follower.response_id, follower.part_id = result.response_id, f"text-{result.response_id}"
-        follower.answer.response_id = result.response_id
+        follower.answer.response_id, follower.part_id = result.response_id, f"text-{result.response_id}"
         follower.position = parse_event_id(result.event_id)
         await _follow(response, follower, conversation_id, request)
     finally:
