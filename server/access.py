@@ -3,8 +3,8 @@
 One place composes the rules the handlers share: the Host is one we serve; the client address and
 scheme come from trusted proxies only (``server.peers``); the token opens this conversation
 (``server.auth``) and is of its current generation (not revoked, a Redis read); the client is within
-its rates (``server.limits``); every authorized response refreshes the cookie, and an https client
-gets HSTS and a ``Secure`` cookie.
+its rates (``server.limits``); every authorized response refreshes the cookie, ``Secure`` for an
+https client (HSTS goes on every https response: ``server.http_policy``).
 """
 
 from dataclasses import dataclass
@@ -17,8 +17,6 @@ from server.limits import RateLimit, StreamCount
 from server.peers import client_ip, client_scheme, within
 from server.settings import Settings
 from server.store import ConversationStore, new_id
-
-HSTS = "max-age=31536000"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +66,9 @@ class Gate:
     def grant(
         self, response: web.StreamResponse, request: web.BaseRequest, access: Access, token: str | None = None
     ) -> str:
-        """A fresh token for ``access`` (returned) in the conversation's cookie, and HSTS on https."""
+        """A fresh token for ``access`` (returned) in the conversation's cookie (``Secure`` on https)."""
         token = token or self.tokens.issue(access.conversation_id, access.generation)
-        secure = self.https(request)
-        set_token_cookie(response, access.conversation_id, token, self.tokens.max_age, secure=secure)
-        if secure:
-            response.headers["Strict-Transport-Security"] = HSTS
+        set_token_cookie(response, access.conversation_id, token, self.tokens.max_age, secure=self.https(request))
         return token
 
     def session(self, request: web.BaseRequest) -> str | None:

@@ -74,7 +74,10 @@ def create_app(settings: Settings, redis: "Redis | RedisCluster") -> web.Applica
         routes += [("GET", "/", _index), ("GET", "/c/{conversation_id}", _index)]
         routes += [("GET", "/static/{path:.+}", _static)]
     for method, path, handler in routes:
-        app.router.add_route(method, path, guarded(handler))
+        if method == "GET":  # and HEAD, as every GET should answer it (a HEAD / probe is not a 405)
+            app.router.add_get(path, guarded(handler))
+        else:
+            app.router.add_route(method, path, guarded(handler))
     # The event stream goes unwrapped: it raises only JSON errors, and only before it streams.
     app.router.add_get("/api/conversations/{conversation_id}/events", stream_events)
     app.router.add_get("/api/stream", stream_many)

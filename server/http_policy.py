@@ -8,6 +8,7 @@ from aiohttp import web
 
 from server.context import SETTINGS
 from server.errors import JSONError
+from server.peers import client_scheme
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -15,6 +16,7 @@ CONTENT_SECURITY_POLICY = (
 )
 _ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 _ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, Idempotency-Key"
+HSTS = "max-age=31536000"
 
 
 def _allowed_origin(request: web.Request) -> str | None:
@@ -37,6 +39,8 @@ async def apply_headers(request: web.Request, response: web.StreamResponse) -> N
     """``on_response_prepare``: runs before headers leave, streamed responses included."""
     headers = response.headers
     headers.setdefault("X-Content-Type-Options", "nosniff")
+    if client_scheme(request, request.app[SETTINGS].trusted_proxies) == "https":  # the page too, not just the API
+        headers["Strict-Transport-Security"] = HSTS
     if response.content_type != "text/event-stream":  # nothing to render in a stream of events
         headers.setdefault("Referrer-Policy", "no-referrer")
         headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from server.peers import Network, parse_networks
-from wire.env import Retention, SettingsError, env_str, read_settings, setting
+from wire.env import Retention, SettingsError, env_secret, env_str, read_settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         env = os.environ if env is None else env
-        redis_url = env.get("REDIS_URL") or None
-        raw_secret = env.get("STREAMFAN_SECRET", "")
+        redis_url = env_secret(env, "REDIS_URL") or None
+        raw_secret = env_secret(env, "STREAMFAN_SECRET")
         if raw_secret:
             secret = _strong_secret("STREAMFAN_SECRET", raw_secret)
         elif redis_url is not None:
@@ -111,7 +111,7 @@ class Settings:
             secret = secrets.token_bytes(32)
         previous = tuple(
             _strong_secret("STREAMFAN_PREVIOUS_SECRETS", item.strip())
-            for item in env_str(env, "STREAMFAN_PREVIOUS_SECRETS", "").split(",")
+            for item in env_secret(env, "STREAMFAN_PREVIOUS_SECRETS").split(",")
             if item.strip()
         )
         networks = {}
@@ -120,7 +120,7 @@ class Settings:
                 networks[name] = parse_networks(env_str(env, name, default))
             except ValueError as exc:
                 raise SettingsError(f"{name}: {exc}") from None
-        api_keys = tuple(k.strip() for k in env_str(env, "STREAMFAN_API_KEYS", "").split(",") if k.strip())
+        api_keys = tuple(k.strip() for k in env_secret(env, "STREAMFAN_API_KEYS").split(",") if k.strip())
         for key in api_keys:
             if len(key) < _MIN_SECRET_BYTES or any(ch.isspace() for ch in key):
                 raise SettingsError(f"STREAMFAN_API_KEYS: each key needs {_MIN_SECRET_BYTES}+ characters, no spaces")

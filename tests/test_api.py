@@ -276,6 +276,9 @@ async def test_bad_input_gets_clean_4xx(client_factory: Any) -> None:
     assert resp.status == 405 and (await resp.json())["error"] == "method_not_allowed"
     resp = await client.get("/favicon.ico")
     assert resp.status == 404 and (await resp.json())["error"] == "not_found"
+    for probe in ("/", "/healthz", "/static/style.css"):  # what serves GET answers HEAD (a probe's method)
+        resp = await client.head(probe)
+        assert resp.status == 200, probe
     history = await (await client.get(f"/api/conversations/{cid}", headers=auth)).json()
     assert history["messages"] == []  # nothing was half-stored
 

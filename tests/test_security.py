@@ -164,6 +164,8 @@ async def test_forwarded_https_from_a_trusted_proxy_only_makes_the_cookie_secure
     trusting = await client_factory(settings=node_settings(trusted_proxies=parse_networks("127.0.0.1")))
     resp = await trusting.post("/api/conversations", headers={"X-Forwarded-Proto": "https"})
     assert resp.cookies["streamfan_token"]["secure"] and resp.headers["Strict-Transport-Security"]
+    page = await trusting.get("/", headers={"X-Forwarded-Proto": "https"})  # the page too, not only the API
+    assert page.status == 200 and page.headers["Strict-Transport-Security"] == "max-age=31536000"
     wary = await client_factory(settings=node_settings(trusted_proxies=()))
     resp = await wary.post("/api/conversations", headers={"X-Forwarded-Proto": "https"})
     assert not resp.cookies["streamfan_token"]["secure"] and "Strict-Transport-Security" not in resp.headers

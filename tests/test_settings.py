@@ -1,5 +1,7 @@
 """Settings come from the environment, and bad values stop the process with the variable's name."""
 
+from pathlib import Path
+
 import pytest
 
 from producer.settings import ProducerSettings
@@ -28,6 +30,42 @@ def test_redis_requires_a_shared_secret() -> None:
         Settings.from_env({**redis, "STREAMFAN_SECRET": "0123456789abcdef", "STREAMFAN_TRUSTED_PROXIES": "nginx"})
     ok = Settings.from_env({**redis, "STREAMFAN_SECRET": "0123456789abcdef"})
     assert ok.secret == b"0123456789abcdef" and not ok.embedded
+
+
+def test_secrets_may_come_from_files_named_by_NAME_FILE(tmp_path: Path) -> None:
+    """Docker's secrets convention, which compose uses: the variable wins, else the file's contents."""
+    (tmp_path / "url").write_text("redis://:pw@redis:6379/0\n")
+    (tmp_path / "secret").write_text("0123456789abcdef\n")
+    env = {"REDIS_URL_FILE": str(tmp_path / "url"), "STREAMFAN_SECRET_FILE": str(tmp_path / "secret")}
+    settings = Settings.from_env(env)
+    assert settings.redis_url == "redis://:pw@redis:6379/0" and settings.secret == b"0123456789abcdef"
+    assert ProducerSettings.from_env(env).redis_url == "redis://:pw@redis:6379/0"
+    given = Settings.from_env({**env, "STREAMFAN_SECRET": "fedcba9876543210"})
+    assert given.secret == b"fedcba9876543210"
+    with pytest.raises(SettingsError, match="STREAMFAN_SECRET_FILE") as caught:
+        Settings.from_env({**env, "STREAMFAN_SECRET_FILE": str(tmp_path / "missing")})
+    assert str(caught.value).count("\n") == 0
+
+
+def test_compose_secrets_are_made_once_kept_and_taken_from_the_environment_when_given(tmp_path: Path) -> None:
+    from launch.compose_secrets import make
+
+    make(tmp_path, {})
+    first = {name: (tmp_path / name).read_text() for name in ("streamfan_secret", "redis_password", "redis_url")}
+    password = first["redis_password"].strip()
+    assert len(password) == 64 and first["redis_url"] == f"redis://:{password}@redis:6379/0\n"
+    assert (tmp_path / "redis.conf").read_text() == f"requirepass {password}\nmasterauth {password}\n"
+    make(tmp_path, {"STREAMFAN_REDIS_HOST": "redis-cluster-1"})  # a restart keeps the secrets
+    assert (tmp_path / "streamfan_secret").read_text() == first["streamfan_secret"]
+    assert (tmp_path / "redis_url").read_text() == f"redis://:{password}@redis-cluster-1:6379/0\n"
+    make(tmp_path, {"STREAMFAN_SECRET": "fedcba9876543210", "REDIS_PASSWORD": "given-password-0123"})
+    assert (tmp_path / "streamfan_secret").read_text() == "fedcba9876543210\n"
+    assert "requirepass given-password-0123\n" in (tmp_path / "redis.conf").read_text()
+    assert (
+        Settings.from_env({"STREAMFAN_SECRET_FILE": str(tmp_path / "streamfan_secret")}).secret == b"fedcba9876543210"
+    )
+    with pytest.raises(SystemExit, match="REDIS_PASSWORD"):
+        make(tmp_path, {"REDIS_PASSWORD": "has a space in it, so a config line would break"})
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,9 @@
 Longer than 300 lines: every page test shares one browser and one real cluster (module fixtures).
 
 The cluster is real: Redis, a producer and two nodes behind nginx, so the browser's six-connections-
-per-host limit and the balancer's 502s are the real ones. The producer echoes the prompt, so each
-test knows the answer it expects; every test also compares with the stored history.
+per-host limit and the balancer's refusals (a JSON 503 when no node answers) are the real ones. The
+producer echoes the prompt, so each test knows the answer it expects; every test also compares with
+the stored history.
 """
 
 import http.server
@@ -211,7 +212,7 @@ def test_server_drop_mid_answer_reconnects_and_ends_exact(cluster: LocalCluster,
     )
     nodes = cluster.node_members
     for node in nodes:
-        node.stop(signal.SIGKILL)  # every node gone: nginx answers 502 and EventSource gives up
+        node.stop(signal.SIGKILL)  # every node gone: nginx answers 503 and EventSource gives up
     page.wait_for_selector("#connection[data-state=reconnecting]", timeout=20_000)
     page.wait_for_timeout(1500)
     for node in nodes:

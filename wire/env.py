@@ -26,6 +26,24 @@ def env_str(env: Mapping[str, str], name: str, default: str) -> str:
     return env.get(name, default)
 
 
+def env_secret(env: Mapping[str, str], name: str) -> str:
+    """``name``'s value, else the contents of the file that ``name_FILE`` names ('' when neither is set).
+
+    Docker's secrets convention: a secret kept in a file (a compose volume, a Docker or Kubernetes
+    secret) never shows in ``docker inspect`` or the process's environment. The variable itself wins
+    when both are set; surrounding whitespace (the file's final newline) is dropped.
+    """
+    value = env.get(name, "")
+    path = env.get(f"{name}_FILE", "")
+    if value or not path:
+        return value
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{name}_FILE={path!r} cannot be read: {exc.__class__.__name__}") from None
+
+
 def _env_number(
     env: Mapping[str, str], name: str, default: N, parse: Callable[[str], N], what: str, low: N, high: N
 ) -> N:
