@@ -6,8 +6,8 @@ reached, ``../shared/compose`` starts ``dockerd`` and builds stand-ins of the ba
 README); where the official images can be pulled, they are used. Every container, volume and network
 the tests made is removed, and a daemon they started is stopped.
 
-Longer than 300 lines would be a smell; each test here shares one stack (module fixture), because
-starting it is most of the cost.
+Longer than 300 lines: every test here shares one stack (module fixture), because starting it is
+most of the cost.
 """
 
 import asyncio
