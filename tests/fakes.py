@@ -9,6 +9,8 @@ from server.client_stream import ClientStream
 from server.follower import Follower
 from server.hub import Hub
 from server.store import ConversationStore
+from wire.deltas import DELTAS, DeltaItem, delta_calls, delta_replies
+from wire.env import Retention
 
 
 class FakeTransport:
@@ -82,3 +84,12 @@ async def running_hub(redis: Any, store: ConversationStore, **options: float) ->
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def append_deltas(redis: Any, items: list[DeltaItem], now_ms: int = 0) -> list[Any]:
+    """Append ``items`` through the real ``DELTAS`` script, as the producer does; one reply per chunk."""
+    replies: list[Any] = []
+    for call in delta_calls(items, Retention(max_events=1000, ttl_seconds=3600), now_ms, by_slot=False):
+        reply = await redis.eval(DELTAS, len(call.keys), *call.keys, *call.args)
+        replies += delta_replies(reply, call.chunks)
+    return replies

@@ -386,27 +386,31 @@ async def test_history_beyond_retention_gets_reset_never_a_silent_gap(client_fac
     )
     client = await client_factory(settings=settings, producer=producer)
     cid, auth = await create(client)
-    first = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    url = f"/api/conversations/{cid}/events"
+    first = await client.get(url, headers=auth)
     await post(client, cid, auth, " ".join(f"w{i}" for i in range(400)), max_tokens=1000)
     everything = await read_events(first, within=20)
     oldest = everything.ids[0]
-    # no cursor: the start is gone, so the client is told to reload
-    fresh = await read_events(
-        await client.get(f"/api/conversations/{cid}/events", headers=auth), until=lambda e: e.type == "reset"
-    )
+    # An answer longer than the history is never trimmed while it is written: its text is read
+    # from its events, and the snapshot has it whole.
+    history = await (await client.get(f"/api/conversations/{cid}", headers=auth)).json()
+    assert history["messages"][-1]["content"] == everything.text()
+    # The next answer trims the conversation back to its bound: its start and the old cursors go.
+    tail = await client.get(url, headers={**auth, "Last-Event-ID": everything.ids[-1]})
+    await post(client, cid, auth, " ".join(f"v{i}" for i in range(150)), max_tokens=1000)
+    second = await read_events(tail, within=20)
+    fresh = await read_events(await client.get(url, headers=auth), until=lambda e: e.type == "reset")
     assert fresh.events[0].type == "reset" and json.loads(fresh.events[0].data) == {"reason": "trimmed"}
-    assert fresh.events[0].last_event_id == everything.ids[-1]
-    # a cursor that retention dropped
+    assert fresh.events[0].last_event_id == second.ids[-1]
     stale = await read_events(
-        await client.get(f"/api/conversations/{cid}/events", headers={**auth, "Last-Event-ID": oldest}),
-        until=lambda e: e.type == "reset",
+        await client.get(url, headers={**auth, "Last-Event-ID": oldest}), until=lambda e: e.type == "reset"
     )
     assert [e.type for e in stale.events] == ["reset"]
     assert json.loads(stale.events[0].data) == {"reason": "unknown_cursor"}
     # the snapshot still has the whole answer, and says where the stream continues
     history = await (await client.get(f"/api/conversations/{cid}", headers=auth)).json()
-    assert history["messages"][-1]["content"] == everything.text()
-    assert history["last_event_id"] == everything.ids[-1]
+    assert history["messages"][-1]["content"] == second.text()
+    assert history["last_event_id"] == second.ids[-1]
 
 
 async def test_every_key_of_a_conversation_expires_even_after_a_long_answer(client_factory: Any) -> None:

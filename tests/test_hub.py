@@ -13,10 +13,9 @@ from loadtest.sse_parser import SSEParser
 from server.client_stream import ClientStream, http_chunk
 from server.hub import Hub
 from server.store import ConversationStore
-from tests.fakes import FakeTransport, eventually, make_listener, running_hub, sent_ids
-from wire import scripts
+from tests.fakes import FakeTransport, append_deltas, eventually, make_listener, running_hub, sent_ids
 from wire.env import Retention
-from wire.events import delta_lines, parse_event_id
+from wire.events import parse_event_id
 from wire.keys import ConversationKeys
 from wire.sse import encode_event
 
@@ -45,14 +44,12 @@ class Producer:
         self.keys = ConversationKeys(conversation_id)
         self.redis = redis
         self.index = 0
-        self.script = redis.register_script(scripts.DELTA)
 
     async def start(self) -> None:
         await self.redis.hset(self.keys.state, mapping={"active": "r", "owner": "p", "next": 0})
 
     async def delta(self, text: str) -> str:
-        args = scripts.conversation_argv(self.keys.channel, 1000, 3600, "r", "p", self.index, text, delta_lines(text))
-        ok, event_id = await self.script(keys=list(self.keys.all), args=args)
+        [(ok, event_id)] = await append_deltas(self.redis, [(self.keys, "r", "p", self.index, text)])
         assert ok == 1
         self.index += 1
         return str(event_id.decode())

@@ -1,5 +1,9 @@
 """The Lua scripts that change a conversation: each is one atomic Redis round trip.
 
+Longer than 300 lines: the scripts share one prelude (how an event is appended and published, how
+an answer is finished), so their rules are read in one place. The per-chunk script is
+``wire.deltas``; ``delta_commands`` and ``setup_commands`` below are its side-by-side harness hook.
+
 Appending an event to the history stream and publishing its SSE frame (SPUBLISH on the
 conversation's shard channel, which lives in the slot of its keys) happen in the same script,
 so the live path and every replay agree on ids and bytes (the frame is ``wire.sse.encode_event``'s
@@ -9,12 +13,42 @@ output). Retention is applied on every write: the stream is capped with
 Conversation scripts take ``KEYS = ConversationKeys.all`` (state, messages, draft, events) and
 ``ARGV = channel, maxlen, ttl, ...`` followed by their own arguments, listed in each docstring.
 The state hash holds: ``active`` (response id), ``phase``, ``owner`` (producer running it),
-``next`` (next delta index), ``cancel`` ("1" once asked), ``first_id`` (first event ever).
+``next`` (next delta index), ``start`` (the event that started the active answer: its deltas follow
+it in the stream, which holds the answer's text once), ``cancel`` ("1" once asked), ``first_id``
+(first event ever). The ``draft`` key is no longer written (the answer's text is read from the
+stream); scripts still delete it, for conversations written by earlier versions.
 """
 
+import time
+from collections.abc import Sequence
 from typing import Final
 
-_PRELUDE: Final = r"""
+from wire.deltas import DELTAS, DELTAS_SHA, DeltaItem, delta_calls
+from wire.env import Retention
+
+_ANSWER_TEXT: Final = r"""
+local function answer_text(state, events)
+  -- The text of the conversation's latest answer: its deltas, from the stream. Stored once: a
+  -- draft beside the stream cost every chunk an APPEND (a quarter of its Redis CPU). The answer's
+  -- events are never trimmed while it is written (DELTAS keeps at least the answer's own).
+  local start = redis.call('HGET', state, 'start')
+  if not start then return '' end
+  local parts = {}
+  for _, entry in ipairs(redis.call('XRANGE', events, '(' .. start, '+')) do
+    local f = entry[2]
+    if f[2] == 'delta' then
+      local d = f[4]
+      if string.find(d, '\n', 1, true) then d = string.gsub(d, '\ndata: ', '\n') end
+      parts[#parts + 1] = d
+    end
+  end
+  return table.concat(parts)
+end
+"""
+
+_PRELUDE: Final = (
+    _ANSWER_TEXT
+    + r"""
 local unpack = unpack or table.unpack
 local STATE, MESSAGES, DRAFT, EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local CHANNEL, MAXLEN, TTL = ARGV[1], ARGV[2], ARGV[3]
@@ -53,20 +87,21 @@ end
 local function finish(rid, reason, status, done, err, usage)
   -- The done event says how many deltas the answer has, so a client can check it saw them all.
   local chunks = tonumber(redis.call('HGET', STATE, 'next')) or 0
+  local content = answer_text(STATE, EVENTS)  -- before done's append trims the stream to its bound
   local id = append_event('done', string.sub(done, 1, -2) .. ',"chunks":' .. chunks .. '}')
-  local content = redis.call('GET', DRAFT) or ''
   local message = {id = rid, role = 'assistant', content = content, status = status, finish_reason = reason}
   if err and err ~= '' then message['error'] = err end
   if usage and usage ~= '' then message['usage'] = cjson.decode(usage) end
   local replaces = redis.call('HGET', STATE, 'replaces')
   if replaces then message['replaces'] = replaces end
   redis.call('RPUSH', MESSAGES, cjson.encode(message))
-  redis.call('HDEL', STATE, 'active', 'phase', 'owner', 'cancel', 'next', 'replaces')
+  redis.call('HDEL', STATE, 'active', 'phase', 'owner', 'cancel', 'next', 'replaces', 'start')
   redis.call('DEL', DRAFT)
   touch()
   return id
 end
 """
+)
 
 POST_MESSAGE: Final = (
     _PRELUDE
@@ -87,9 +122,10 @@ local id = append_event('user_message', ARGV[6])
 local reply = cjson.encode({message_id = ARGV[9], response_id = ARGV[4], event_id = id})
 redis.call('RPUSH', MESSAGES, ARGV[5])
 redis.call('LTRIM', MESSAGES, -tonumber(ARGV[10]), -1)
-redis.call('HSET', STATE, 'active', ARGV[4], 'phase', 'queued', 'next', 0, 'idem_key', ARGV[8], 'idem_reply', reply)
+redis.call('HSET', STATE, 'active', ARGV[4], 'phase', 'queued', 'next', 0, 'start', id, 'idem_key', ARGV[8],
+  'idem_reply', reply)
 redis.call('HDEL', STATE, 'cancel', 'owner')
-redis.call('SET', DRAFT, '')
+redis.call('DEL', DRAFT)
 touch()
 redis.call('XADD', KEYS[5], '*', unpack(ARGV, 11))
 return {1, reply}
@@ -119,9 +155,9 @@ if last_answer ~= ARGV[5] or not prompt then return {-2, ''} end
 if redis.call('XLEN', KEYS[5]) >= tonumber(ARGV[6]) then return {-1, ''} end
 local id = append_event('regenerate', cjson.encode({
   response_id = ARGV[4], replaces = ARGV[5], message_id = prompt['id']}))
-redis.call('HSET', STATE, 'active', ARGV[4], 'phase', 'queued', 'next', 0, 'replaces', ARGV[5])
+redis.call('HSET', STATE, 'active', ARGV[4], 'phase', 'queued', 'next', 0, 'start', id, 'replaces', ARGV[5])
 redis.call('HDEL', STATE, 'cancel', 'owner')
-redis.call('SET', DRAFT, '')
+redis.call('DEL', DRAFT)
 touch()
 redis.call('XADD', KEYS[5], '*', 'conversation_id', ARGV[7], 'response_id', ARGV[4],
   'message_id', prompt['id'], 'prompt', prompt['content'], 'max_tokens', ARGV[8])
@@ -162,39 +198,11 @@ return {'taken', next_index}
 """
 )
 
-DELTA: Final = (
-    _PRELUDE
+ANSWER_TEXT: Final = (
+    _ANSWER_TEXT
     + r"""
--- ARGV: 4 response id, 5 owner, 6 delta index, 7 text, 8 its event data (wire.events.delta_lines),
--- 9 (optional) the producer's clock in ms.
--- Returns {1, event id}; {0} if this index was appended already (a retry); {-1} if the answer
--- is no longer this producer's; {-2} if a cancel was asked (the producer then finishes it);
--- {-3, next index} if deltas before this one are missing (a failover lost writes Redis had
--- acknowledged: the producer sends them again).
-local st = redis.call('HMGET', STATE, 'active', 'owner', 'next', 'cancel', 'touched')
-if st[1] ~= ARGV[4] or st[2] ~= ARGV[5] then return {-1} end
-if st[4] then return {-2} end
-local index, expected = tonumber(ARGV[6]), tonumber(st[3])
-if index < expected then return {0} end
-if index > expected then return {-3, expected} end
-local id = publish_event('delta', ARGV[8])
-redis.call('APPEND', DRAFT, ARGV[7])
--- Refreshing four TTLs per chunk was a fifth of the script's work: they are refreshed when a
--- quarter of the retention has passed since the last refresh, so a slow model never outlives them
--- (without a clock, every 32nd chunk).
-local now = tonumber(ARGV[9])
-if now then
-  if now - (tonumber(st[5]) or 0) > TTL * 250 then
-    redis.call('HSET', STATE, 'next', index + 1, 'touched', now)
-    touch()
-  else
-    redis.call('HSET', STATE, 'next', index + 1)
-  end
-else
-  redis.call('HSET', STATE, 'next', index + 1)
-  if index % 32 == 0 then touch() end
-end
-return {1, id}
+-- KEYS: 1 state, 2 events. The text of the latest answer so far (a producer taking it over).
+return answer_text(KEYS[1], KEYS[2])
 """
 )
 
@@ -252,7 +260,9 @@ end
 return {'ok', head_id, redis.call('XRANGE', KEYS[2], '(' .. cursor, '+', 'COUNT', count)}
 """
 
-SNAPSHOT: Final = r"""
+SNAPSHOT: Final = (
+    _ANSWER_TEXT
+    + r"""
 -- KEYS = ConversationKeys.all. ARGV: 1 most messages, 2 position to end before ('' = the newest).
 -- Returns {messages, active response id, phase, draft, last event id, position of the first
 -- message returned, messages kept in all, generation}, read atomically: the snapshot is exactly
@@ -265,9 +275,12 @@ if ARGV[2] ~= '' then stop = math.min(total, math.max(0, tonumber(ARGV[2]))) end
 local start = math.max(0, stop - tonumber(ARGV[1]))
 local messages = {}
 if stop > start then messages = redis.call('LRANGE', KEYS[2], start, stop - 1) end
-return {messages, st[1], st[2], redis.call('GET', KEYS[3]), head[1] and head[1][1] or '0-0', start, total,
+local draft = false
+if st[1] then draft = answer_text(KEYS[1], KEYS[4]) end
+return {messages, st[1], st[2], draft, head[1] and head[1][1] or '0-0', start, total,
         tonumber(st[3]) or 0}
 """
+)
 
 DELETE: Final = r"""
 -- KEYS = ConversationKeys.all. ARGV: 1 how long the tombstone lives (the longest a token lives).
@@ -285,3 +298,17 @@ return generation
 def conversation_argv(channel: str, max_events: int, ttl_seconds: int, *rest: str | int) -> list[str | int]:
     """The ARGV every conversation script starts with, then the script's own arguments."""
     return [channel, max_events, ttl_seconds, *rest]
+
+
+def delta_commands(items: Sequence[DeltaItem], retention: Retention) -> list[tuple[list[str | int], int]]:
+    """``delta_calls`` as Redis commands (argv, chunks): the side-by-side harness's batch hook
+    (``shared/bench``), which sends them pipelined to a standalone Redis."""
+    return [
+        (["EVALSHA", DELTAS_SHA, len(call.keys), *call.keys, *call.args], call.chunks)
+        for call in delta_calls(items, retention, int(time.time() * 1000), by_slot=False)
+    ]
+
+
+def setup_commands() -> list[list[str]]:
+    """What the harness sends once before it publishes: the per-chunk script, cached."""
+    return [["SCRIPT", "LOAD", DELTAS]]
