@@ -70,6 +70,8 @@ class RedisServer:
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="streamfan-redis-"))
     fsync: str = "everysec"
     """appendfsync: "always" when a test kills Redis and counts on every write surviving."""
+    appendonly: bool = True
+    """Off only to measure as the side-by-side harness runs Redis (``scripts/redis_cost.py``)."""
     extra_args: list[str] = field(default_factory=list)
     """More ``redis-server`` arguments (cluster mode)."""
     proc: "subprocess.Popen[bytes] | None" = None
@@ -80,7 +82,8 @@ class RedisServer:
 
     def start(self) -> None:
         args = [find_binary("redis-server", "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "yes", "--appendfsync", self.fsync, "--dir", self.workdir]
+        args += ["--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.fsync]
+        args += ["--dir", self.workdir]
         args += ["--protected-mode", "no", "--loglevel", "notice", "--maxclients", "10000"]
         args += ["--logfile", str(Path(self.workdir) / "redis.log")]
         args += self.extra_args

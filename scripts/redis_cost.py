@@ -11,7 +11,9 @@ three rounds interleaved, printing Redis' own CPU time (INFO cpu) per chunk:
   fencing, no index check, no draft (what a relay that keeps history cannot go below);
 - a plain ``SPUBLISH`` of the same frames (a relay that keeps nothing).
 
-    .venv/bin/python scripts/redis_cost.py [N] [--tick T]
+    .venv/bin/python scripts/redis_cost.py [N] [--tick T] [--conversations C] [--aof]
+
+Redis runs as the harness runs it (no append-only file) unless ``--aof`` (as compose runs it).
 """
 
 import argparse
@@ -110,13 +112,20 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("n", type=int, nargs="?", default=100_000)
     parser.add_argument("--tick", type=int, default=50, help="chunks per tick (default: 50, the harness's S2)")
+    parser.add_argument(
+        "--conversations",
+        type=int,
+        default=CONVERSATIONS,
+        help="over how many (default: 200; 5 puts 10 of each in a tick)",
+    )
+    parser.add_argument("--aof", action="store_true", help="Redis append-only, as compose runs it (the harness: off)")
     args = parser.parse_args()
-    server = RedisServer()
+    server = RedisServer(appendonly=args.aof)
     server.start()
     try:
         admin = sync_redis.Redis(port=server.port)
         client = Redis(port=server.port)
-        keys = [ConversationKeys(f"conversation{i:06d}aaaaaa") for i in range(CONVERSATIONS)]
+        keys = [ConversationKeys(f"conversation{i:06d}aaaaaa") for i in range(args.conversations)]
         reader = await subscribe_all(server.port, [k.channel for k in keys])
         timings: dict[str, list[float]] = {way: [] for way in WAYS}
         for _ in range(3):
@@ -124,7 +133,10 @@ async def main() -> None:
                 timings[way].append(await run(admin, client, keys, way, args.n, args.tick))
         best = {way: min(runs) for way, runs in timings.items()}
         floor_us = best["XADD + SPUBLISH pipelined (the floor)"]
-        print(f"{args.n} chunks, {args.tick} per tick, 200 conversations, one subscriber on each channel")
+        print(
+            f"{args.n} chunks, {args.tick} per tick, {args.conversations} conversations, one subscriber on each"
+            f" channel, append-only {'on' if args.aof else 'off'}"
+        )
         for way, runs in timings.items():
             print(
                 f"{way}: {best[way]:.2f} µs/chunk, {best[way] / floor_us:.2f}x the floor "
