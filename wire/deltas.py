@@ -54,8 +54,8 @@ for a = first, #ARGV, 3 do
     local data = text
     if string.find(text, '\n', 1, true) then data = string.gsub(text, '\n', '\ndata: ') end
     -- The answer being written is never trimmed, however long: its text is read from its events.
-    local keep = MAXLEN
-    if index + 2 > keep then keep = index + 2 end
+    local keep = ARGV[1]  -- as it came: a Lua number is formatted again for every call
+    if index + 2 > MAXLEN then keep = index + 2 end
     local id = redis.call('XADD', KEYS[k + 4], 'MAXLEN', '~', keep, '*', 't', 'delta', 'd', data)
     redis.call('SPUBLISH', c.channel, 'id: ' .. id .. '\nevent: delta\ndata: ' .. data .. '\n\n')
     c.next = index + 1

@@ -10,7 +10,7 @@ Changing ``PARTITIONS`` moves every conversation to other keys: it is part of th
 """
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PREFIX = "sf"
 PARTITIONS = 128
@@ -37,58 +37,46 @@ ALL_JOBS_STREAMS = tuple(jobs_stream(p) for p in range(PARTITIONS))
 
 @dataclass(frozen=True, slots=True)
 class ConversationKeys:
-    """The Redis names of one conversation's state."""
+    """The Redis names of one conversation's state, made once when the object is (the per-chunk
+    path reads them for every chunk: computed on each read they were most of the publisher's
+    per-chunk Python work)."""
 
     conversation_id: str
+    partition: int = field(init=False)
+    jobs: str = field(init=False)
+    """The jobs stream of the conversation's partition (same slot as its other keys)."""
+    events: str = field(init=False)
+    """Capped, expiring Redis Stream holding every event: the replayable history."""
+    channel: str = field(init=False)
+    """Shard channel (SPUBLISH/SSUBSCRIBE) carrying each event's SSE frame, live."""
+    state: str = field(init=False)
+    """Hash: the active response (id, phase, owner, next delta index, its start, cancel flag), first event id."""
+    messages: str = field(init=False)
+    """List of finished messages, one JSON object each, oldest first."""
+    draft: str = field(init=False)
+    """No longer written (an answer's text is read from its events); deleted with the rest."""
+    watched: str = field(init=False)
+    """String that exists while some node has a client of the conversation (refreshed by the
+    nodes, expiring ``STREAMFAN_ORPHAN_SECONDS`` after the last one left): orphaned answers."""
+    all: tuple[str, str, str, str] = field(init=False)
+    """The keys that expire together (the events stream expires with them)."""
 
-    @property
-    def partition(self) -> int:
-        return partition_of(self.conversation_id)
-
-    @property
-    def _base(self) -> str:
-        return f"{PREFIX}:{partition_tag(self.partition)}:{self.conversation_id}"
-
-    @property
-    def jobs(self) -> str:
-        """The jobs stream of the conversation's partition (same slot as its other keys)."""
-        return jobs_stream(self.partition)
-
-    @property
-    def events(self) -> str:
-        """Capped, expiring Redis Stream holding every event: the replayable history."""
-        return f"{self._base}:events"
-
-    @property
-    def channel(self) -> str:
-        """Shard channel (SPUBLISH/SSUBSCRIBE) carrying each event's SSE frame, live."""
-        return f"{self._base}:live"
-
-    @property
-    def state(self) -> str:
-        """Hash: the active response (id, phase, owner, next delta index, cancel flag), first event id."""
-        return f"{self._base}:state"
-
-    @property
-    def messages(self) -> str:
-        """List of finished messages, one JSON object each, oldest first."""
-        return f"{self._base}:messages"
-
-    @property
-    def draft(self) -> str:
-        """String: the text of the answer being generated, appended delta by delta."""
-        return f"{self._base}:draft"
-
-    @property
-    def watched(self) -> str:
-        """String that exists while some node has a client of the conversation (refreshed by the
-        nodes, expiring ``STREAMFAN_ORPHAN_SECONDS`` after the last one left): orphaned answers."""
-        return f"{self._base}:watched"
-
-    @property
-    def all(self) -> tuple[str, str, str, str]:
-        """The keys that expire together (the events stream expires with them)."""
-        return (self.state, self.messages, self.draft, self.events)
+    def __post_init__(self) -> None:
+        partition = partition_of(self.conversation_id)
+        base = f"{PREFIX}:{partition_tag(partition)}:{self.conversation_id}"
+        names = {
+            "partition": partition,
+            "jobs": jobs_stream(partition),
+            "events": f"{base}:events",
+            "channel": f"{base}:live",
+            "state": f"{base}:state",
+            "messages": f"{base}:messages",
+            "draft": f"{base}:draft",
+            "watched": f"{base}:watched",
+        }
+        for name, value in names.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "all", (names["state"], names["messages"], names["draft"], names["events"]))
 
 
 @dataclass(frozen=True, slots=True)
