@@ -92,8 +92,10 @@ async def _index(request: web.Request) -> web.StreamResponse:
 async def _static(request: web.Request) -> web.StreamResponse:
     """A file of the page, never outside ``web/`` (and a JSON 404, unlike aiohttp's static route)."""
     relative = request.match_info["path"]
+    if "\x00" in relative or ".." in relative.split("/"):
+        raise JSONError(404, "Not Found")  # a NUL cannot name a file (the OS call would raise)
     path = (WEB_ROOT / relative).resolve()
-    if ".." in relative.split("/") or not path.is_relative_to(WEB_ROOT) or not path.is_file():
+    if not path.is_relative_to(WEB_ROOT) or not path.is_file():
         raise JSONError(404, "Not Found")
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
