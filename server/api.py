@@ -15,7 +15,7 @@ from aiohttp import web
 from server.auth import COOKIE_NAME, Access, conversation_path
 from server.context import GATE, SETTINGS, STORE
 from server.errors import JSONError
-from server.store import Busy, Overloaded, new_id
+from server.store import Busy, IdempotencyKeyReused, Overloaded, new_id
 
 _MAX_KEY_CHARS = 128
 _DEFAULT_PAGE = 200
@@ -105,7 +105,14 @@ async def post_message(request: web.Request) -> web.StreamResponse:
             field="max_tokens",
         )
     key = _idempotency_key(request, body)
-    result = await request.app[STORE].post_message(access.conversation_id, content, max_tokens, key)
+    try:
+        result = await request.app[STORE].post_message(access.conversation_id, content, max_tokens, key)
+    except IdempotencyKeyReused:
+        raise JSONError(
+            422,
+            "this idempotency key was used for another message; use a new key for each message",
+            code="idempotency_key_reused",
+        ) from None
     if isinstance(result, Busy):
         raise JSONError(409, "an answer is still generating", code="busy", response_id=result.response_id)
     if isinstance(result, Overloaded):

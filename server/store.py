@@ -1,6 +1,7 @@
 """The node's Redis operations on conversations: post, cancel, snapshot and history replay."""
 
 import asyncio
+import hashlib
 import json
 import secrets
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,11 @@ class Posted:
     event_id: str
     repeated: bool = False
     """The same idempotency key was posted before: this is that post's reply."""
+
+
+class IdempotencyKeyReused(Exception):
+    """A post's idempotency key was used before for another message: refused (422), since answering
+    with the first post's reply would lose this message without a word."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +123,8 @@ class ConversationStore:
     async def post_message(
         self, conversation_id: str, content: str, max_tokens: int, idempotency_key: str
     ) -> Posted | Busy | Overloaded:
-        """Post a user message and queue its answer; a repeated ``idempotency_key`` gets the first reply."""
+        """Post a user message and queue its answer; a repeated ``idempotency_key`` gets the first reply
+        (or ``IdempotencyKeyReused`` when it came with another message)."""
         keys = ConversationKeys(conversation_id)
         message_id, response_id = new_id(), new_id()
         job = Job(conversation_id, response_id, message_id, content, max_tokens)
@@ -133,6 +140,7 @@ class ConversationStore:
                 idempotency_key,
                 message_id,
                 self._retention.max_messages,
+                hashlib.sha256(f"{max_tokens}:{content}".encode()).hexdigest()[:32],
                 *job_fields,
             ),
         )
@@ -140,6 +148,8 @@ class ConversationStore:
             return Busy(_text(value))
         if status == -1:
             return Overloaded()
+        if status == 3:
+            raise IdempotencyKeyReused(idempotency_key)
         reply = json.loads(value)
         return Posted(reply["message_id"], reply["response_id"], reply["event_id"], repeated=status == 2)
 

@@ -128,6 +128,11 @@ async def test_a_retried_post_gets_the_first_reply_not_a_second_message(direct: 
             assert resp.status == 202
             replies.append(await resp.json())
     assert replies[0] == replies[1]
+    # The same key with another message is a client bug that would lose the message: refused.
+    async with direct.session.post(
+        url, json={"content": "twice"}, headers={**auth, "Idempotency-Key": "tab-1-msg-1"}
+    ) as resp:
+        assert resp.status == 422 and (await resp.json())["error"] == "idempotency_key_reused"
     async with direct.session.post(url, json={"content": "again", "client_message_id": "bad\nkey"}, headers=auth) as r:
         assert r.status == 400
     history = await direct.history(cid, auth)

@@ -108,14 +108,18 @@ POST_MESSAGE: Final = (
     + r"""
 -- KEYS[5] = the partition's jobs stream. ARGV: 4 response id, 5 user message record, 6 user_message
 -- event data, 7 most jobs waiting in the partition, 8 idempotency key, 9 message id, 10 messages kept,
--- 11.. job fields as name, value pairs.
+-- 11 the post's fingerprint (what it asks), 12.. job fields as name, value pairs.
 -- Returns {1, reply} (posted), {2, reply} (this idempotency key posted already: the same reply,
--- so a retry after a lost reply is answered, never doubled), {0, active response id} while an
+-- so a retry after a lost reply is answered, never doubled), {3, ''} (this key posted already with
+-- another body: a client bug that would lose a message, refused), {0, active response id} while an
 -- answer is still generating, or {-1, ''} when the jobs backlog is full (nothing written). The
 -- reply is the JSON {message_id, response_id, event_id}. Jobs are never trimmed: a job in the
 -- stream is an answer someone waits for.
-local st = redis.call('HMGET', STATE, 'active', 'idem_key', 'idem_reply')
-if ARGV[8] ~= '' and st[2] == ARGV[8] and st[3] then return {2, st[3]} end
+local st = redis.call('HMGET', STATE, 'active', 'idem_key', 'idem_reply', 'idem_body')
+if ARGV[8] ~= '' and st[2] == ARGV[8] and st[3] then
+  if st[4] and st[4] ~= ARGV[11] then return {3, ''} end
+  return {2, st[3]}
+end
 if st[1] then return {0, st[1]} end
 if redis.call('XLEN', KEYS[5]) >= tonumber(ARGV[7]) then return {-1, ''} end
 local id = append_event('user_message', ARGV[6])
@@ -123,11 +127,11 @@ local reply = cjson.encode({message_id = ARGV[9], response_id = ARGV[4], event_i
 redis.call('RPUSH', MESSAGES, ARGV[5])
 redis.call('LTRIM', MESSAGES, -tonumber(ARGV[10]), -1)
 redis.call('HSET', STATE, 'active', ARGV[4], 'phase', 'queued', 'next', 0, 'start', id, 'idem_key', ARGV[8],
-  'idem_reply', reply)
+  'idem_reply', reply, 'idem_body', ARGV[11])
 redis.call('HDEL', STATE, 'cancel', 'owner')
 redis.call('DEL', DRAFT)
 touch()
-redis.call('XADD', KEYS[5], '*', unpack(ARGV, 11))
+redis.call('XADD', KEYS[5], '*', unpack(ARGV, 12))
 return {1, reply}
 """
 )
