@@ -143,7 +143,10 @@ class CommandPipe:
             return
         writer: Any = conn._writer
         if writer is None or writer.is_closing():
-            self._drop(RedisConnectionError("connection to Redis lost"), calls)
+            # Closed while idle (Redis, a proxy or TLS ended it): these calls were never sent, so
+            # they go out on a new connection; the closed one is replaced, never kept.
+            self._queued = calls
+            self._lost(conn, RedisConnectionError("connection to Redis lost"))
             return
         # No drain: at most one call per answer is in flight, so what is buffered is bounded.
         writer.write(b"".join(call.packed() for call in calls))
@@ -207,8 +210,13 @@ class CommandPipe:
             call.future.set_result(reply)
 
     def _lost(self, conn: AbstractConnection, error: RedisError) -> None:
+        if self._conn is not conn:
+            return  # replaced already (the writer found it closed, or its reader failed first)
+        reader = self._reader
         self._conn = None
         self._reader = None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()  # it waits on the closed connection (or for calls) and would never end
         self._drop(error, self._sent)
         self._sent.clear()
         self._replies.clear()

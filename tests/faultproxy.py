@@ -8,6 +8,8 @@ hangs. ``kill_all()`` drops every connection at once.
 """
 
 import asyncio
+import socket
+import struct
 import contextlib
 
 
@@ -35,6 +37,16 @@ class FaultProxy:
 
     def stall(self) -> None:
         self._stalled = True
+
+    def reset_all(self) -> None:
+        """End every connection with a TCP reset (not a FIN): the client's transport sees it and
+        closes at once, as after a TLS close or a reset by a middlebox, without any read."""
+        for client, upstream in list(self._pairs):
+            for writer in (client, upstream):
+                sock = writer.transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
 
     def kill_all(self) -> None:
         for client, upstream in list(self._pairs):

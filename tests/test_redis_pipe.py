@@ -84,6 +84,24 @@ async def test_a_lost_reply_fails_the_calls_in_flight_and_the_next_ones_get_a_ne
         await pipe.aclose()
 
 
+async def test_a_connection_reset_while_idle_is_replaced_and_the_next_call_succeeds(
+    redis: Redis, proxy: FaultProxy
+) -> None:
+    """Issue 23: a write that found the transport closing failed its calls but kept the dead
+    connection, so every later call failed at once (every new stream a 503, the producer stalled)."""
+    pipe = CommandPipe(redis)
+    try:
+        assert await pipe.script(ECHO, ["k"], ["warm"]) == b"warm"
+        proxy.reset_all()  # a reset while nothing is in flight
+        await asyncio.sleep(0.2)  # the event loop sees it: the transport is closing before any write
+        assert await asyncio.wait_for(pipe.script(ECHO, ["k"], ["after"]), 5) == b"after"
+        assert await asyncio.wait_for(pipe.command("PING"), 5) == b"PONG"
+        tasks = [t for t in asyncio.all_tasks() if t.get_name() == "redis-pipe-reader"]
+        assert len(tasks) == 1  # the dead connection's reader ended with it
+    finally:
+        await pipe.aclose()
+
+
 async def test_a_redis_that_stops_answering_fails_the_calls_after_the_reply_timeout(
     redis: Redis, proxy: FaultProxy
 ) -> None:
