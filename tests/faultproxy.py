@@ -8,9 +8,9 @@ hangs. ``kill_all()`` drops every connection at once.
 """
 
 import asyncio
+import contextlib
 import socket
 import struct
-import contextlib
 
 
 class FaultProxy:
