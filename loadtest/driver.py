@@ -89,16 +89,26 @@ class Driver:
                 await asyncio.sleep(self.config.think_time)
 
     async def history_digests(self, url: str, cid: str, token: str) -> dict[str, str]:
-        async with self.session.get(
-            f"{url}/api/conversations/{cid}", headers={"Authorization": f"Bearer {token}"}
-        ) as resp:
-            resp.raise_for_status()
-            messages = (await resp.json())["messages"]
-        return {
-            m["id"]: hashlib.sha256(m["content"].encode()).hexdigest()
-            for m in messages
-            if m["role"] == "assistant" and m.get("finish_reason")
-        }
+        """Every finished answer the conversation keeps, page by page from the newest (one page is
+        200 messages by default: a long run verified against it alone failed answers it never lost)."""
+        digests: dict[str, str] = {}
+        before: int | None = None
+        while before != 0:
+            query = f"?limit={_HISTORY_PAGE}" + ("" if before is None else f"&before={before}")
+            async with self.session.get(
+                f"{url}/api/conversations/{cid}{query}", headers={"Authorization": f"Bearer {token}"}
+            ) as resp:
+                resp.raise_for_status()
+                page = await resp.json()
+            for m in page["messages"]:
+                if m["role"] == "assistant" and m.get("finish_reason"):
+                    digests[m["id"]] = hashlib.sha256(m["content"].encode()).hexdigest()
+            before = int(page["first_position"])
+        return digests
+
+
+_HISTORY_PAGE = 1000
+"""The history API's largest page."""
 
 
 class _Answer:

@@ -126,6 +126,22 @@ def test_short_run_against_real_nodes_is_lossless_and_writes_the_report(
     assert "OK: nothing lost" in stdout
 
 
+def test_a_run_longer_than_a_history_page_verifies_every_answer(
+    redis_process: RedisServer, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """Issue 23: the tester verified against one page of the history (200 messages), so a long run
+    that lost nothing reported every older answer as mismatched."""
+    env = {"REDIS_URL": redis_process.url}
+    node = spawn("server", env)
+    spawn("producer", {**env, "STREAMFAN_SIM_TTFT_MS": "0", "STREAMFAN_SIM_TOKENS_PER_SECOND": "2000"})
+    result, _ = run_loadtest(
+        tmp_path,
+        *(f"--url={node.url}", "--clients", "2", "--conversations", "1", "--answers", "110"),
+        *("--duration", "60", "--ramp-up", "0.1", "--max-tokens", "3"),
+    )
+    assert result["answers_done"] == 110 and result["answers_verified"] == 220 and result["answers_mismatched"] == 0
+
+
 def test_refuses_non_loopback_targets() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "loadtest", "--url", "http://10.1.2.3:8080", "--clients", "1", "--duration", "1"],
