@@ -118,6 +118,9 @@ class LocalCluster:
             redis_url = self.redis.url
         secret = os.environ.get("STREAMFAN_SECRET") or secrets.token_hex(32)
         common = {**os.environ, "REDIS_URL": redis_url, "STREAMFAN_SECRET": secret, "PYTHONUNBUFFERED": "1"}
+        # A local topology whose every client is on loopback (tests, benchmarks, a developer's
+        # browser): it asks for the exemption the nodes no longer give by default.
+        common.setdefault("STREAMFAN_LIMITS_EXEMPT", "127.0.0.0/8,::1")
         common.update(self.env)
         for i in range(self.producers):
             port = free_port()

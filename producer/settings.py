@@ -63,6 +63,10 @@ class ProducerSettings:
             raise SettingsError(f"STREAMFAN_ORPHANS={settings.orphans!r}: use 'keep' or 'cancel'")
         if settings.takeover not in ("continue", "fail"):
             raise SettingsError(f"STREAMFAN_TAKEOVER={settings.takeover!r}: use 'continue' or 'fail'")
+        if settings.generator == "openai":  # checked at start, with the rest, not at the first answer
+            from producer.upstream import UpstreamSettings
+
+            UpstreamSettings.from_env(env)
         if settings.generator not in ("simulated", "echo", "openai") and ":" not in settings.generator:
             raise SettingsError(
                 f"STREAMFAN_GENERATOR={settings.generator!r}: use 'simulated', 'echo', 'openai' or 'module:factory'"

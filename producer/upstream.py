@@ -19,13 +19,14 @@ import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import openai
 from openai import AsyncOpenAI
 
 from producer.generation import Completion, GenerationFailed
 from wire.backoff import Backoff
-from wire.env import env_secret, read_settings, setting
+from wire.env import SettingsError, env_secret, read_settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,14 @@ class UpstreamSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         env = os.environ if env is None else env
-        return read_settings(cls, env, api_key=env_secret(env, "OPENAI_API_KEY"))
+        settings = read_settings(cls, env, api_key=env_secret(env, "OPENAI_API_KEY"))
+        url = urlsplit(settings.base_url)
+        if settings.base_url and (url.scheme not in ("http", "https") or not url.hostname):
+            # Accepted as it was, every answer would fail later with "Connection error.".
+            raise SettingsError(
+                f"OPENAI_BASE_URL={settings.base_url!r} is not an http(s) URL (e.g. http://host:8000/v1)"
+            )
+        return settings
 
 
 class OpenAIGenerator:

@@ -1,5 +1,6 @@
 """The node's settings, from environment variables (see the README's configuration table)."""
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -15,6 +16,13 @@ log = logging.getLogger(__name__)
 _MIN_SECRET_BYTES = 16
 _MIN_DISTINCT_BYTES = 8
 _LOOPBACK = "127.0.0.0/8,::1"
+
+
+def _ipv6(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
+    except ValueError:
+        return False
 
 
 def _strong_secret(name: str, raw: str) -> bytes:
@@ -39,8 +47,9 @@ class Settings:
     """STREAMFAN_PREVIOUS_SECRETS: comma-separated secrets that still verify tokens (rotation)."""
     trusted_proxies: tuple[Network, ...] = field(default_factory=lambda: parse_networks(_LOOPBACK))
     """STREAMFAN_TRUSTED_PROXIES: proxies whose X-Forwarded-For/-Proto are believed."""
-    limits_exempt: tuple[Network, ...] = field(default_factory=lambda: parse_networks(_LOOPBACK))
-    """STREAMFAN_LIMITS_EXEMPT: clients never rate- or stream-limited."""
+    limits_exempt: tuple[Network, ...] = ()
+    """STREAMFAN_LIMITS_EXEMPT: clients never rate- or stream-limited (none unless configured: behind
+    a same-host proxy that forwards no address, every client would look like loopback)."""
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     """STREAMFAN_API_KEYS: comma-separated keys of the OpenAI-compatible endpoints (none: they are off)."""
     model_name: str = setting("streamfan", "STREAMFAN_MODEL_NAME")
@@ -115,7 +124,7 @@ class Settings:
             if item.strip()
         )
         networks = {}
-        for name, default in (("STREAMFAN_TRUSTED_PROXIES", _LOOPBACK), ("STREAMFAN_LIMITS_EXEMPT", _LOOPBACK)):
+        for name, default in (("STREAMFAN_TRUSTED_PROXIES", _LOOPBACK), ("STREAMFAN_LIMITS_EXEMPT", "")):
             try:
                 networks[name] = parse_networks(env_str(env, name, default))
             except ValueError as exc:
@@ -124,7 +133,12 @@ class Settings:
         for key in api_keys:
             if len(key) < _MIN_SECRET_BYTES or any(ch.isspace() for ch in key):
                 raise SettingsError(f"STREAMFAN_API_KEYS: each key needs {_MIN_SECRET_BYTES}+ characters, no spaces")
-        hosts = tuple(h.strip().lower() for h in env_str(env, "STREAMFAN_ALLOWED_HOSTS", "").split(",") if h.strip())
+        hosts = tuple(
+            h.strip().lower().strip("[]") for h in env_str(env, "STREAMFAN_ALLOWED_HOSTS", "").split(",") if h.strip()
+        )
+        for host in hosts:
+            if ":" in host and not _ipv6(host):  # the port is never compared: such an entry never matches
+                raise SettingsError(f"STREAMFAN_ALLOWED_HOSTS: {host!r} has a port; list host names only")
         origins = tuple(o.strip() for o in env_str(env, "STREAMFAN_CORS_ORIGINS", "").split(",") if o.strip())
         for origin in origins:
             if origin == "*" or not origin.startswith(("http://", "https://")):

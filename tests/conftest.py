@@ -19,15 +19,24 @@ from launch.embedded import create_embedded_app
 from launch.processes import Member, RedisServer, free_port, wait_for_port
 from producer.generator import Pacing
 from producer.settings import ProducerSettings
+from server.peers import parse_networks
 from server.settings import Settings
 from tests.faultproxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = b"test-secret-0123456789abcdef"
+LOOPBACK_TEXT = "127.0.0.0/8,::1"
+LOOPBACK = parse_networks(LOOPBACK_TEXT)
 
 
 def node_settings(**overrides: Any) -> Settings:
-    base = Settings(secret=SECRET, heartbeat_seconds=1.0, unsubscribe_grace_seconds=0.2, redis_timeout_seconds=2.0)
+    base = Settings(
+        secret=SECRET,
+        heartbeat_seconds=1.0,
+        unsubscribe_grace_seconds=0.2,
+        redis_timeout_seconds=2.0,
+        limits_exempt=LOOPBACK,  # the tests' clients share one address: they ask for it, as tools do
+    )
     return replace(base, **overrides)
 
 
@@ -97,7 +106,8 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     started: list[Proc] = []
 
     def start(kind: str, env: dict[str, str]) -> Proc:
-        full_env = {**os.environ, "STREAMFAN_SECRET": SECRET.decode(), "PYTHONUNBUFFERED": "1", **env}
+        full_env = {**os.environ, "STREAMFAN_SECRET": SECRET.decode(), "PYTHONUNBUFFERED": "1"}
+        full_env |= {"STREAMFAN_LIMITS_EXEMPT": LOOPBACK_TEXT, **env}
         log = tmp_path / f"{kind}-{len(started)}.log"
         args = [sys.executable, "-m", kind]
         port = 0
@@ -165,6 +175,7 @@ EMBEDDED_ENV = {
     "STREAMFAN_SIM_TOKENS_PER_SECOND": "30",
     "STREAMFAN_SIM_JITTER": "0",
     "STREAMFAN_HEARTBEAT_SECONDS": "2",
+    "STREAMFAN_LIMITS_EXEMPT": LOOPBACK_TEXT,
 }
 
 

@@ -1,6 +1,8 @@
 """Never stuck, never silent: each fault ends in a finished answer or a clear error (real Redis).
 
 Faults are injected, not waited for: a proxy that loses one reply, ``CLIENT KILL``, SIGKILL.
+
+Longer than 300 lines: the fault tests share their real Redis, nodes and proxy fixtures here.
 """
 
 import asyncio

@@ -12,6 +12,7 @@ from wire.env import SettingsError
 def test_defaults_without_redis_are_embedded() -> None:
     settings = Settings.from_env({})
     assert settings.embedded and settings.heartbeat_seconds == 15 and settings.retention.max_events == 10_000
+    assert settings.limits_exempt == () == Settings().limits_exempt  # safe by default: nobody unlimited
 
 
 def test_redis_requires_a_shared_secret() -> None:
@@ -78,12 +79,28 @@ def test_compose_secrets_are_made_once_kept_and_taken_from_the_environment_when_
         ("STREAMFAN_CORS_ORIGINS", "*", "no wildcards"),
         ("STREAMFAN_CORS_ORIGINS", "example.com", "not an origin"),
         ("STREAMFAN_DEFAULT_MAX_TOKENS", "5000", "exceeds"),
+        ("STREAMFAN_ALLOWED_HOSTS", "chat.example.com:8443", "has a port"),
     ],
 )
 def test_bad_values_fail_loudly_with_the_name(name: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message) as caught:
         Settings.from_env({name: value})
     assert name in str(caught.value)
+
+
+def test_the_openai_upstream_is_checked_at_start_with_one_line_naming_it() -> None:
+    """Issue 22: a schemeless OPENAI_BASE_URL was accepted and every answer then failed; a bad
+    STREAMFAN_OPENAI_* value printed a traceback at the first answer."""
+    for name, value in (("OPENAI_BASE_URL", "127.0.0.1:8000/v1"), ("STREAMFAN_OPENAI_TEMPERATURE", "hot")):
+        with pytest.raises(SettingsError, match=name) as caught:
+            ProducerSettings.from_env({"STREAMFAN_GENERATOR": "openai", name: value})
+        assert "\n" not in str(caught.value)
+    ProducerSettings.from_env({"STREAMFAN_GENERATOR": "openai", "OPENAI_BASE_URL": "http://127.0.0.1:8000/v1"})
+    assert Settings.from_env({"STREAMFAN_ALLOWED_HOSTS": "::1, [::1], chat.example.com"}).allowed_hosts == (
+        "::1",
+        "::1",
+        "chat.example.com",
+    )
 
 
 def test_producer_settings() -> None:
