@@ -6,7 +6,7 @@ from fakeredis.aioredis import FakeRedis
 from loadtest.sse_parser import SSEParser
 from tests.fakes import append_deltas
 from wire import scripts
-from wire.events import delta_data, delta_lines, delta_text
+from wire.events import delta_text
 from wire.keys import ConversationKeys
 from wire.sse import encode_comment, encode_event, encode_retry, frame_data, frame_event_id, frame_from_entry
 
@@ -98,10 +98,10 @@ async def test_a_chunk_with_a_cr_is_refused_before_writing(fake_redis: FakeRedis
         ("", ""),
     ],
 )
-def test_delta_data_is_the_text_in_data_lines(text: str, lines: str) -> None:
-    assert delta_lines(text) == lines
-    assert delta_data("r-1", 7, text, 1_700_000_000_123) == lines  # the harness's four-argument form
-    [event] = SSEParser().feed(encode_event("1-0", "delta", text))
-    assert (
-        event.data == delta_text(text) and frame_data(encode_event("1-0", "delta", text)) == delta_text(text).encode()
-    )
+def test_a_deltas_frame_carries_its_text_in_data_lines(text: str, lines: str) -> None:
+    """What DELTAS publishes for a chunk (its text as data lines) is what encode_event makes, and an
+    EventSource reads the text back."""
+    frame = encode_event("1-0", "delta", text)
+    assert frame == f"id: 1-0\nevent: delta\ndata: {lines}\n\n".encode()
+    [event] = SSEParser().feed(frame)
+    assert event.data == delta_text(text) and frame_data(frame) == delta_text(text).encode()

@@ -6,6 +6,11 @@ one per partition on a cluster, where a script's keys must share a slot. Each ch
 in the call against its answer's owner and index, so batching changes the cost, never the
 guarantee (``tests/test_scripts.py``). ``wire.scripts.delta_commands`` is the same as Redis
 commands, the harness's batch hook.
+
+A delta's event data is its text as SSE data lines (each LF starts another ``data:`` line), so an
+EventSource's ``event.data`` is the text. It needs nothing else: its answer is the one the latest
+``user_message`` or ``regenerate`` event started, its order is its event id, and its time is the
+id's milliseconds.
 """
 
 import hashlib

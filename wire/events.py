@@ -106,25 +106,6 @@ def delta_text(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
-def delta_lines(text: str) -> str:
-    """A delta's event data: the chunk's text itself, one ``data:`` line per line (LF only: see
-    ``delta_text``), so an EventSource's ``event.data`` is the text.
-
-    A delta needs nothing else: its answer is the one its conversation's latest ``user_message`` or
-    ``regenerate`` event started, its order is its event id, and its time is the id's milliseconds.
-    The JSON envelope it had (``response_id``, ``index``, ``text``, ``ts``) was 60 % of the frame's
-    overhead and made the text pay JSON escaping.
-    """
-    return delta_text(text).replace("\n", "\ndata: ")
-
-
-def delta_data(response_id: str, index: int, text: str, ts_ms: int) -> str:
-    """``delta_lines(text)`` in the form the side-by-side harness calls (``shared/bench/sseload.py``,
-    which this project does not own): the answer, index and time are no longer in the event."""
-    del response_id, index, ts_ms
-    return delta_lines(text)
-
-
 def done_data(response_id: str, finish_reason: FinishReason, error: str = "") -> str:
     """``error`` says why an answer ``failed``, in words a reader can be shown (never a traceback)."""
     data = {"response_id": response_id, "finish_reason": str(finish_reason)}

@@ -3,7 +3,7 @@
 A frame is ``id: <id>\\nevent: <type>\\ndata: <line>\\n...\\n\\n``. Ids and types can never carry
 CR, LF or NUL; multi-line data becomes several ``data:`` lines, so no input can forge a field or end
 an event early. The Lua scripts in ``wire.scripts`` build the same bytes from data already in
-lines (one-line JSON, or a delta's text from ``wire.events.delta_lines``); ``tests/test_sse.py``
+lines (one-line JSON, or a delta's text: ``wire.deltas.DELTAS`` makes its data lines); ``tests/test_sse.py``
 holds both to that.
 """
 
