@@ -30,7 +30,7 @@ def create_app(settings: Settings, redis: "Redis | RedisCluster") -> web.Applica
     app[SETTINGS] = settings
     app[REDIS] = redis
     app[GATE] = Gate.from_settings(settings)
-    store = ConversationStore(redis, settings.retention)
+    store = ConversationStore(redis, settings.retention, replay_page_bytes=settings.replay_page_bytes)
     app[STORE] = store
     metrics = app[METRICS] = NodeMetrics()
     hub = app[HUB] = Hub(

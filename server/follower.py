@@ -9,8 +9,8 @@ Invariants (this class owns them):
 - ``position`` is the id of the last event written for this conversation; nothing at or before
   it is written again.
 - While catching up (``pending`` is a list) live events wait in ``pending``, at most
-  ``max_pending`` of them; an overflow drops the list and sets ``overflowed``, and the catch-up
-  reads the history again from ``position``.
+  ``max_pending`` of them and at most the stream's ``max_buffer`` bytes; an overflow drops the list
+  and sets ``overflowed``, and the catch-up reads the history again from ``position``.
 """
 
 import json
@@ -28,7 +28,17 @@ def mux_frame(prefix: bytes, frame: bytes) -> bytes:
 
 
 class Follower:
-    __slots__ = ("max_pending", "muxed", "overflowed", "pending", "position", "prefix", "skip_until", "stream")
+    __slots__ = (
+        "max_pending",
+        "muxed",
+        "overflowed",
+        "pending",
+        "pending_bytes",
+        "position",
+        "prefix",
+        "skip_until",
+        "stream",
+    )
 
     def __init__(self, stream: ClientStream, *, max_pending: int, conversation_id: str | None = None) -> None:
         self.stream = stream
@@ -38,6 +48,7 @@ class Follower:
         """Frames carry the conversation in their id line (the multiplexed stream)."""
         self.pending: list[tuple[EventId, bytes]] | None = []
         """Live frames that arrived during catch-up, in this follower's form; ``None`` once live."""
+        self.pending_bytes = 0
         self.overflowed = False
         """``pending`` overflowed and was dropped: catch-up must read the history again."""
         self.position: EventId = (0, 0)
@@ -58,11 +69,7 @@ class Follower:
         once per node, not per client."""
         pending = self.pending
         if pending is not None:
-            if len(pending) >= self.max_pending:
-                pending.clear()
-                self.overflowed = True
-            else:
-                pending.append((event_id, frame))
+            self._hold(pending, event_id, frame)
             return
         skip = self.skip_until
         if skip is not None:
@@ -81,12 +88,23 @@ class Follower:
         if transport.get_write_buffer_size() - len(data) > stream.max_buffer:
             stream.too_slow()
 
+    def _hold(self, pending: list[tuple[EventId, bytes]], event_id: EventId, frame: bytes) -> None:
+        """Keep a live frame for ``go_live``; past either bound, drop them all (history has them)."""
+        self.pending_bytes += len(frame)
+        if len(pending) >= self.max_pending or self.pending_bytes > self.stream.max_buffer:
+            pending.clear()
+            self.pending_bytes = 0
+            self.overflowed = True
+        else:
+            pending.append((event_id, frame))
+
     def go_live(self) -> None:
         """Write the buffered live frames newer than ``position``, then take frames as they come.
 
         Runs without awaiting, so no frame can slip between the history and the live stream.
         """
         pending, self.pending = self.pending or [], None
+        self.pending_bytes = 0
         position = self.position
         for event_id, frame in pending:
             if event_id > position:
@@ -149,11 +167,7 @@ class TranslatingFollower(Follower):
     def deliver(self, event_id: EventId, frame: bytes) -> None:
         pending = self.pending
         if pending is not None:
-            if len(pending) < self.max_pending:
-                pending.append((event_id, frame))
-            else:
-                pending.clear()
-                self.overflowed = True
+            self._hold(pending, event_id, frame)
             return
         if self.skip_until is not None and event_id <= self.skip_until:
             return

@@ -25,5 +25,5 @@ async def history_after(
         if page.frames:
             yield page
             after = format_event_id(page.frames[-1][0])
-        if len(page.frames) < page_size:
+        if len(page.frames) < page_size and not page.more:
             return

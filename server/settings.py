@@ -83,6 +83,8 @@ class Settings:
     """Live events held for a client while its history replays."""
     replay_page_events: int = setting(200, "STREAMFAN_REPLAY_PAGE_EVENTS", low=1, high=100_000)
     """History events read from Redis per round trip."""
+    replay_page_bytes: int = setting(128 * 1024, "STREAMFAN_REPLAY_PAGE_BYTES", low=1024, high=1 << 30)
+    """Most event data one replay page holds (at least one event): what a replaying client pins."""
     unsubscribe_grace_seconds: float = setting(5.0, "STREAMFAN_UNSUBSCRIBE_GRACE_SECONDS", low=0, high=3600)
     """How long a channel stays subscribed after its last client."""
     redis_timeout_seconds: float = setting(5.0, "STREAMFAN_REDIS_TIMEOUT_SECONDS", low=0.1, high=300)

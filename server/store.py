@@ -71,6 +71,8 @@ class Page:
     """History after a cursor: ``frames`` as (event id, SSE frame), oldest first."""
 
     frames: list[tuple[EventId, bytes]]
+    more: bool = False
+    """The byte bound cut this page short: more history follows it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +104,13 @@ _REPLAY = Script(scripts.REPLAY)
 
 
 class ConversationStore:
-    def __init__(self, redis: "Redis | RedisCluster", retention: Retention) -> None:
+    def __init__(
+        self, redis: "Redis | RedisCluster", retention: Retention, *, replay_page_bytes: int = 128 * 1024
+    ) -> None:
         self._redis = redis
         self._retention = retention
+        self._replay_page_bytes = replay_page_bytes
+        """Most event data one replay page holds (at least one event): what a replaying client pins."""
         self._pipe = pipe_for(redis)
         """The two reads of every new stream (the token's generation, the history replay) go
         pipelined on one connection where Redis is standalone: with redis-py's per-call path they
@@ -190,11 +196,12 @@ class ConversationStore:
         """At most ``count`` events after ``cursor`` (``START_ID``: from the start)."""
         keys = ConversationKeys(conversation_id)
         if self._pipe is None:
-            status, head, body = await self._replay(keys=[keys.state, keys.events], args=[cursor, count])
+            args: list[str | int] = [cursor, count, self._replay_page_bytes]
+            status, head, body = await self._replay(keys=[keys.state, keys.events], args=args)
         else:
             pipe = self._pipe
             status, head, body = await _once_more(
-                lambda: pipe.script(_REPLAY, [keys.state, keys.events], [cursor, count])
+                lambda: pipe.script(_REPLAY, [keys.state, keys.events], [cursor, count, self._replay_page_bytes])
             )
         if status == b"reset":
             return Reset(ResetReason(_text(body)), parse_event_id(_text(head)))
@@ -202,7 +209,7 @@ class ConversationStore:
         for event_id, fields in body:
             values = dict(zip(fields[::2], fields[1::2], strict=True))
             frames.append((parse_event_id(event_id.decode()), frame_from_entry(event_id, values[b"t"], values[b"d"])))
-        return Page(frames)
+        return Page(frames, more=status == b"more")
 
     async def snapshot(self, conversation_id: str, limit: int, before: int | None = None) -> dict[str, Any]:
         """The history API's body: at most ``limit`` finished messages ending before position

@@ -184,3 +184,45 @@ async def test_the_balancer_refuses_floods_with_json_429(tmp_path: Path) -> None
             assert calls == [200] * 8
     finally:
         await asyncio.to_thread(cluster.stop)
+
+
+@pytest.mark.parametrize(("event_chars", "messages"), [(60_000, 20), (100, 120)], ids=["60kB-events", "100B-events"])
+async def test_never_reading_replays_cost_the_node_a_bounded_number_of_bytes(
+    redis_process: RedisServer, spawn: Callable[..., Proc], event_chars: int, messages: int
+) -> None:
+    """Issue 23: a replay page was 200 events, 20 KB or 12 MB depending on the events; ten clients
+    replaying 60 kB events and reading nothing cost the node 4.2-5.2 MiB each. The bound is in
+    bytes now (STREAMFAN_REPLAY_PAGE_BYTES, and the live frames held during catch-up)."""
+    env = {
+        "REDIS_URL": redis_process.url,
+        "STREAMFAN_MAX_MESSAGE_CHARS": "70000",
+        "STREAMFAN_MAX_BODY_BYTES": "1048576",
+    }
+    node = spawn("server", env)
+    spawn("producer", producer_env(redis_process, tokens_per_second=5000))
+    word = "x" * event_chars  # one token: the echo answer is one delta of the same size
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{node.url}/api/conversations") as resp:
+            body = await resp.json()
+        cid, auth = body["id"], {"Authorization": f"Bearer {body['token']}"}
+        for _ in range(messages):
+            stream = await session.get(f"{node.url}/api/conversations/{cid}/events", headers=auth)
+            async with session.post(
+                f"{node.url}/api/conversations/{cid}/messages", json={"content": word}, headers=auth
+            ) as resp:
+                assert resp.status == 202
+                rid = (await resp.json())["response_id"]
+            await read_events(stream, until=lambda e: e.type == "done" and rid in e.data, within=30)
+            stream.close()
+    await asyncio.sleep(0.5)
+    before = rss_kib(node.popen.pid)
+    readers = [raw_event_stream(node.port, cid, f"Bearer {body['token']}") for _ in range(10)]
+    try:
+        await asyncio.sleep(2.0)  # every replay has filled what the socket takes and waits
+        grown = rss_kib(node.popen.pid) - before
+    finally:
+        for sock in readers:
+            sock.close()
+    history_kib = messages * 2 * event_chars // 1024
+    print(f"node RSS grew {grown} KiB for 10 stuck replays of a {history_kib} KiB history")
+    assert grown < 10 * 512, f"{grown} KiB for 10 stuck replays ({history_kib} KiB of history each)"

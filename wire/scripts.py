@@ -243,11 +243,27 @@ return 'requested'
 )
 
 REPLAY: Final = r"""
--- KEYS: 1 state, 2 events. ARGV: 1 cursor (an event id; '0-0' = from the start), 2 page size.
--- Returns {'ok', head id, entries after the cursor} or {'reset', head id, reason}: a cursor that
+-- KEYS: 1 state, 2 events. ARGV: 1 cursor (an event id; '0-0' = from the start), 2 page size,
+-- 3 (optional) most bytes of event data a page holds (at least one event).
+-- Returns {'ok', head id, entries after the cursor}, {'more', head id, entries} when the byte bound
+-- cut the page short (read on after its last entry), or {'reset', head id, reason}: a cursor that
 -- is not in the history (trimmed, or from history Redis lost), or a start that was trimmed away,
--- is never answered with a silent gap.
-local cursor, count = ARGV[1], ARGV[2]
+-- is never answered with a silent gap. The byte bound is what a node holds per replaying client,
+-- whatever the size of the events (200 events are 20 KB or 12 MB).
+local cursor, count, budget = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local function page(entries)
+  if not budget then return {'ok', entries} end
+  local size = 0
+  for i, entry in ipairs(entries) do
+    size = size + #entry[2][4] + 64
+    if size > budget and i > 1 then
+      local kept = {}
+      for j = 1, i - 1 do kept[j] = entries[j] end
+      return {'more', kept}
+    end
+  end
+  return {'ok', entries}
+end
 local head = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local head_id = head[1] and head[1][1] or '0-0'
 if cursor == '0-0' then
@@ -256,12 +272,14 @@ if cursor == '0-0' then
     local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
     if not first[1] or first[1][1] ~= first_id then return {'reset', head_id, 'trimmed'} end
   end
-  return {'ok', head_id, redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', count)}
+  local p = page(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', count))
+  return {p[1], head_id, p[2]}
 end
 if #redis.call('XRANGE', KEYS[2], cursor, cursor) == 0 then
   return {'reset', head_id, 'unknown_cursor'}
 end
-return {'ok', head_id, redis.call('XRANGE', KEYS[2], '(' .. cursor, '+', 'COUNT', count)}
+local p = page(redis.call('XRANGE', KEYS[2], '(' .. cursor, '+', 'COUNT', count))
+return {p[1], head_id, p[2]}
 """
 
 SNAPSHOT: Final = (
