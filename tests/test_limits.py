@@ -212,7 +212,7 @@ async def test_never_reading_replays_cost_the_node_a_bounded_number_of_bytes(
             ) as resp:
                 assert resp.status == 202
                 rid = (await resp.json())["response_id"]
-            await read_events(stream, until=lambda e: e.type == "done" and rid in e.data, within=30)
+            await read_events(stream, until=lambda e, rid=rid: e.type == "done" and rid in e.data, within=30)
             stream.close()
     await asyncio.sleep(0.5)
     before = rss_kib(node.popen.pid)
