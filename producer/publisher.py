@@ -123,23 +123,17 @@ class Publisher:
         self._retry_seconds = retry_seconds
         # Claims and finishes go the chunks' way: every answer starts and ends with one.
         self._calls = _script_calls(redis)
-        self._names: dict[str, tuple[list[str], str]] = {}
-        """Each conversation's key and channel names, made once per answer rather than per chunk."""
         self._conversations: dict[str, ConversationKeys] = {}
+        """Each conversation's names, made once per answer rather than per chunk."""
         self._deltas: list[tuple[deltas.DeltaItem, asyncio.Future[Any]]] = []
         """This loop turn's chunks, sent together at its end."""
         self._by_slot = isinstance(redis, RedisCluster)
         """A cluster takes one call per partition (a script's keys share a slot)."""
 
     def _call(self, conversation_id: str, *args: str | int) -> tuple[list[str], list[str | int]]:
-        names = self._names.get(conversation_id)
-        if names is None:
-            if len(self._names) >= _NAMES_CACHED:
-                self._names.clear()
-            keys = ConversationKeys(conversation_id)
-            names = self._names[conversation_id] = (list(keys.all), keys.channel)
+        keys = self._keys(conversation_id)
         r = self._retention
-        return names[0], scripts.conversation_argv(names[1], r.max_events, r.ttl_seconds, *args)
+        return list(keys.all), scripts.conversation_argv(keys.channel, r.max_events, r.ttl_seconds, *args)
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self._retry_seconds
@@ -197,14 +191,8 @@ class Publisher:
         calls = deltas.delta_calls(
             [item for item, _ in queued], self._retention, int(time.time() * 1000), by_slot=self._by_slot
         )
-        if len(calls) == 1:
-            groups = [[future for _, future in queued]]
-        else:  # by partition: the calls hold the items grouped as delta_calls grouped them
-            by_partition: dict[int, list[asyncio.Future[Any]]] = {}
-            for item, future in queued:
-                by_partition.setdefault(item[0].partition, []).append(future)
-            groups = list(by_partition.values())
-        for call, futures in zip(calls, groups, strict=True):
+        for call in calls:
+            futures = [queued[position][1] for position in call.positions]
             reply = self._calls.script(_DELTAS, call.keys, call.args)
             reply.add_done_callback(functools.partial(_hand_out, futures=futures, chunks=call.chunks))
 

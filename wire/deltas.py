@@ -93,11 +93,16 @@ DeltaItem = tuple[ConversationKeys, str, str, int, str]
 
 @dataclass(frozen=True, slots=True)
 class DeltaCall:
-    """One ``DELTAS`` call: its keys, its arguments, and how many chunks (replies) it carries."""
+    """One ``DELTAS`` call: its keys, its arguments, and which of the items it carries (their
+    positions in ``delta_calls``' input, in reply order)."""
 
     keys: list[str]
     args: list[str | int]
-    chunks: int
+    positions: list[int]
+
+    @property
+    def chunks(self) -> int:
+        return len(self.positions)
 
 
 def delta_calls(items: Iterable[DeltaItem], retention: Retention, now_ms: int, *, by_slot: bool) -> list[DeltaCall]:
@@ -106,29 +111,27 @@ def delta_calls(items: Iterable[DeltaItem], retention: Retention, now_ms: int, *
     ``by_slot``: one call per partition, as a Redis Cluster requires (a script's keys share a
     slot); otherwise one call for them all (a standalone Redis). The producer and the side-by-side
     harness (through ``delta_commands``) both publish through here."""
-    batches: dict[int, tuple[list[str], list[str | int], list[str | int], dict[str, int]]] = {}
-    counts: dict[int, int] = {}
-    for keys, response_id, owner, index, text in items:
+    batches: dict[int, tuple[list[str], list[str | int], list[str | int], dict[str, int], list[int]]] = {}
+    for position, (keys, response_id, owner, index, text) in enumerate(items):
         slot = keys.partition if by_slot else 0
         batch = batches.get(slot)
         if batch is None:
-            batch = batches[slot] = ([], [], [], {})
-            counts[slot] = 0
-        key_list, group_args, chunk_args, groups = batch
+            batch = batches[slot] = ([], [], [], {}, [])
+        key_list, group_args, chunk_args, groups, positions = batch
         group = groups.get(keys.conversation_id)
         if group is None:
             group = groups[keys.conversation_id] = len(groups) + 1
             key_list.extend(keys.all)
             group_args.extend((keys.channel, response_id, owner))
         chunk_args.extend((group, index, text))
-        counts[slot] += 1
+        positions.append(position)
     return [
         DeltaCall(
             key_list,
             [retention.max_events, retention.ttl_seconds, now_ms, len(groups), *group_args, *chunk_args],
-            counts[slot],
+            positions,
         )
-        for slot, (key_list, group_args, chunk_args, groups) in batches.items()
+        for key_list, group_args, chunk_args, groups, positions in batches.values()
     ]
 
 
