@@ -1,16 +1,15 @@
-"""The embedded default: with no ``REDIS_URL``, one process holds an in-memory Redis and a producer.
+"""The embedded default: with no ``REDIS_URL``, one process holds a broker and a producer.
 
-The in-memory broker is fakeredis, which runs the same commands and the same Lua scripts as Redis,
-so the node and the producer use exactly the code paths they use against a real Redis.
+The broker (``launch.embedded_broker``) runs the same commands and Lua scripts as Redis, so the node
+and the producer use exactly the code paths they use against a real Redis.
 """
 
 import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from fakeredis import FakeServer
-from fakeredis.aioredis import FakeRedis
 
+from launch.embedded_broker import EmbeddedBroker
 from producer.generator import close_generator, load_generator
 from producer.settings import ProducerSettings
 from producer.worker import Worker
@@ -19,12 +18,19 @@ from server.context import METRICS
 from server.settings import Settings
 
 
-def create_embedded_app(settings: Settings, producer_settings: ProducerSettings) -> web.Application:
-    broker = FakeServer()
-    app = create_app(settings, FakeRedis(server=broker))
+def create_embedded_app(
+    settings: Settings, producer_settings: ProducerSettings, broker: EmbeddedBroker
+) -> web.Application:
+    node_redis = broker.client()
+    app = create_app(settings, node_redis)
+
+    async def run_broker(app: web.Application) -> AsyncIterator[None]:
+        async with broker.running():
+            yield
+            await node_redis.aclose()
 
     async def run_producer(app: web.Application) -> AsyncIterator[None]:
-        redis = FakeRedis(server=broker)
+        redis = broker.client()
         generator = load_generator(producer_settings.generator, producer_settings.pacing)
         worker = Worker(redis, producer_settings, generator)
         app[METRICS].registry.include(worker.metrics.registry)  # one process, one /metrics
@@ -40,5 +46,7 @@ def create_embedded_app(settings: Settings, producer_settings: ProducerSettings)
         await close_generator(generator)
         await redis.aclose()
 
+    # The broker starts before anything of the node's own reaches it, and stops after all of it.
+    app.cleanup_ctx.insert(0, run_broker)
     app.cleanup_ctx.append(run_producer)
     return app

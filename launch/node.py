@@ -66,10 +66,17 @@ def main(argv: list[str] | None = None) -> None:
 
     if settings.redis_url is None:
         from launch.embedded import create_embedded_app
+        from launch.embedded_broker import embedded_broker_from_env
 
         assert producer_settings is not None
-        app = create_embedded_app(settings, producer_settings)
-        logging.getLogger("server").info("no REDIS_URL: running the embedded broker and producer in this process")
+        try:
+            broker = embedded_broker_from_env(os.environ)
+        except SettingsError as exc:
+            sys.exit(f"server: {exc}")
+        app = create_embedded_app(settings, producer_settings, broker)
+        logging.getLogger("server").info(
+            "no REDIS_URL: running the embedded broker (%s) and producer in this process", broker.kind
+        )
     else:
         # A blocking pool: a burst of replays waits for a connection instead of failing. Whether
         # REDIS_URL is a cluster is asked here, before the event loop runs.

@@ -16,7 +16,6 @@ A job is named by its stream and entry id (entry ids are only unique within one 
 
 import asyncio
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -72,15 +71,7 @@ class PartitionedJobs:
         if isinstance(self._redis, RedisCluster):
             await asyncio.sleep(POLL_SECONDS)
             return []
-        asked = time.monotonic()
-        jobs = await self._read_streams(self._streams, block_ms=BLOCK_MS)
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError  # fakeredis swallows the cancellation of a blocking read
-        if not jobs and time.monotonic() - asked < BLOCK_MS / 2000:
-            # fakeredis (the embedded broker) answers a blocking read at once: do not spin.
-            await asyncio.sleep(POLL_SECONDS)
-        return jobs
+        return await self._read_streams(self._streams, block_ms=BLOCK_MS)
 
     async def _read_window(self, streams: list[bytes]) -> list[QueuedJob]:
         if not isinstance(self._redis, RedisCluster):

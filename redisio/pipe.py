@@ -75,7 +75,7 @@ class _Call:
 
 
 def native(connection_class: type[AbstractConnection]) -> bool:
-    """Is this redis-py's own connection class, whose parser may be read directly? (Not fakeredis'.)"""
+    """Is this redis-py's own connection class, whose parser may be read directly? (Not a test double's.)"""
     return connection_class.read_response is AbstractConnection.read_response
 
 

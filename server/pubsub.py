@@ -81,13 +81,20 @@ def _reader(conn: AbstractConnection) -> Callable[[], Awaitable[Any]]:
     Straight from redis-py's parser when ``conn`` is redis-py's own connection: its
     ``read_response`` wraps every message in a timeout context (even an infinite one) and formats
     an error label, a cost paid once per message on the node's busiest path (measured with py-spy).
-    Dead links are the watchdog's job, so no timeout is lost. Other connections (fakeredis) go the
-    documented way.
+    Dead links are the watchdog's job, so no timeout is lost. Other connection classes go the
+    documented way, which raises an error reply where the parser returns it: both hand it back.
     """
     if native(type(conn)):
         parser: Any = conn._parser
         return functools.partial(parser.read_response, push_request=True)
-    return functools.partial(conn.read_response, timeout=math.inf, push_request=True)
+
+    async def documented() -> Any:
+        try:
+            return await conn.read_response(timeout=math.inf, push_request=True)
+        except ResponseError as exc:
+            return exc
+
+    return documented
 
 
 class PubSubConnection:
@@ -183,10 +190,7 @@ class PubSubConnection:
             self._connected.set()
             read = _reader(conn)
             while True:
-                try:
-                    message = await read()
-                except ResponseError as exc:  # an error reply, raised rather than returned (fakeredis)
-                    message = exc
+                message = await read()
                 self._received += 1
                 self._dispatch(message)
         finally:

@@ -16,6 +16,7 @@ from fakeredis.aioredis import FakeRedis
 from playwright.sync_api import BrowserContext, sync_playwright
 
 from launch.embedded import create_embedded_app
+from launch.embedded_broker import FakeBroker
 from launch.processes import Member, RedisServer, free_port, wait_for_port
 from producer.generator import Pacing
 from producer.settings import ProducerSettings
@@ -53,10 +54,11 @@ def fast_producer(**overrides: Any) -> ProducerSettings:
 
 @pytest.fixture
 async def client_factory(aiohttp_client: Any) -> Callable[..., Any]:
-    """Start an embedded node (fakeredis broker + producer in process) and return its test client."""
+    """Start an embedded node (fakeredis broker + producer in process: fast, hermetic) and return its
+    test client. The README's command, with a private redis-server where installed, is ``EmbeddedNode``."""
 
     async def make(settings: Settings | None = None, producer: ProducerSettings | None = None) -> Any:
-        app = create_embedded_app(settings or node_settings(), producer or fast_producer())
+        app = create_embedded_app(settings or node_settings(), producer or fast_producer(), FakeBroker())
         return await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
 
     return make

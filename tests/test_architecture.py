@@ -101,3 +101,17 @@ def test_every_module_says_its_job() -> None:
         if p.stat().st_size and ast.get_docstring(ast.parse(p.read_text())) is None
     ]
     assert missing == []
+
+
+BROKER_MODULE = "launch/embedded_broker.py"
+
+
+def test_no_test_double_outside_the_embedded_brokers_module() -> None:
+    """fakeredis is the embedded broker's concern alone: no other module imports it, names it, or
+    carries a workaround for it (production paths run as they run against Redis)."""
+    named = [
+        str(path.relative_to(ROOT))
+        for path in sources()
+        if str(path.relative_to(ROOT)) != BROKER_MODULE and "fakeredis" in path.read_text().lower()
+    ]
+    assert named == []

@@ -106,7 +106,8 @@ def test_streamed_rendering_equals_whole_for_every_spec_example_and_chunking(
     mismatches = page.evaluate(
         """async (docs) => {
             const { StreamingMarkdown } = await import('/static/js/markdown.js');
-            await (await import('/static/js/markdown_dom.js')).mathReady;
+            await (await import('/static/js/markdown_dom.js')).loadMath();
+            await (await import('/static/js/highlight.js')).loadHighlighting();
             const render = (text, sizes, frames) => {
                 const box = document.createElement('div');
                 const md = new StreamingMarkdown(box);
@@ -170,7 +171,7 @@ def test_math_is_typeset_and_prices_are_not(node: EmbeddedNode, context: Browser
     result = page.evaluate(
         """async () => {
             const { renderMarkdown } = await import('/static/js/markdown.js');
-            await (await import('/static/js/markdown_dom.js')).mathReady;
+            await (await import('/static/js/markdown_dom.js')).loadMath();
             const box = document.createElement('div');
             document.body.append(box);
             renderMarkdown('Energy $E = mc^2$ costs $5 and $6.\\n\\n$$\\\\int_0^1 x\\\\,dx = \\\\frac{1}{2}$$\\n', box);

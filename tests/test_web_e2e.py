@@ -168,6 +168,7 @@ def test_one_tab_renders_the_stored_answer_exactly(cluster: LocalCluster, contex
     code = answer.locator(".code-block code")
     # CommonMark: a code block's text ends with its last line's newline.
     assert code.evaluate("el => el.textContent") == 'def greet(name: str) -> str:\n    return f"hello {name}"\n'
+    code.locator("span.hljs-keyword").first.wait_for(state="attached")  # highlight.js loads with the first code
     assert "hljs" in (code.get_attribute("class") or "") and code.locator("span.hljs-keyword").count() >= 2
     assert answer.locator("table tbody tr").count() == 2 and answer.locator("td.align-center").count() == 2
     link = answer.locator("a[href='https://example.com/docs']")

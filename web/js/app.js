@@ -287,4 +287,7 @@ function route() {
 }
 window.addEventListener("popstate", route);
 window.addEventListener("pagehide", () => { if (current) current.close(); });
+// Restored from the back/forward cache: the view was closed on leaving, so open it again (the
+// history brings what happened meanwhile).
+window.addEventListener("pageshow", (event) => { if (event.persisted) route(); });
 route();

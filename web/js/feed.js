@@ -36,10 +36,13 @@ class BrowserStream {
     this.source = null;
     this.timer = null;
     this.backoff = BACKOFF_FIRST_MS;
-    this.channel = new BroadcastChannel("streamfan:stream");
-    this.channel.onmessage = (message) => this.#onMessage(message.data);
+    this.channel = null; // opened by #start, closed on leaving
+    this.release = null; // resolves the lock's promise: gives the lock up
+    this.waiting = null; // aborts a lock request not granted yet
     window.addEventListener("online", () => { if (this.leader) this.#reconnectSoon(0); });
     window.addEventListener("pagehide", () => this.#leave());
+    // A page restored from the back/forward cache has neither the lock nor a stream: it starts over.
+    window.addEventListener("pageshow", (event) => { if (event.persisted) this.#rejoin(); });
   }
 
   follow(id, handlers) {
@@ -54,29 +57,56 @@ class BrowserStream {
   unfollow(id) {
     if (!this.local.delete(id)) return;
     if (this.leader) this.#unwant(this.tab, id);
-    else this.channel.postMessage({ kind: "unfollow", tab: this.tab, id });
+    else if (this.channel) this.channel.postMessage({ kind: "unfollow", tab: this.tab, id });
   }
 
   #start() {
     if (this.started) return;
     this.started = true;
+    this.channel = new BroadcastChannel("streamfan:stream");
+    this.channel.onmessage = (message) => this.#onMessage(message.data);
     if (!navigator.locks) {
       this.#lead();
       return;
     }
     this.channel.postMessage({ kind: "hello", tab: this.tab }); // a leader answers with its state
+    this.waiting = new AbortController(); // leaving withdraws the request
     navigator.locks
-      .request("streamfan:stream", () => {
+      .request("streamfan:stream", { signal: this.waiting.signal }, () => {
+        this.waiting = null;
         this.#lead();
         return new Promise((resolve) => { this.release = resolve; });
       })
-      .catch((err) => console.error("stream lock failed", err));
+      .catch((err) => { if (err.name !== "AbortError") console.error("stream lock failed", err); });
   }
 
   #leave() {
+    if (!this.started) return;
+    clearTimeout(this.timer);
     if (this.source) this.source.close();
     if (this.release) this.release();
+    if (this.waiting) this.waiting.abort();
     for (const id of this.local.keys()) this.channel.postMessage({ kind: "unfollow", tab: this.tab, id });
+    // The page may live on in the back/forward cache: it no longer leads nor waits for the lock,
+    // and hears nothing (a message to a cached page makes the browser drop it from the cache).
+    this.channel.close();
+    this.channel = null;
+    this.source = null;
+    this.release = null;
+    this.waiting = null;
+    this.leader = false;
+    this.started = false;
+    this.wanted.clear();
+  }
+
+  #rejoin() {
+    if (this.local.size === 0) return; // the next follow() starts it
+    this.#setState("connecting");
+    this.#start();
+    if (this.leader) return; // no Web Locks: #start led at once
+    for (const [id, handlers] of this.local) {
+      this.channel.postMessage({ kind: "follow", tab: this.tab, id, cursor: handlers.cursor() });
+    }
   }
 
   // -- leader ---------------------------------------------------------------------------------------

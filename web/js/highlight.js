@@ -4,13 +4,31 @@
 // loads) and only text and <span class="hljs-..."> survive the copy into the page; if the copy's
 // text differs from the code in any way, the code stays plain.
 
-import hljs from "../vendor/highlight.js-11.12.0/highlight.min.js";
+import { loadHighlighter } from "./vendored.js";
 
 const CLASS = /^(?:hljs-[\w-]+|[\w-]+_)$/;
 const MAX_CHARS = 100_000;
 
+let hljs = null;
+
+// The first code block with a language fetches highlight.js: it stays plain until then.
 export function highlightInto(code, text, language) {
-  if (!language || text.length > MAX_CHARS || !hljs.getLanguage(language)) return;
+  if (!language || text.length > MAX_CHARS) return;
+  if (hljs) {
+    highlightNow(code, text, language);
+    return;
+  }
+  loadHighlighting()
+    .then(() => { if (code.isConnected) highlightNow(code, text, language); })
+    .catch((err) => console.error("highlight.js failed to load", err));
+}
+
+export function loadHighlighting() {
+  return loadHighlighter().then((module) => { hljs = module; });
+}
+
+function highlightNow(code, text, language) {
+  if (code.textContent !== text || !hljs.getLanguage(language)) return; // redrawn meanwhile
   let html;
   try {
     html = hljs.highlight(text, { language, ignoreIllegals: true }).value;

@@ -8,6 +8,7 @@
 import { Lexer, Marked } from "../vendor/marked-18.2.1/marked.esm.js";
 import { button, element } from "./dom.js";
 import { highlightInto } from "./highlight.js";
+import { loadKatex } from "./vendored.js";
 
 const SAFE_URL = /^(?:https?:\/\/|mailto:)/i;
 
@@ -41,11 +42,15 @@ const options = new Marked({ gfm: true }).use({ extensions: mathExtensions }).de
 
 let katex = null;
 let waiting = [];
-export const mathReady = import("../vendor/katex-0.16.47/katex.mjs").then((module) => {
-  katex = module.default;
-  for (const [el, tex, display] of waiting) typeset(el, tex, display);
-  waiting = [];
-});
+
+// KaTeX, fetched with the first formula; formulas drawn meanwhile show their TeX until it is here.
+export function loadMath() {
+  return loadKatex().then((module) => {
+    katex = module;
+    for (const [el, tex, display] of waiting) typeset(el, tex, display);
+    waiting = [];
+  });
+}
 
 function typeset(el, tex, display) {
   el.replaceChildren(); // the TeX source shown meanwhile
@@ -54,8 +59,12 @@ function typeset(el, tex, display) {
 
 function math(tex, display) {
   const el = element(display ? "div" : "span", display ? "math math-block" : "math", tex);
-  if (katex) typeset(el, tex, display);
-  else waiting.push([el, tex, display]);
+  if (katex) {
+    typeset(el, tex, display);
+  } else {
+    waiting.push([el, tex, display]);
+    loadMath().catch((err) => console.error("KaTeX failed to load", err));
+  }
   return el;
 }
 
