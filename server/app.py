@@ -89,13 +89,15 @@ async def _index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(WEB_ROOT / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+PAGE_FILES = {p.relative_to(WEB_ROOT).as_posix(): p for p in WEB_ROOT.rglob("*") if p.is_file()}
+"""Every file of the page, by its path under ``/static/``: listed once at import, so a request never
+reaches the filesystem with a name it chose (no traversal, NUL or over-long name to handle), and a
+name not listed is a JSON 404."""
+
+
 async def _static(request: web.Request) -> web.StreamResponse:
-    """A file of the page, never outside ``web/`` (and a JSON 404, unlike aiohttp's static route)."""
-    relative = request.match_info["path"]
-    if "\x00" in relative or ".." in relative.split("/"):
-        raise JSONError(404, "Not Found")  # a NUL cannot name a file (the OS call would raise)
-    path = (WEB_ROOT / relative).resolve()
-    if not path.is_relative_to(WEB_ROOT) or not path.is_file():
+    path = PAGE_FILES.get(request.match_info["path"])
+    if path is None:
         raise JSONError(404, "Not Found")
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 

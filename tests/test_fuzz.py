@@ -1,4 +1,4 @@
-"""10,000 generated requests across every endpoint, header and cursor shape to a real node (real Redis).
+"""10,000 generated requests across every endpoint, header and cursor shape, to every kind of node.
 
 Hypothesis generates them (derandomized: the same run every time, bounded): methods, paths with
 real, forged and malformed ids, tokens right, wrong, expired-looking and binary, cursors of every
@@ -7,9 +7,13 @@ well-formed HTTP (malformed HTTP is answered by the HTTP parser before the API).
 be below 500, and every error a JSON document; the node's log must stay small.
 """
 
+import contextlib
 import http.client
 import json
+import os
 import string
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -18,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from launch.processes import RedisServer
-from tests.conftest import Proc
+from launch.processes import RedisClusterServers, RedisServer, free_port, wait_for_port
+from tests.conftest import ROOT, SECRET, Proc
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -34,47 +38,57 @@ class Target:
     seen: dict[int, int]
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    import os
-    import subprocess
-    import sys
+KINDS = ["embedded-redis-server", "embedded-fakeredis", "redis", "cluster"]
+"""Every kind of node: the README's command on either embedded broker, on a Redis, on a Redis Cluster."""
 
-    from launch.processes import free_port, wait_for_port
-    from tests.conftest import ROOT, SECRET
 
-    redis = RedisServer()
-    redis.start()
+@contextlib.contextmanager
+def broker(kind: str) -> Iterator[dict[str, str]]:
+    """The environment that points a node at ``kind``'s broker, for as long as the broker lives."""
+    if kind.startswith("embedded-"):
+        yield {"STREAMFAN_EMBEDDED_BROKER": kind.removeprefix("embedded-")}
+        return
+    servers: RedisServer | RedisClusterServers = RedisServer() if kind == "redis" else RedisClusterServers(3, 0)
+    servers.start()
+    try:
+        yield {"REDIS_URL": servers.url}
+    finally:
+        servers.remove()
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     port = free_port()
     log = tmp_path_factory.mktemp("fuzz") / "node.log"
-    env = {
-        **os.environ,
-        "REDIS_URL": redis.url,
-        "STREAMFAN_SECRET": SECRET.decode(),
-        "STREAMFAN_MAX_BODY_BYTES": "8192",
-    }
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    node = Proc("fuzz-node", popen, port, log)
-    try:
-        wait_for_port(port, proc=popen)
-        conversations = []
-        for _ in range(3):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("POST", "/api/conversations")
-            body = json.loads(conn.getresponse().read())
-            conversations.append((body["id"], body["token"]))
-            conn.close()
-        yield Target(port, conversations, node, {})
-    finally:
-        node.stop()
-        redis.remove()
+    with broker(request.param) as where:
+        env = {
+            **os.environ,
+            **where,
+            "STREAMFAN_SECRET": SECRET.decode(),
+            "STREAMFAN_MAX_BODY_BYTES": "8192",
+            "STREAMFAN_GENERATOR": "echo",
+        }
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "server", "--port", str(port)],
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        node = Proc("fuzz-node", popen, port, log)
+        try:
+            wait_for_port(port, proc=popen)
+            conversations = []
+            for _ in range(3):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("POST", "/api/conversations")
+                body = json.loads(conn.getresponse().read())
+                conversations.append((body["id"], body["token"]))
+                conn.close()
+            yield Target(port, conversations, node, {})
+        finally:
+            node.stop()
 
 
 ID_CHARS = string.ascii_letters + string.digits + "-_"
@@ -86,6 +100,12 @@ cursors = st.one_of(
     st.sampled_from(["0-0", "", "-", "1-", "-1", "1-1-1", " 1-1", "18446744073709551616-0", "\u0663-\u0661"]),
     text,
 )
+static_names = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["index.html\x00.js", "\x00", "js/app.js", "js/%00", "vendor/", "..%2f..%2fREADME.md", "a" * 300]),
+    st.builds(lambda a, b: f"{a}\x00{b}", st.sampled_from(["js/app.js", "style.css", ""]), st.text(max_size=5)),
+)
+"""Paths under /static/: real files, traversal, NUL bytes (once a 500) and anything else."""
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
@@ -115,6 +135,7 @@ def requests(draw: st.DrawFn, conversations: list[tuple[str, str]]) -> tuple[str
             st.just(f"/api/conversations/{cid}{suffix}"),
             st.sampled_from(["/api/conversations", "/", "/c/" + real[0], "/healthz", "/readyz", "/static/style.css"]),
             st.sampled_from(["/static/../README.md", "/static/%2e%2e/pyproject.toml", "/metrics", "/x" * 20]),
+            st.builds(lambda name: "/static/" + name, static_names),
         )
     )
     method = draw(st.sampled_from(["GET", "POST", "DELETE", "PUT", "OPTIONS", "HEAD", "PATCH"]))

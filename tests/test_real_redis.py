@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 
 from launch.processes import RedisServer
 from loadtest.http1 import ChunkedDecoder
@@ -174,6 +175,40 @@ async def test_bad_input_gets_clean_4xx_from_a_real_node(cluster: Cluster) -> No
     ) as resp:
         assert resp.status == 400
     assert (await cluster.history(cid, auth))["messages"] == []
+
+
+def every_member(server: RedisServer) -> list["redis.Redis"]:
+    """A client of every server of ``server``'s deployment: itself, or each member of its cluster."""
+    first = redis.Redis(port=server.port, decode_responses=True)
+    if not first.info("cluster")["cluster_enabled"]:
+        return [first]
+    nodes = str(first.execute_command("CLUSTER", "NODES"))  # type: ignore[no-untyped-call]
+    first.close()
+    addresses = [line.split()[1].split("@")[0] for line in nodes.splitlines() if line.strip()]
+    return [redis.Redis(port=int(address.rsplit(":", 1)[1])) for address in addresses]
+
+
+async def test_command_connections_closed_by_redis_are_replaced_and_the_next_calls_succeed(
+    cluster: Cluster,
+) -> None:
+    """Issue 23: Redis closes every command connection of the nodes and the producer (CLIENT KILL,
+    as a restarted proxy or an idle timeout does); each next call gets a new connection: no 503, and
+    an answer streams to its end."""
+    cid, auth = await cluster.create()
+    await cluster.post(cid, auth, "before")
+    before = await read_events(await cluster.events(cid, auth))
+    killed = 0
+    for member in every_member(cluster.redis):
+        killed += int(member.client_kill_filter(_type="normal", skipme=True))
+        member.close()
+    assert killed >= 3, killed  # two nodes and a producer had theirs
+    for node in (0, 1):
+        posted = await cluster.post(cid, auth, f"after, on node {node}", node=node)
+        cursor = before.events[-1].last_event_id
+        got = await read_events(await cluster.events(cid, auth, node, cursor=cursor))
+        assert got.text(posted["response_id"]) == f"after, on node {node}"
+        assert got.of_type("done")[-1]["finish_reason"] == "stop"
+        before = got
 
 
 async def test_slow_client_is_cut_off_without_slowing_others_then_resumes(

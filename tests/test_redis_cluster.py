@@ -27,6 +27,7 @@ from tests.test_real_redis import (
     test_cancel_on_one_node_ends_the_answer_everywhere,
     test_client_cut_off_mid_answer_resumes_on_the_other_node,
     test_clients_on_two_nodes_receive_identical_complete_streams,
+    test_command_connections_closed_by_redis_are_replaced_and_the_next_calls_succeed,
     test_node_killed_mid_answer_clients_resume_elsewhere,
 )
 from wire.keys import PARTITIONS, ConversationKeys, partition_of
@@ -39,6 +40,7 @@ REUSED = (
     test_node_killed_mid_answer_clients_resume_elsewhere,
     test_cancel_on_one_node_ends_the_answer_everywhere,
     test_bad_input_gets_clean_4xx_from_a_real_node,
+    test_command_connections_closed_by_redis_are_replaced_and_the_next_calls_succeed,
 )
 """Collected here too: the same assertions, on a cluster."""
 
