@@ -9,6 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 # Installed in place (-e), so the node serves /app/web and reads /app/deploy.
 COPY pyproject.toml README.md ./
+COPY support ./support
 COPY wire ./wire
 COPY redisio ./redisio
 COPY server ./server

@@ -25,8 +25,8 @@ from fakeredis.aioredis import FakeRedis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from wire.backoff import Backoff
-from wire.env import SettingsError, env_str
+from support.backoff import Backoff
+from support.env import SettingsError, env_str
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import gc
 import os
 from collections.abc import Mapping
 
-from wire.env import env_int
+from support.env import env_int
 
 DEFAULT_THRESHOLD = 50_000
 

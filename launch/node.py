@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from launch.gc_tuning import tune_gc
 from launch.redis_client import connect_from_env
-from wire.env import SettingsError
+from support.env import SettingsError
 
 
 def _raise_open_files_limit() -> None:

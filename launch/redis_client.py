@@ -24,8 +24,8 @@ from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from wire.backoff import Backoff
-from wire.env import SettingsError, read_settings, setting
+from support.backoff import Backoff
+from support.env import SettingsError, read_settings, setting
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from wire.backoff import Backoff
+from support.backoff import Backoff
 
 log = logging.getLogger("launch.workers")
 

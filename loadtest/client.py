@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 from loadtest.http1 import ChunkedDecoder
 from loadtest.sse_parser import SSEParser
 from loadtest.stats import Series
-from wire.backoff import Backoff
-from wire.events import parse_event_id
+from support.backoff import Backoff
+from wire.events import AnswerTracker, parse_event_id
 
 
 @dataclass
@@ -26,8 +26,7 @@ class Tab:
     base_url: str
     last_event_id: str = ""
     last_key: tuple[int, int] = (0, 0)
-    current: str = ""
-    """The answer the latest user_message or regenerate started (until its done): the deltas' answer."""
+    answers: AnswerTracker = field(default_factory=AnswerTracker)
     texts: dict[str, list[str]] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     chunks: int = 0
@@ -56,8 +55,8 @@ class Tab:
             return
         self.last_key = key
         if event_type == "delta":
-            # A delta is its answer's text; the answer is the one last started, its time the id's ms.
-            response_id = self.current
+            # A delta is its answer's text; its time is the id's ms.
+            response_id = self.answers.answer_of(event_type, data)
             if not response_id:
                 self.lost += 1  # a delta with no answer started before it: the start was lost
                 return
@@ -73,15 +72,15 @@ class Tab:
             if first and self.report is not None:
                 self.report("first", response_id, now)
         elif event_type in ("user_message", "regenerate"):
-            self.current = json.loads(data)["response_id"]
+            self.answers.answer_of(event_type, data)
         elif event_type == "done":
-            body = json.loads(data)
-            response_id = body["response_id"]
+            following = self.answers.current
+            response_id = self.answers.answer_of(event_type, data)
             seen = len(self.texts.get(response_id, ()))
-            if response_id == self.current:  # it saw the answer start: it must have seen every delta once
-                self.lost += max(0, body["chunks"] - seen)
-                self.duplicated += max(0, seen - body["chunks"])
-            self.current = ""
+            if response_id == following:  # it saw the answer start: it must have seen every delta once
+                chunks = json.loads(data)["chunks"]
+                self.lost += max(0, chunks - seen)
+                self.duplicated += max(0, seen - chunks)
             self.done.add(response_id)
             if self.report is not None:
                 self.report("done", response_id, time.time())

@@ -15,7 +15,7 @@ from producer.generator import close_generator, load_generator
 from producer.metrics import serve_metrics
 from producer.settings import ProducerSettings
 from producer.worker import Worker
-from wire.env import SettingsError
+from support.env import SettingsError
 
 log = logging.getLogger("producer")
 

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from wire.prometheus import CONTENT_TYPE, LATENCY_BUCKETS, Counter, Gauge, Histogram, Registry
+from support.prometheus import CONTENT_TYPE, LATENCY_BUCKETS, Counter, Gauge, Histogram, Registry
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer.batcher import ScriptBatcher
 from redisio.pipe import CommandPipe, Script, pipe_for
+from support.backoff import Backoff
 from wire import deltas, scripts
-from wire.backoff import Backoff
 from wire.env import Retention
 from wire.events import FinishReason, assistant_status, delta_text, done_data, dumps
 from wire.keys import ConversationKeys

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from producer.generator import Pacing
-from wire.env import Retention, SettingsError, env_float, env_int, env_secret, read_settings, setting
+from support.env import SettingsError, env_float, env_int, env_secret, read_settings, setting
+from wire.env import Retention
 
 
 @dataclass(frozen=True, slots=True)

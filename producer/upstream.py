@@ -25,8 +25,8 @@ import openai
 from openai import AsyncOpenAI
 
 from producer.generation import Completion, GenerationFailed
-from wire.backoff import Backoff
-from wire.env import SettingsError, env_secret, read_settings, setting
+from support.backoff import Backoff
+from support.env import SettingsError, env_secret, read_settings, setting
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from producer.jobs import JobRef, PartitionedJobs, QueuedJob
 from producer.metrics import ProducerMetrics
 from producer.publisher import Publisher
 from producer.settings import ProducerSettings
-from wire.backoff import Backoff
+from support.backoff import Backoff
 from wire.events import FinishReason, Job, parse_event_id
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,6 @@ class Worker:
         self._in_flight: dict[JobRef, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
         self._stopping = asyncio.Event()
-        self.jobs_done = 0
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
 
     async def run(self) -> None:
         """Consume jobs until ``shutdown`` (or cancellation, which leaves answers to be recovered)."""
@@ -141,12 +136,11 @@ class Worker:
             except ValueError:
                 log.error("dropping malformed job %r", ref)
                 self.metrics.jobs.inc_labels("malformed")
-                await self._ack(ref)
+                await self._jobs.ack(ref)
                 return
             try:
                 await self._writer.answer(job, _posted_at(ref.entry_id), recovered=recovered)
-                await self._ack(ref)
-                self.jobs_done += 1
+                await self._jobs.ack(ref)
             except (RedisError, OSError) as exc:
                 # Left pending: this producer keeps it fresh while alive, another one recovers it after.
                 log.error("job for response %s failed on Redis (%r); left for recovery", job.response_id, exc)
@@ -170,11 +164,8 @@ class Worker:
                 await self._publisher.finish(
                     job.conversation_id, job.response_id, self._settings.name, FinishReason.FAILED, error
                 )
-                await self._ack(ref)
+                await self._jobs.ack(ref)
                 self.metrics.jobs.inc_labels(FinishReason.FAILED.value)
-
-    async def _ack(self, ref: JobRef) -> None:
-        await self._jobs.ack(ref)
 
     async def _keep_claims(self) -> None:
         """Refresh this producer's jobs, and take over jobs whose producer died."""
@@ -201,7 +192,7 @@ class Worker:
             if job.ref in self._in_flight or not job.fields:  # ours already, or deleted: nothing to run
                 self._slots.release()
                 if not job.fields:
-                    await self._ack(job.ref)
+                    await self._jobs.ack(job.ref)
                 continue
             log.info("recovering abandoned job %r", job.ref)
             self._launch(job, recovered=True)

@@ -33,7 +33,7 @@ from server.follower import AnswerEvents, TranslatingFollower
 from server.openai_chat import check_key
 from server.sse_endpoint import catch_up, event_stream_response
 from server.store import Busy, Overloaded, new_id
-from wire.events import EventId, parse_event_id
+from wire.events import EventId, EventType, parse_event_id
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1", "x-accel-buffering": "no"}
 
@@ -75,17 +75,17 @@ class UIMessageFollower(TranslatingFollower):
 
     def translate(self, frame: bytes) -> bytes:
         event = self.answer.take(frame)
-        if event is None or event[1] == b"user_message":
+        if event is None or event.type in (EventType.USER_MESSAGE, EventType.REGENERATE):
             return b""
-        event_id, event_type, data = event
+        event_id, data = event.event_id, event.body
         out = b""
         if not self.started:
             self.started = True
             out += part({"type": "start", "messageId": self.answer.response_id}) + part(
                 {"type": "text-start", "id": self.part_id}
             )
-        if event_type == b"delta":
-            return out + part({"type": "text-delta", "id": self.part_id, "delta": data["text"]}, event_id)
+        if event.type == EventType.DELTA:
+            return out + part({"type": "text-delta", "id": self.part_id, "delta": event.text}, event_id)
         if not self.done.done():
             self.done.set_result(None)
         out += part({"type": "text-end", "id": self.part_id})
@@ -135,7 +135,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
             stream.put(stream.framed(part({"type": "error", "errorText": "an answer is still being generated"})))
             stream.put(stream.framed(b"data: [DONE]\n\n"))
             return response
-        follower.answer.response_id, follower.part_id = result.response_id, f"text-{result.response_id}"
+        follower.answer.follow(result.response_id)
+        follower.part_id = f"text-{result.response_id}"
         follower.position = parse_event_id(result.event_id)
         await _follow(response, follower, conversation_id, request)
     finally:

@@ -17,7 +17,7 @@ from typing import Any
 
 from server.feed import ChannelFeed
 from server.follower import Follower
-from server.pubsub import SUBSCRIBE, UNSUBSCRIBE, HubUnavailable
+from server.pubsub import SUBSCRIBE, UNSUBSCRIBE, PubSubUnavailable
 from server.shards import ShardedPubSub
 from wire.keys import ConversationKeys
 
@@ -103,7 +103,7 @@ class ChannelTable:
             if feed.clients:
                 return
             if self._connection.is_confirmed(feed.name):
-                with contextlib.suppress(HubUnavailable):  # the connection is gone, and with it the subscription
+                with contextlib.suppress(PubSubUnavailable):  # the connection is gone, and with it the subscription
                     await self._connection.request(UNSUBSCRIBE, feed.name)
             if not feed.clients and self._feeds.get(feed.name) is feed and feed.name not in self._grace:
                 feed.on_lost()  # stops a gap fill that may still run

@@ -24,6 +24,8 @@ from collections.abc import Callable
 
 from aiohttp.abc import AbstractStreamWriter
 
+from wire.sse import HEARTBEAT
+
 log = logging.getLogger(__name__)
 
 
@@ -77,7 +79,7 @@ class ClientStream:
         """A frame that is not an event (``retry:``), or an event outside any history."""
         self.put(self.framed(frame))
 
-    def heartbeat(self, frame: bytes, chunk: bytes, now: float) -> None:
+    def heartbeat(self, now: float) -> None:
         """A comment that keeps idle connections and proxies alive, and the live send timeout.
 
         Bytes still waiting in the node mean the kernel's socket buffer is full: a client whose
@@ -93,7 +95,7 @@ class ClientStream:
                 self.too_slow()
             return  # no heartbeat needed while bytes wait
         self.stalled_since = 0.0
-        self.put(chunk if self.chunked else frame)
+        self.put(self.framed(HEARTBEAT))
 
     def put(self, data: bytes, *, bounded: bool = True) -> None:
         """The one place bytes meet the socket (the fan-out inlines it: see ``Follower.deliver``)."""

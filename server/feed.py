@@ -24,11 +24,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from server.follower import Follower, mux_frame
+from server.follower import Follower, mux_frame, mux_prefix
 from server.history import history_after
 from server.metrics import NodeMetrics
 from server.store import ConversationStore, Reset
-from wire.backoff import Backoff
+from support.backoff import Backoff
 from wire.events import EventId, parse_event_id
 from wire.keys import conversation_id_from_channel
 from wire.sse import frame_event_id
@@ -72,16 +72,12 @@ class ChannelFeed:
         self.conversation_id = conversation_id_from_channel(name)
         self._services = services
         self.clients: set[Follower] = set()
-        self.mux_prefix = b"id: " + self.conversation_id.encode() + b"/"
+        self.mux_prefix = mux_prefix(self.conversation_id)
         self.forwarded: EventId | None = None
         self._held: list[bytes] | None = None
         """Live frames held back while the gap after a reconnect is filled."""
         self._generation = 0
         self._fill: asyncio.Task[None] | None = None
-
-    @property
-    def filling(self) -> bool:
-        return self._held is not None
 
     # -- from the pub/sub connection ----------------------------------------------------------
 

@@ -15,15 +15,20 @@ Invariants (this class owns them):
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from server.client_stream import ClientStream, http_chunk
-from wire.events import EventId
+from server.client_stream import ClientStream
+from wire.events import AnswerTracker, EventId, EventType
 from wire.sse import frame_data
 
 
+def mux_prefix(conversation_id: str) -> bytes:
+    """The id line's start of a conversation's events on the multiplexed stream."""
+    return b"id: " + conversation_id.encode() + b"/"
+
+
 def mux_frame(prefix: bytes, frame: bytes) -> bytes:
-    """``frame`` with its id line naming the conversation: ``prefix`` is ``b"id: <conversation>/"``."""
+    """``frame`` with its id line naming the conversation (``prefix``: its ``mux_prefix``)."""
     return prefix + frame[4:] if frame.startswith(b"id: ") else frame
 
 
@@ -43,7 +48,7 @@ class Follower:
     def __init__(self, stream: ClientStream, *, max_pending: int, conversation_id: str | None = None) -> None:
         self.stream = stream
         self.max_pending = max_pending
-        self.prefix = b"" if conversation_id is None else b"id: " + conversation_id.encode() + b"/"
+        self.prefix = b"" if conversation_id is None else mux_prefix(conversation_id)
         self.muxed = conversation_id is not None
         """Frames carry the conversation in their id line (the multiplexed stream)."""
         self.pending: list[tuple[EventId, bytes]] | None = []
@@ -83,7 +88,7 @@ class Follower:
         if stream.closed or transport.is_closing():
             stream.close()
             return
-        data = http_chunk(frame) if stream.chunked else frame  # a native stream is never chunked
+        data = stream.framed(frame)
         transport.write(data)
         if transport.get_write_buffer_size() - len(data) > stream.max_buffer:
             stream.too_slow()
@@ -147,8 +152,7 @@ class Follower:
 
     def _framed(self, frame: bytes) -> bytes:
         """A frame from the history as this follower writes it (empty: nothing), framed for the wire."""
-        framed = mux_frame(self.prefix, frame) if self.muxed else frame
-        return http_chunk(framed) if self.stream.chunked else framed
+        return self.stream.framed(mux_frame(self.prefix, frame) if self.muxed else frame)
 
 
 class TranslatingFollower(Follower):
@@ -184,34 +188,44 @@ class TranslatingFollower(Follower):
         return self._framed(frame)  # the feed hands a translating follower the native frames
 
 
+class AnswerEvent(NamedTuple):
+    event_id: bytes
+    type: str
+    text: str
+    """A delta's text ("" for the other events)."""
+    body: dict[str, Any]
+    """A ``user_message``'s, ``regenerate``'s or ``done``'s JSON (empty for a delta)."""
+
+
 class AnswerEvents:
-    """Picks one answer's events out of its conversation's stream, for the dialects.
+    """Picks one answer's events out of its conversation's stream, for the dialects
+    (``wire.events.AnswerTracker`` says which answer each event belongs to)."""
 
-    A delta does not name its answer: it belongs to the one the latest ``user_message`` or
-    ``regenerate`` event started (both name it), until that answer's ``done`` (the DELTA script
-    refuses a delta of any other answer). So a follower that reads from before its answer's start
-    event sees it begin; one that starts after it (a resume, or after the post it made itself) is
-    ``inside`` from the start.
-    """
-
-    __slots__ = ("inside", "response_id")
+    __slots__ = ("answers", "inside", "response_id")
 
     def __init__(self, response_id: str, *, inside: bool) -> None:
         self.response_id = response_id
         self.inside = inside
+        """Whether the follower starts inside the answer (it will not see the answer's start)."""
+        self.answers = AnswerTracker(response_id if inside else "")
 
-    def take(self, frame: bytes) -> tuple[bytes, bytes, dict[str, Any]] | None:
-        """(event id, type, data) of a ``user_message`` starting the answer or a ``delta`` or
-        ``done`` of it (a delta's data is ``{"text": ...}``), else ``None``."""
-        event_id, event_type, data = frame_parts(frame)
-        if event_type == b"delta":
-            return (event_id, event_type, {"text": data.decode()}) if self.inside else None
-        if event_type not in (b"user_message", b"regenerate", b"done"):
+    def follow(self, response_id: str) -> None:
+        """Pick ``response_id``'s events: for a follower attached before the post that names it."""
+        self.response_id = response_id
+        if self.inside:
+            self.answers.current = response_id
+
+    def take(self, frame: bytes) -> AnswerEvent | None:
+        """The frame's event if it belongs to the answer (``user_message`` or ``regenerate``
+        starting it, a ``delta`` or the ``done`` of it), else ``None``."""
+        event_id, raw_type, data = frame_parts(frame)
+        event_type = raw_type.decode()
+        answer = self.answers.answer_of(event_type, data)
+        if not answer or answer != self.response_id:
             return None
-        parsed: dict[str, Any] = json.loads(data)
-        ours = parsed.get("response_id") == self.response_id
-        self.inside = ours and event_type != b"done"
-        return (event_id, event_type, parsed) if ours else None
+        if event_type == EventType.DELTA:
+            return AnswerEvent(event_id, event_type, data.decode(), {})
+        return AnswerEvent(event_id, event_type, "", json.loads(data))
 
 
 def frame_parts(frame: bytes) -> tuple[bytes, bytes, bytes]:

@@ -6,7 +6,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from server.context import HUB, METRICS, SETTINGS, STORE
-from wire.prometheus import CONTENT_TYPE
+from support.prometheus import CONTENT_TYPE
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

@@ -21,13 +21,11 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from server.channels import ChannelTable, channel_name
-from server.client_stream import http_chunk
 from server.feed import ChannelFeed, FeedServices
 from server.follower import Follower
 from server.metrics import NodeMetrics
 from server.shards import ShardedPubSub
 from server.store import ConversationStore
-from wire.sse import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +48,21 @@ class Hub:
         self._orphan_seconds = orphan_seconds
         self._store = store
         self._tasks: set[asyncio.Task[None]] = set()
-        self.connection = ShardedPubSub(redis, self, timeout_seconds=timeout_seconds)
+        self.pubsub = ShardedPubSub(redis, self, timeout_seconds=timeout_seconds)
         services = FeedServices(store, replay_page, timeout_seconds, self.metrics, self._spawn)
         self.channels = ChannelTable(
-            self.connection, lambda name: ChannelFeed(name, services), self._spawn, grace_seconds=grace_seconds
+            self.pubsub, lambda name: ChannelFeed(name, services), self._spawn, grace_seconds=grace_seconds
         )
 
     # -- for the endpoints and health checks ---------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        return self.connection.ready
+        return self.pubsub.ready
 
     @property
     def reconnects(self) -> int:
-        return self.connection.reconnects
+        return self.pubsub.reconnects
 
     @property
     def channel_count(self) -> int:
@@ -75,7 +73,7 @@ class Hub:
         return sum(len(feed.clients) for feed in self.channels)
 
     def subscribed(self, conversation_id: str) -> bool:
-        return self.connection.is_confirmed(channel_name(conversation_id))
+        return self.pubsub.is_confirmed(channel_name(conversation_id))
 
     def listener_count(self, conversation_id: str) -> int:
         feed = self.channels.get(channel_name(conversation_id))
@@ -101,7 +99,7 @@ class Hub:
         """Run the connection and the heartbeat loop until cancelled; then stop every task it owns."""
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.connection.run(), name="hub-pubsub")
+                tasks.create_task(self.pubsub.run(), name="hub-pubsub")
                 tasks.create_task(self._heartbeat(), name="hub-heartbeat")
                 tasks.create_task(self._watch(), name="hub-watch")
         finally:
@@ -144,7 +142,6 @@ class Hub:
 
     async def _heartbeat(self) -> None:
         """One loop for the node's heartbeats: a comment to every live client each interval."""
-        chunk = http_chunk(HEARTBEAT)
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._heartbeat_seconds)
@@ -152,7 +149,7 @@ class Hub:
             for feed in self.channels:
                 for client in list(feed.clients):
                     if client.live:
-                        client.stream.heartbeat(HEARTBEAT, chunk, now)
+                        client.stream.heartbeat(now)
 
     async def _watch(self) -> None:
         """Tell the producers which conversations have clients here (orphaned answers may be stopped)."""

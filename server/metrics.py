@@ -7,7 +7,7 @@ at ``XADD``, so no JSON is parsed to measure it (clock skew between hosts shows 
 
 from collections.abc import Callable
 
-from wire.prometheus import LATENCY_BUCKETS, Counter, Gauge, Histogram, Registry
+from support.prometheus import LATENCY_BUCKETS, Counter, Gauge, Histogram, Registry
 
 
 class NodeMetrics:

@@ -25,7 +25,7 @@ from server.context import GATE, HUB, METRICS, SETTINGS, STORE
 from server.errors import JSONError
 from server.feed import ChannelFeed
 from server.follower import Follower
-from server.pubsub import HubUnavailable
+from server.pubsub import PubSubUnavailable
 from server.sse_endpoint import catch_up, event_stream_response
 from wire.events import EventId, EventType, dumps, parse_event_id
 from wire.sse import encode_event, encode_retry
@@ -103,7 +103,7 @@ async def _stream(request: web.Request, wanted: dict[str, EventId], allowed: dic
                 follower.go_live()
         if not stream.closed:
             await response.ended
-    except (HubUnavailable, RedisError, OSError, TimeoutError) as exc:
+    except (PubSubUnavailable, RedisError, OSError, TimeoutError) as exc:
         log.warning("multiplexed stream ended early: %r", exc)
     finally:
         metrics.sockets_open -= 1

@@ -29,6 +29,7 @@ from server.errors import JSONError
 from server.follower import AnswerEvents, TranslatingFollower
 from server.sse_endpoint import catch_up, event_stream_response
 from server.store import Busy, Overloaded, new_id
+from wire.events import EventType
 
 
 class OpenAIError(JSONError):
@@ -133,11 +134,11 @@ class ChatFollower(TranslatingFollower):
 
     def translate(self, frame: bytes) -> bytes:
         event = self.answer.take(frame)
-        if event is None or event[1] == b"user_message":
+        if event is None or event.type in (EventType.USER_MESSAGE, EventType.REGENERATE):
             return b""
-        _, event_type, data = event
-        if event_type == b"delta":
-            delta: dict[str, Any] = {"content": data["text"]}
+        data = event.body
+        if event.type == EventType.DELTA:
+            delta: dict[str, Any] = {"content": event.text}
             if not self.started:
                 self.started = True
                 delta = {"role": "assistant", **delta}
@@ -194,7 +195,7 @@ async def _streamed(
     follower = ChatFollower(stream, max_pending=settings.catchup_buffer_events, model=model)
     feed = await hub.attach(conversation_id, follower)
     try:
-        follower.answer.response_id = await _post(request, conversation_id, content, limit)
+        follower.answer.follow(await _post(request, conversation_id, content, limit))
         follower.name = f"chatcmpl-{follower.answer.response_id}"
         await catch_up(follower, store, conversation_id, settings.replay_page_events)
         follower.go_live()

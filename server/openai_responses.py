@@ -23,6 +23,7 @@ from server.follower import AnswerEvents, TranslatingFollower
 from server.openai_chat import OpenAIError, check_key, read_payload
 from server.sse_endpoint import catch_up, event_stream_response
 from server.store import Busy, Overloaded, new_id
+from wire.events import EventType
 
 _ID_PREFIX = "resp_"
 _STATUS = {"stop": "completed", "length": "incomplete", "cancelled": "cancelled", "failed": "failed"}
@@ -86,10 +87,10 @@ class ResponsesFollower(TranslatingFollower):
         event = self.answer.take(frame)
         if event is None:
             return b""
-        _, event_type, data = event
+        event_type, data = event.type, event.body
         item_id = f"msg_{self.response_id.removeprefix(_ID_PREFIX)}"
         where = {"item_id": item_id, "output_index": 0, "content_index": 0}
-        if event_type != b"delta" and event_type != b"done":  # its user_message (or a regenerate)
+        if event_type not in (EventType.DELTA, EventType.DONE):  # its user_message (or a regenerate)
             started = response_object(self.response_id, self.model, "in_progress", "", None)
             item = {"id": item_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}
             empty = {"type": "output_text", "text": "", "annotations": []}
@@ -99,10 +100,10 @@ class ResponsesFollower(TranslatingFollower):
                 + self.numbered(2, "response.output_item.added", {"output_index": 0, "item": item})
                 + self.numbered(3, "response.content_part.added", {**where, "part": empty})
             )
-        if event_type == b"delta":
-            self.text.append(data["text"])
+        if event_type == EventType.DELTA:
+            self.text.append(event.text)
             return self.numbered(
-                3 + len(self.text), "response.output_text.delta", {**where, "delta": data["text"], "logprobs": []}
+                3 + len(self.text), "response.output_text.delta", {**where, "delta": event.text, "logprobs": []}
             )
         text = "".join(self.text)
         base = 4 + len(self.text)

@@ -29,7 +29,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 
 from redisio.pipe import native
-from wire.backoff import Backoff
+from support.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ SUBSCRIBE = b"ssubscribe"
 UNSUBSCRIBE = b"sunsubscribe"
 
 
-class HubUnavailable(Exception):
+class PubSubUnavailable(Exception):
     """A subscription could not be confirmed in time (Redis unreachable)."""
 
 
@@ -152,7 +152,7 @@ class PubSubConnection:
     async def request(self, kind: bytes, channels: list[bytes]) -> None:
         """Send SSUBSCRIBE/SUNSUBSCRIBE (``kind``) for channels of one slot and wait for Redis to
         confirm each. A MOVED reply is raised as is (the caller re-routes); other failures are
-        ``HubUnavailable``."""
+        ``PubSubUnavailable``."""
         try:
             async with asyncio.timeout(self._timeout):
                 await self._connected.wait()
@@ -166,7 +166,7 @@ class PubSubConnection:
         except ResponseError:
             raise
         except (TimeoutError, RedisError, OSError) as exc:
-            raise HubUnavailable(f"{kind.decode()} failed: {exc!r}") from exc
+            raise PubSubUnavailable(f"{kind.decode()} failed: {exc!r}") from exc
 
     async def _connect_and_read(self) -> None:
         # Commands go out with check_health=False: redis-py's health check would read the reply
@@ -253,7 +253,7 @@ class PubSubConnection:
         requests, self._requests = self._requests, deque()
         for request in requests:
             if request.future is not None and not request.future.done():
-                request.future.set_exception(HubUnavailable("pub/sub connection lost"))
+                request.future.set_exception(PubSubUnavailable("pub/sub connection lost"))
         self._sink.on_lost(lost)
 
     async def _watchdog(self) -> None:

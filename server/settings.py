@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from server.peers import Network, parse_networks
-from wire.env import Retention, SettingsError, env_secret, env_str, read_settings, setting
+from support.env import SettingsError, env_secret, env_str, read_settings, setting
+from wire.env import Retention
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from server.pubsub import SUBSCRIBE, UNSUBSCRIBE, HubUnavailable, PubSubConnection
-from wire.backoff import Backoff
+from server.pubsub import SUBSCRIBE, UNSUBSCRIBE, PubSubConnection, PubSubUnavailable
+from support.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +133,12 @@ class ShardedPubSub:
             async with asyncio.timeout(self._timeout):
                 await self._mapped.wait()
         except TimeoutError as exc:
-            raise HubUnavailable("the Redis Cluster map could not be read") from exc
+            raise PubSubUnavailable("the Redis Cluster map could not be read") from exc
         for _ in range(3):
             seen = self._refreshed
             conn = self._conns.get(self.owner(channel))
             if conn is None:
-                raise HubUnavailable(f"no connection to the shard of {channel!r}")
+                raise PubSubUnavailable(f"no connection to the shard of {channel!r}")
             try:
                 await conn.request(kind, [channel])
                 return
@@ -147,7 +147,7 @@ class ShardedPubSub:
                     return  # not subscribed there: nothing to undo
                 log.info("subscribing %r was refused (%s); reading the cluster map again", channel, exc)
                 await self._refresh(seen)
-        raise HubUnavailable(f"{channel!r} kept moving while being subscribed")
+        raise PubSubUnavailable(f"{channel!r} kept moving while being subscribed")
 
     async def run(self) -> None:
         """Own every shard's connection until cancelled (and, in a cluster, keep the map fresh)."""
@@ -292,7 +292,7 @@ class ShardedPubSub:
                 await conn.request(SUBSCRIBE, group)
             except ResponseError:
                 self.displaced(group)
-            except HubUnavailable:
+            except PubSubUnavailable:
                 return  # the connection is gone: it subscribes them again when it is back
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:

@@ -26,7 +26,7 @@ from server.context import GATE, HUB, METRICS, SETTINGS, STORE
 from server.errors import JSONError
 from server.follower import Follower
 from server.history import history_after
-from server.pubsub import HubUnavailable
+from server.pubsub import PubSubUnavailable
 from server.sse_response import EventStreamResponse
 from server.store import ConversationStore, Reset
 from wire.events import EventId, EventType, dumps, parse_event_id
@@ -82,7 +82,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                     await response.ended
             finally:
                 hub.detach(feed, client)
-        except (HubUnavailable, RedisError, OSError, TimeoutError) as exc:
+        except (PubSubUnavailable, RedisError, OSError, TimeoutError) as exc:
             # The client reconnects with its cursor once the node can serve it again.
             log.warning("stream of a conversation ended early: %r", exc)
         finally:

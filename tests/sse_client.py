@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from loadtest.sse_parser import SSEEvent, SSEParser
-from wire.events import parse_event_id
+from wire.events import AnswerTracker, parse_event_id
 
 
 @dataclass
@@ -25,24 +25,18 @@ class Received:
     def ids(self) -> list[str]:
         return [e.last_event_id for e in self.events]
 
-    def of_type(self, event_type: str) -> list[dict[str, Any]]:
-        """The events' data (a delta's is its text: ``{"text": ...}``)."""
-        return [_data(e) for e in self.events if e.type == event_type]
+    def of_type(self, event_type: str) -> list[Any]:
+        """The events' data: a delta's text, any other event's JSON."""
+        return [e.data if e.type == "delta" else json.loads(e.data) for e in self.events if e.type == event_type]
 
     def text(self, response_id: str | None = None) -> str:
-        """The deltas' text; with ``response_id``, of that answer only (the deltas after the
-        ``user_message`` or ``regenerate`` that started it)."""
-        answer, parts = None, []
+        """The deltas' text; with ``response_id``, of that answer only."""
+        answers, parts = AnswerTracker(), []
         for event in self.events:
-            if event.type in ("user_message", "regenerate"):
-                answer = json.loads(event.data)["response_id"]
-            elif event.type == "delta" and response_id in (None, answer):
+            answer = answers.answer_of(event.type, event.data)
+            if event.type == "delta" and response_id in (None, answer):
                 parts.append(event.data)
         return "".join(parts)
-
-
-def _data(event: SSEEvent) -> dict[str, Any]:
-    return {"text": event.data} if event.type == "delta" else dict(json.loads(event.data))
 
 
 def is_done(event: SSEEvent) -> bool:

@@ -28,7 +28,7 @@ def chat_body(chat_id: str, text: str) -> dict[str, Any]:
 
 
 async def parts(resp: aiohttp.ClientResponse, *, stop_after: int | None = None) -> list[dict[str, Any] | str]:
-    parser, out = SSEParser(), []
+    parser, out = SSEParser(), list[dict[str, Any] | str]()
     async with asyncio.timeout(30):
         while True:
             chunk = await resp.content.readany()

@@ -2,7 +2,7 @@
 
 import random
 
-from wire.backoff import Backoff
+from support.backoff import Backoff
 
 
 def test_delays_double_up_to_the_cap_and_stay_within_half_to_full_bound() -> None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -25,6 +26,8 @@ CONVERSATIONS = 240
 TURNS = 2
 CHAOS_SECONDS = 25.0
 SEED = 20261130
+JITTER = random.Random(SEED + 1)
+"""The clients' retry delays: seeded too, so a run repeats its schedule and its timing draws."""
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -97,12 +100,12 @@ async def follow(session: aiohttp.ClientSession, url: str, auth: dict[str, str],
                             tab.apply(event.type, event.data, event.last_event_id)
         except (aiohttp.ClientError, TimeoutError):
             pass
-        await asyncio.sleep(random.uniform(0.1, 0.4))
+        await asyncio.sleep(JITTER.uniform(0.1, 0.4))
 
 
 async def request(
     session: aiohttp.ClientSession, method: str, url: str, outcome: Outcome, **kwargs: object
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Retry like a client would (same idempotency key) until the node answers 2xx."""
     while True:
         try:
@@ -113,12 +116,12 @@ async def request(
                 assert resp.status != 409, await resp.text()
         except (aiohttp.ClientError, TimeoutError):
             pass
-        await asyncio.sleep(random.uniform(0.2, 0.6))
+        await asyncio.sleep(JITTER.uniform(0.2, 0.6))
 
 
 async def conversation(
     session: aiohttp.ClientSession, base: str, index: int, outcome: Outcome, until: float
-) -> tuple[str, dict, int]:
+) -> tuple[str, dict[str, str], int]:
     created = await request(session, "POST", f"{base}/api/conversations", outcome)
     cid, auth = str(created["id"]), {"Authorization": f"Bearer {created['token']}"}
     tabs = [Tab() for _ in range(2 if index % 4 == 0 else 1)]
@@ -199,10 +202,10 @@ async def test_chaos_every_answer_ends_and_nothing_is_lost(cluster: LocalCluster
 
     assert len(set(actions)) == 7, actions
     assert outcome.statuses.get(500, 0) == 0, outcome.statuses
-    stored: dict[str, dict] = {}
+    stored: dict[str, dict[str, Any]] = {}
     for history, turns in histories:
         assert history["active_response_id"] is None  # nothing stuck busy
-        answers = [m for m in history["messages"] if m["role"] == "assistant"]  # type: ignore[union-attr]
+        answers = [m for m in history["messages"] if m["role"] == "assistant"]
         assert len(answers) == turns
         for answer in answers:
             assert answer["finish_reason"] in ("stop", "failed"), answer

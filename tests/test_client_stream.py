@@ -17,12 +17,12 @@ async def test_one_write_path_keeps_order_across_replay_live_heartbeat_and_reset
     client.stream.send_control(b"retry: 1000\n\n")
     client.deliver((3, 0), frame("3-0", "live during replay"))  # buffered while catching up
     if client.live:  # the hub beats live followers only
-        client.stream.heartbeat(b":\n\n", http_chunk(b":\n\n"), 0.0)
+        client.stream.heartbeat(0.0)
     await client.replay([((1, 0), frame("1-0", "one")), ((2, 0), frame("2-0", "two")), ((3, 0), frame("3-0", "x"))])
     client.go_live()  # 3-0 came from history already: not twice
     client.deliver((3, 0), frame("3-0", "again"))
-    client.stream.heartbeat(b":\n\n", http_chunk(b":\n\n"), 1.0)
-    client.stream.heartbeat(b":\n\n", http_chunk(b":\n\n"), 1.0)  # one beat per tick per connection
+    client.stream.heartbeat(1.0)
+    client.stream.heartbeat(1.0)  # one beat per tick per connection
     client.deliver((4, 0), frame("4-0", "four"))
     reset = encode_event("2-0", "reset", '{"reason":"unknown_cursor"}')
     client.reset((2, 0), reset)
@@ -68,8 +68,8 @@ async def test_muxed_followers_share_one_connection_and_name_their_conversation(
     await b.replay([((1, 0), frame("1-0", "b1")), ((2, 0), frame("2-0", "b2"))])
     a.go_live()
     b.go_live()
-    a.stream.heartbeat(b":\n\n", http_chunk(b":\n\n"), 1.0)
-    b.stream.heartbeat(b":\n\n", http_chunk(b":\n\n"), 1.0)
+    a.stream.heartbeat(1.0)
+    b.stream.heartbeat(1.0)
     ids = ["conversation-aaaaaaaaa/1-0", "conversation-bbbbbbbbb/1-0", "conversation-bbbbbbbbb/2-0"]
     assert sent_ids(transport) == ids
     assert transport.data.count(b":\n\n") == 1

@@ -272,7 +272,7 @@ async def test_redis_restarting_gives_the_nodes_json_503_through_the_balancer(st
                     assert await resp.json() == NODE_UNAVAILABLE
         finally:
             await asyncio.to_thread(stack.compose, "start", "redis")
-        statuses = []
+        statuses: list[int] = []
         async with asyncio.timeout(30):
             while statuses[-3:] != [200] * 3:
                 async with session.get(url, headers=auth) as resp:

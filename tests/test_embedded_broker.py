@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 
 from launch.embedded_broker import FakeBroker, RedisServerBroker, embedded_broker_from_env
+from support.env import SettingsError
 from tests.conftest import EMBEDDED_ENV, Proc
 from tests.sse_client import read_events
-from wire.env import SettingsError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,6 +1,8 @@
 """The simulated LLM: deterministic, realistic, about the prompt, and paced."""
 
 import asyncio
+from collections.abc import AsyncGenerator
+from typing import cast
 
 from producer.generator import EchoGenerator, Pacing, SimulatedLLM, compose_answer, tokens
 
@@ -26,7 +28,7 @@ async def test_generation_is_paced_and_stops_when_asked() -> None:
     chunks = [c async for c in EchoGenerator(fast).generate("a b c d e", 100)]
     elapsed = loop.time() - started
     assert "".join(chunks) == "a b c d e" and elapsed >= 0.05 + 4 / 200
-    stream = SimulatedLLM(fast).generate("anything", 3)
+    stream = cast(AsyncGenerator[str, None], SimulatedLLM(fast).generate("anything", 3))
     first = [await anext(stream) for _ in range(3)]
     await stream.aclose()  # the producer stops a generator it no longer needs
     assert len(first) == 3

@@ -10,7 +10,9 @@ import pytest
 from fakeredis.aioredis import FakeRedis
 
 from loadtest.sse_parser import SSEParser
-from server.client_stream import ClientStream, http_chunk
+from server.client_stream import http_chunk
+from server.feed import ChannelFeed
+from server.follower import Follower
 from server.hub import Hub
 from server.store import ConversationStore
 from tests.fakes import FakeTransport, append_deltas, eventually, make_listener, running_hub, sent_ids
@@ -22,11 +24,16 @@ from wire.sse import encode_event
 CID = "conversation-0000000001"
 
 
+def _source_of(task: "asyncio.Task[Any]") -> str:
+    coroutine: Any = task.get_coro()
+    return str(coroutine.cr_code.co_filename)
+
+
 @asynccontextmanager
-async def attached(hub: Hub, conversation_id: str, listener: ClientStream) -> AsyncIterator[None]:
+async def attached(hub: Hub, conversation_id: str, listener: Follower) -> AsyncIterator[ChannelFeed]:
     channel = await hub.attach(conversation_id, listener)
     try:
-        yield
+        yield channel
     finally:
         hub.detach(channel, listener)
 
@@ -93,11 +100,13 @@ async def test_last_listener_unsubscribes_after_the_grace_period(hub: Hub, fake_
 
 
 async def test_returning_within_grace_keeps_the_subscription(hub: Hub, fake_redis: FakeRedis) -> None:
-    async with attached(hub, CID, make_listener(FakeTransport())):
+    """The same feed, still subscribed, and the grace timer of the first client's leaving cancelled
+    (left running, it would unsubscribe during the next grace period, under the next client)."""
+    async with attached(hub, CID, make_listener(FakeTransport())) as first:
         pass
-    await asyncio.sleep(0.1)
-    async with attached(hub, CID, make_listener(FakeTransport())):
-        await asyncio.sleep(0.3)  # longer than the grace period
+    timer = hub.channels._grace[first.name]
+    async with attached(hub, CID, make_listener(FakeTransport())) as second:
+        assert second is first and timer.cancelled()
         assert hub.subscribed(CID) and await numsub(fake_redis) == 1
     await eventually(lambda: hub.channel_count == 0)
 
@@ -115,7 +124,7 @@ async def test_churn_never_leaves_a_subscription_or_task_behind(hub: Hub, fake_r
         assert await numsub(fake_redis, f"conversation-churn-{i:06d}") == 0
     await asyncio.sleep(0.01)
     leftover = {t for t in asyncio.all_tasks() if not t.done()} - baseline
-    ours = [t for t in leftover if "/server/" in t.get_coro().cr_code.co_filename]
+    ours = [t for t in leftover if "/server/" in _source_of(t)]
     assert ours == [] and hub.idle()
 
 
@@ -171,7 +180,7 @@ async def test_gap_is_filled_after_the_pubsub_connection_drops(hub: Hub, fake_re
         ids = [await producer.delta("a")]
         await eventually(lambda: transport.data.count(b"event: delta") == 1)
         connects = hub.reconnects
-        await hub.connection.drop()
+        await hub.pubsub.drop()
         # published while the hub is not subscribed: only the history has these
         ids += [await producer.delta(c) for c in "bcdefgh"]
         await eventually(lambda: hub.reconnects > connects and hub.ready)
@@ -219,13 +228,13 @@ async def test_a_second_pubsub_drop_during_a_gap_fill_loses_nothing(fake_redis: 
             ids = [await producer.delta("a")]
             await eventually(lambda: transport.data.count(b"event: delta") == 1)
             # (fakeredis notices a dropped connection at the next message: each drop is followed by one)
-            await hub.connection.drop()  # connection 2: its gap fill waits at the gate
+            await hub.pubsub.drop()  # connection 2: its gap fill waits at the gate
             ids += [await producer.delta("b")]
-            await eventually(lambda: hub.connection.generation == 2 and store.waiting == 1)
+            await eventually(lambda: hub.pubsub.generation == 2 and store.waiting == 1)
             ids += [await producer.delta("c")]
-            await hub.connection.drop()  # connection 3, while connection 2's fill is still in flight
+            await hub.pubsub.drop()  # connection 3, while connection 2's fill is still in flight
             ids += [await producer.delta("d")]
-            await eventually(lambda: hub.connection.generation == 3 and hub.subscribed(CID))
+            await eventually(lambda: hub.pubsub.generation == 3 and hub.subscribed(CID))
             store.gate.set()
             ids += [await producer.delta(c) for c in "ef"]
             await eventually(lambda: transport.data.count(b"event: delta") >= 6, within=5)

@@ -5,6 +5,7 @@ history and never read, floods connections, creates and posts; another address c
 """
 
 import asyncio
+import functools
 import signal
 import socket
 import time
@@ -16,11 +17,17 @@ import pytest
 
 from launch.cluster import LocalCluster
 from launch.processes import RedisServer
+from loadtest.sse_parser import SSEEvent
 from tests.conftest import Proc
 from tests.sse_client import raw_event_stream, read_events
 from tests.test_real_redis import producer_env
 
 pytestmark = pytest.mark.timeout(120)
+
+
+def _ends(response_id: str, event: SSEEvent) -> bool:
+    return event.type == "done" and response_id in event.data
+
 
 BAD = {"X-Forwarded-For": "203.0.113.9"}
 GOOD = {"X-Forwarded-For": "198.51.100.2"}
@@ -211,8 +218,8 @@ async def test_never_reading_replays_cost_the_node_a_bounded_number_of_bytes(
                 f"{node.url}/api/conversations/{cid}/messages", json={"content": word}, headers=auth
             ) as resp:
                 assert resp.status == 202
-                rid = (await resp.json())["response_id"]
-            await read_events(stream, until=lambda e, rid=rid: e.type == "done" and rid in e.data, within=30)
+                rid: str = (await resp.json())["response_id"]
+            await read_events(stream, until=functools.partial(_ends, rid), within=30)
             stream.close()
     await asyncio.sleep(0.5)
     before = rss_kib(node.popen.pid)

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
+from support.prometheus import Counter, Gauge, Histogram, Registry
 from tests.sse_client import read_events
-from wire.prometheus import Counter, Gauge, Histogram, Registry
 
 
 def test_exposition_format() -> None:

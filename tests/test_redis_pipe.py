@@ -46,7 +46,7 @@ async def test_every_call_gets_its_own_reply_in_one_connection(redis: Redis, red
                 elif i % 3 == 2:
                     assert isinstance(result, ResponseError)
                     assert f"refused call {i}" in str(result)
-        assert int(await admin.get("pipe:count")) == 5 * 133
+        assert int(await admin.get("pipe:count") or 0) == 5 * 133
         after = (await admin.info("stats"))["total_connections_received"]
         assert after - before == 1  # one connection for 2,000 calls (the admin connected before)
     finally:

@@ -292,10 +292,10 @@ async def test_two_pubsub_drops_during_a_gap_fill_lose_nothing_on_real_redis(red
             ids = [await producer.delta("a")]
             await eventually(lambda: transport.data.count(b"event: delta") == 1)
             redis_process.cli("CLIENT", "KILL", "TYPE", "pubsub")  # connection 2: its fill waits at the gate
-            await eventually(lambda: hub.connection.generation == 2 and store.waiting == 1, within=5)
+            await eventually(lambda: hub.pubsub.generation == 2 and store.waiting == 1, within=5)
             ids += [await producer.delta(c) for c in "bc"]
             redis_process.cli("CLIENT", "KILL", "TYPE", "pubsub")  # connection 3, fill 2 still in flight
-            await eventually(lambda: hub.connection.generation == 3 and hub.subscribed(CID), within=5)
+            await eventually(lambda: hub.pubsub.generation == 3 and hub.subscribed(CID), within=5)
             ids += [await producer.delta("d")]
             store.gate.set()
             ids += [await producer.delta(c) for c in "ef"]

@@ -1,6 +1,8 @@
 """The Lua scripts' rules that no end-to-end test reaches quickly: the per-chunk fences of a batched
 ``DELTAS`` call, one chunk at a time as the old per-chunk script had them, and TTL refresh by time."""
 
+from typing import Any
+
 from fakeredis.aioredis import FakeRedis
 
 from tests.fakes import append_deltas
@@ -63,7 +65,7 @@ async def test_one_call_checks_every_chunk_against_its_own_answer(fake_redis: Fa
     assert await fake_redis.hget(a.state, "next") == b"3" and await fake_redis.hget(b.state, "next") == b"1"
     assert await fake_redis.exists(c.events, c.draft, d.events, d.draft) == 0
     ids = [reply[1] for reply, code in zip(replies, codes, strict=True) if code == 1]
-    entries = await fake_redis.xrange(a.events)
+    entries: Any = await fake_redis.xrange(a.events)
     assert [entry_id for entry_id, _ in entries] == [ids[0], ids[2], ids[3]]
     assert entries[-1][1][b"d"] == b"line\ndata: event: evil"
 

@@ -6,7 +6,7 @@ import pytest
 
 from producer.settings import ProducerSettings
 from server.settings import Settings
-from wire.env import SettingsError
+from support.env import SettingsError
 
 
 def test_defaults_without_redis_are_embedded() -> None:
@@ -115,7 +115,8 @@ def test_producer_settings() -> None:
 def test_the_readme_documents_every_setting() -> None:
     from pathlib import Path
 
-    from wire.env import Retention, env_names
+    from support.env import env_names
+    from wire.env import Retention
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     special = ["REDIS_URL", "STREAMFAN_SECRET", "STREAMFAN_CORS_ORIGINS", "STREAMFAN_PRODUCER_NAME"]

@@ -1,5 +1,7 @@
 """SSE framing: exact bytes, no way to inject a field, and the Lua-built frames match Python's."""
 
+from typing import Any
+
 import pytest
 from fakeredis.aioredis import FakeRedis
 
@@ -67,7 +69,8 @@ async def test_published_frame_equals_python_encoding_and_replayed_frame(fake_re
     assert message is not None
     published = message["data"]
     assert published == encode_event(event_id.decode(), "delta", text)
-    [(stored_id, fields)] = await fake_redis.xrange(keys.events)
+    entries: Any = await fake_redis.xrange(keys.events)
+    [(stored_id, fields)] = entries
     assert frame_from_entry(stored_id, fields[b"t"], fields[b"d"]) == published
     assert (
         frame_data(published) == text.encode() == await fake_redis.eval(scripts.ANSWER_TEXT, 2, keys.state, keys.events)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Dialog, Page, sync_playwright
 
 from launch.cluster import LocalCluster
 from launch.processes import free_port
@@ -274,7 +274,12 @@ def test_hostile_markdown_renders_inertly(cluster: LocalCluster, context: Browse
         page = open_page(context, cluster.url + "/")
         dialogs: list[str] = []
         requests: list[str] = []
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+        def dismiss(dialog: Dialog) -> None:
+            dialogs.append(dialog.message)
+            dialog.dismiss()
+
+        page.on("dialog", dismiss)
         page.on("request", lambda r: requests.append(r.url))
         send(page, hostile)
         cid = conversation_id(page)

@@ -118,6 +118,34 @@ def reset_data(reason: ResetReason) -> str:
     return dumps({"reason": str(reason)})
 
 
+class AnswerTracker:
+    """Which answer each event of a conversation's stream belongs to: every reader keeps this one state.
+
+    A delta does not name its answer: it belongs to the one the latest ``user_message`` or
+    ``regenerate`` started (both name it) until that answer's ``done`` (the DELTA script refuses a
+    delta of any other answer). A reader that starts inside an answer (a resume, or after the post
+    it made itself) starts with ``current`` set to it.
+    """
+
+    __slots__ = ("current",)
+
+    def __init__(self, current: str = "") -> None:
+        self.current = current
+        """The answer deltas belong to now ("" between answers)."""
+
+    def answer_of(self, event_type: str, data: str | bytes) -> str:
+        """The answer the event belongs to ("" for none), the state moved past it."""
+        if event_type == EventType.DELTA:
+            return self.current
+        if event_type in (EventType.USER_MESSAGE, EventType.REGENERATE):
+            self.current = str(json.loads(data)["response_id"])
+            return self.current
+        if event_type == EventType.DONE:
+            self.current = ""
+            return str(json.loads(data)["response_id"])
+        return ""
+
+
 class Message(TypedDict, total=False):
     """A message of the history API. Assistant messages also carry ``finish_reason`` once done."""
 

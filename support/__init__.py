@@ -1,0 +1,1 @@
+"""What every process needs beside the contract: settings from the environment, retry delays, metrics text."""
