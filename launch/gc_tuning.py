@@ -2,10 +2,9 @@
 
 A node holding 10,000 streams holds about two million objects. With CPython's default thresholds
 (700, 10, 10) a young collection runs every 700 allocations, and opening a stream allocates a few
-hundred: measured in one node process opening 9,000 streams, the collector took 35 % of its CPU
-(500 against 350 µs per stream with the collector off), more the more streams were open. At
-(50,000, 50, 10) it costs nothing measurable (354 µs). Cyclic garbage waits a little longer to be
-freed (at most some tens of thousands of young objects), which is the trade.
+hundred, so the collector took a third of a node's CPU; at (50,000, 50, 10) it costs nothing
+measurable (docs/measurements.md, gc). Cyclic garbage waits a little longer to be freed (at most
+some tens of thousands of young objects), which is the trade.
 """
 
 import gc

@@ -75,9 +75,8 @@ class PartitionedJobs:
 
     async def _read_window(self, streams: list[bytes]) -> list[QueuedJob]:
         if not isinstance(self._redis, RedisCluster):
-            # One command for the whole window (one entry at most from each stream): a scan of
-            # the 128 partitions was a pipeline of 128 commands per job read (profiled: 4 % of
-            # the producer's CPU at 4k chunks/s).
+            # One command for the whole window (one entry at most from each stream), not one per
+            # partition (docs/measurements.md, jobs-window).
             return await self._read_streams(streams, block_ms=None)
         await self._ensure_groups(s for s in streams if s not in self._groups_ready)
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -2,10 +2,8 @@
 
 The calls of one event-loop turn go out in one write; replies are read by one task and matched to
 their calls in order (Redis answers in order). A call therefore costs no pool checkout, no task, no
-timeout context and no coroutine wake-up of its own. Measured with py-spy: redis-py's per-call path
-(checkout, encoder, a timeout per reply) was the largest part of the producer's CPU per chunk
-(``scripts/producer_alone.py``: 56-66 -> 34-41 µs) and of the node's CPU per new stream (the token
-check and the history replay).
+timeout context and no coroutine wake-up of its own: redis-py's per-call path was the largest part
+of the producer's CPU per chunk and of the node's per new stream (docs/measurements.md, pipe).
 
 Only for redis-py's own connection class to a standalone Redis (``pipe_for``); callers keep redis-py
 for a cluster (its pipelines route by slot) and for the embedded broker.
@@ -89,8 +87,8 @@ def pipe_for(redis: "Redis | RedisCluster") -> "CommandPipe | None":
 class CommandPipe:
     def __init__(self, redis: Redis, *, reply_timeout: float = _REPLY_TIMEOUT) -> None:
         """``reply_timeout``: seconds without a reply while calls wait before the connection counts
-        as dead. Calls wait no longer than the loop turn for company: a 1 or 2 ms gathering window
-        measured no cheaper per chunk."""
+        as dead. Calls wait no longer than the loop turn for company (docs/measurements.md,
+        pipe-window)."""
         self._pool = redis.connection_pool
         self._reply_timeout = reply_timeout
         self._conn: AbstractConnection | None = None
@@ -184,7 +182,7 @@ class CommandPipe:
                         self._resolve(sent[0], reply)  # popped after: a failure drops it with the rest
                         sent.popleft()
                         replies += 1
-                        if not replies & 63:  # per reply, the timer's upkeep was 4 % of the producer
+                        if not replies & 63:  # not per reply (docs/measurements.md, pipe-timer)
                             deadline.reschedule(loop.time() + self._reply_timeout)
                 self._replies.clear()
         except (RedisError, OSError, TimeoutError) as exc:

@@ -79,10 +79,10 @@ def _reader(conn: AbstractConnection) -> Callable[[], Awaitable[Any]]:
     """The next pub/sub message of ``conn``.
 
     Straight from redis-py's parser when ``conn`` is redis-py's own connection: its
-    ``read_response`` wraps every message in a timeout context (even an infinite one) and formats
-    an error label, a cost paid once per message on the node's busiest path (measured with py-spy).
-    Dead links are the watchdog's job, so no timeout is lost. Other connection classes go the
-    documented way, which raises an error reply where the parser returns it: both hand it back.
+    ``read_response`` wraps every message in a timeout context and formats an error label, once per
+    message on the node's busiest path (docs/measurements.md, pubsub-reader). Dead links are the
+    watchdog's job, so no timeout is lost. Other connection classes go the documented way, which
+    raises an error reply where the parser returns it: both hand it back.
     """
     if native(type(conn)):
         parser: Any = conn._parser

@@ -44,8 +44,8 @@ class EventStreamResponse(EventSourceResponse):
         self, *, send_timeout: float, send_buffer: int, method: str = "GET", until_close: bool = False
     ) -> None:
         """``until_close``: the body ends where the connection does (HTTP/1.1, RFC 9112 section 6.3),
-        so frames go out as they are, without chunked framing: 6 bytes less per event (3 % of a
-        typical frame) and no chunk header to build. For the native streams, which last as long
+        so frames go out as they are, without chunked framing (docs/measurements.md, until-close).
+        For the native streams, which last as long
         as their connection anyway; API clients of the dialects keep chunked, reusable connections.
         """
         super().__init__(send_timeout=send_timeout)

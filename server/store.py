@@ -117,8 +117,7 @@ class ConversationStore:
         """Most event data one replay page holds (at least one event): what a replaying client pins."""
         self._pipe = pipe_for(redis)
         """The two reads of every new stream (the token's generation, the history replay) go
-        pipelined on one connection where Redis is standalone: with redis-py's per-call path they
-        were two fifths of a node's CPU while streams open (py-spy, the bench's S1)."""
+        pipelined on one connection where Redis is standalone (docs/measurements.md, pipe)."""
         self._post = redis.register_script(scripts.POST_MESSAGE)
         self._cancel = redis.register_script(scripts.CANCEL)
         self._replay = redis.register_script(scripts.REPLAY)

@@ -56,8 +56,7 @@ local CHANNEL, MAXLEN, TTL = ARGV[1], ARGV[2], ARGV[3]
 local function publish_event(etype, data)
   -- Appending is the first write of every script, so a refused event leaves nothing half done.
   -- Data is SSE data lines: no CR, and every LF starts another 'data: ' line, so no data can
-  -- forge a field or end its event early. Plain finds (a byte scan each): the pattern '[\r\n]'
-  -- was 8 % of the per-chunk script's Redis CPU (scripts/redis_cost.py).
+  -- forge a field or end its event early. Plain finds, not a pattern (docs/measurements.md, lua-find).
   if string.find(data, '\r', 1, true) then error('event data must not hold CR') end
   if string.find(data, '\n', 1, true) then
     local _, lines = string.gsub(data, '\n', '')
