@@ -46,8 +46,13 @@ class JSONError(web.HTTPException):
     ) -> None:
         self.status_code = status
         self.message = message
-        body = {"error": code or _CODES.get(status, "error"), "message": message, **extra}
+        body = self.document(status, code, message, extra)
         super().__init__(text=json.dumps(body), content_type="application/json", headers=headers)
+
+    @staticmethod
+    def document(status: int, code: str | None, message: str, extra: Mapping[str, object]) -> dict[str, object]:
+        """The body; a dialect whose clients expect another error shape overrides it."""
+        return {"error": code or _CODES.get(status, "error"), "message": message, **extra}
 
 
 def guarded(handler: Handler) -> Handler:

@@ -19,6 +19,7 @@ import asyncio
 import hmac
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -36,9 +37,11 @@ class OpenAIError(JSONError):
     """An error in OpenAI's format: ``{"error": {"message", "type", "param", "code"}}``."""
 
     def __init__(self, status: int, message: str, kind: str, code: str | None = None) -> None:
-        self.status_code = status
-        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-        web.HTTPException.__init__(self, text=json.dumps(body), content_type="application/json")
+        super().__init__(status, message, code=code, type=kind)
+
+    @staticmethod
+    def document(status: int, code: str | None, message: str, extra: Mapping[str, object]) -> dict[str, object]:
+        return {"error": {"message": message, "type": extra["type"], "param": None, "code": code}}
 
 
 async def read_payload(request: web.Request) -> dict[str, Any]:
@@ -120,8 +123,15 @@ class ChatFollower(TranslatingFollower):
         self.started = False
         self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
-    def chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-        choices = [] if finish == "-" else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        """One chunk of the answer's only choice: text, the role's opener or its finish reason."""
+        return self._frame([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
+
+    def usage_chunk(self, usage: dict[str, int]) -> bytes:
+        """The last chunk when ``stream_options.include_usage`` asks: no choices, the usage."""
+        return self._frame([], usage=usage)
+
+    def _frame(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         body = {
             "id": self.name,
             "object": "chat.completion.chunk",
@@ -204,7 +214,7 @@ async def _streamed(
         if follower.done.done() and not stream.closed:
             if include_usage and follower.done.result()["finish_reason"] != "failed":
                 usage = await _usage(request, conversation_id)
-                stream.put(stream.framed(follower.chunk({}, "-", usage=usage)))
+                stream.put(stream.framed(follower.usage_chunk(usage)))
             stream.put(stream.framed(b"data: [DONE]\n\n"))
     finally:
         hub.detach(feed, follower)

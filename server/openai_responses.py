@@ -26,6 +26,13 @@ from server.store import Busy, Overloaded, new_id
 from wire.events import EventType
 
 _ID_PREFIX = "resp_"
+_OPENING = ("response.created", "response.in_progress", "response.output_item.added", "response.content_part.added")
+"""A response's first events, numbered 0 to 3 on every node; its deltas follow from ``_FIRST_DELTA``."""
+_FIRST_DELTA = len(_OPENING)
+_CLOSING = ("response.output_text.done", "response.content_part.done", "response.output_item.done")
+"""After the last delta: these, then the terminal event (``response.completed`` or its kin)."""
+_TERMINAL = len(_CLOSING)
+"""The terminal event's place after the closing events' base."""
 _STATUS = {"stop": "completed", "length": "incomplete", "cancelled": "cancelled", "failed": "failed"}
 
 
@@ -89,33 +96,38 @@ class ResponsesFollower(TranslatingFollower):
             return b""
         event_type, data = event.type, event.body
         item_id = f"msg_{self.response_id.removeprefix(_ID_PREFIX)}"
-        where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        where: dict[str, Any] = {"item_id": item_id, "output_index": 0, "content_index": 0}
         if event_type not in (EventType.DELTA, EventType.DONE):  # its user_message (or a regenerate)
             started = response_object(self.response_id, self.model, "in_progress", "", None)
             item = {"id": item_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}
             empty = {"type": "output_text", "text": "", "annotations": []}
-            return (
-                self.numbered(0, "response.created", {"response": started})
-                + self.numbered(1, "response.in_progress", {"response": started})
-                + self.numbered(2, "response.output_item.added", {"output_index": 0, "item": item})
-                + self.numbered(3, "response.content_part.added", {**where, "part": empty})
+            bodies: tuple[dict[str, Any], ...] = (
+                {"response": started},
+                {"response": started},
+                {"output_index": 0, "item": item},
+                {**where, "part": empty},
+            )
+            return b"".join(
+                self.numbered(n, kind, body) for n, (kind, body) in enumerate(zip(_OPENING, bodies, strict=True))
             )
         if event_type == EventType.DELTA:
             self.text.append(event.text)
-            return self.numbered(
-                3 + len(self.text), "response.output_text.delta", {**where, "delta": event.text, "logprobs": []}
-            )
+            number = _FIRST_DELTA + len(self.text) - 1
+            return self.numbered(number, "response.output_text.delta", {**where, "delta": event.text, "logprobs": []})
         text = "".join(self.text)
-        base = 4 + len(self.text)
+        base = _FIRST_DELTA + len(self.text)
         status = _STATUS.get(data["finish_reason"], "completed")
         if not self.done.done():
             self.done.set_result({"status": status, "base": base, "error": data.get("error")})
         part = {"type": "output_text", "text": text, "annotations": []}
         finished = {"id": item_id, "type": "message", "status": "completed", "role": "assistant", "content": [part]}
-        return (
-            self.numbered(base, "response.output_text.done", {**where, "text": text, "logprobs": []})
-            + self.numbered(base + 1, "response.content_part.done", {**where, "part": part})
-            + self.numbered(base + 2, "response.output_item.done", {"output_index": 0, "item": finished})
+        closing: tuple[dict[str, Any], ...] = (
+            {**where, "text": text, "logprobs": []},
+            {**where, "part": part},
+            {"output_index": 0, "item": finished},
+        )
+        return b"".join(
+            self.numbered(base + n, kind, body) for n, (kind, body) in enumerate(zip(_CLOSING, closing, strict=True))
         )
 
 
@@ -240,7 +252,7 @@ async def _stream(request: web.Request, response_id: str, model: str, after: int
             kind = {"failed": "response.failed", "incomplete": "response.incomplete"}.get(
                 end["status"], "response.completed"
             )
-            closing = follower.numbered(end["base"] + 3, kind, {"response": final})
+            closing = follower.numbered(end["base"] + _TERMINAL, kind, {"response": final})
             if closing:
                 stream.put(stream.framed(closing))
     finally:

@@ -34,7 +34,11 @@ from support.backoff import Backoff
 log = logging.getLogger(__name__)
 
 _HEALTH_INTERVAL = 5.0
-"""Seconds of silence after which the connection pings Redis; three silent intervals mean a dead link."""
+"""Seconds between the watchdog's looks at a connection."""
+_PING_AFTER_SILENT = 1
+"""Health intervals with nothing received before the watchdog sends a PING (its reply counts)."""
+_DROP_AFTER_SILENT = 3
+"""Health intervals with nothing received, PINGs included, before the connection is dropped."""
 
 SUBSCRIBE = b"ssubscribe"
 UNSUBSCRIBE = b"sunsubscribe"
@@ -270,10 +274,10 @@ class PubSubConnection:
                 silent, seen = 0, self._received
             else:
                 silent += 1
-            if silent >= 3:
+            if silent >= _DROP_AFTER_SILENT:
                 log.warning("pub/sub connection silent for %.0fs; dropping it", silent * _HEALTH_INTERVAL)
                 await conn.disconnect(nowait=True)
-            elif silent >= 1:
+            elif silent >= _PING_AFTER_SILENT:
                 with contextlib.suppress(RedisError, OSError):
                     await conn.send_command("PING", check_health=False)
 

@@ -31,6 +31,8 @@ from support.backoff import Backoff
 log = logging.getLogger(__name__)
 
 _STANDALONE = ""
+_MOVED_RETRIES = 3
+"""Map refreshes one (un)subscribe may go through: a slot moves once per resharding step."""
 """The one shard's name when Redis is not a cluster."""
 
 
@@ -134,7 +136,7 @@ class ShardedPubSub:
                 await self._mapped.wait()
         except TimeoutError as exc:
             raise PubSubUnavailable("the Redis Cluster map could not be read") from exc
-        for _ in range(3):
+        for _ in range(_MOVED_RETRIES):
             seen = self._refreshed
             conn = self._conns.get(self.owner(channel))
             if conn is None:

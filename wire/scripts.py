@@ -87,7 +87,9 @@ local function finish(rid, reason, status, done, err, usage)
   -- The done event says how many deltas the answer has, so a client can check it saw them all.
   local chunks = tonumber(redis.call('HGET', STATE, 'next')) or 0
   local content = answer_text(STATE, EVENTS)  -- before done's append trims the stream to its bound
-  local id = append_event('done', string.sub(done, 1, -2) .. ',"chunks":' .. chunks .. '}')
+  local body = cjson.decode(done)
+  body['chunks'] = chunks
+  local id = append_event('done', cjson.encode(body))
   local message = {id = rid, role = 'assistant', content = content, status = status, finish_reason = reason}
   if err and err ~= '' then message['error'] = err end
   if usage and usage ~= '' then message['usage'] = cjson.decode(usage) end
@@ -147,7 +149,10 @@ REGENERATE: Final = (
 -- jobs backlog is full, or {-2, ''} when ARGV[5] is not the last answer (nothing written).
 local active = redis.call('HGET', STATE, 'active')
 if active then return {0, active} end
-local messages = redis.call('LRANGE', MESSAGES, -50, -1)
+-- The prompt is the last user message; the answers after it are its versions. The search is
+-- bounded so a script never reads a whole history: past this many versions, regenerating is refused.
+local SEARCHED = 50
+local messages = redis.call('LRANGE', MESSAGES, -SEARCHED, -1)
 local last_answer, prompt
 for i = #messages, 1, -1 do
   local message = cjson.decode(messages[i])
