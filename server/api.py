@@ -15,10 +15,9 @@ from aiohttp import web
 from server.auth import COOKIE_NAME, Access, conversation_path
 from server.context import GATE, SETTINGS, STORE
 from server.errors import JSONError
-from server.store import Busy, IdempotencyKeyReused, Overloaded, new_id
+from server.store import MESSAGES_PAGE, Busy, IdempotencyKeyReused, Overloaded, new_id
 
 _MAX_KEY_CHARS = 128
-_DEFAULT_PAGE = 200
 _MAX_PAGE = 1000
 
 
@@ -163,7 +162,7 @@ def _whole_number(request: web.Request, name: str, default: int | None, low: int
 async def get_conversation(request: web.Request) -> web.StreamResponse:
     """The history: the newest ``limit`` messages (``before``: end before that position)."""
     access = await _access(request)
-    limit = _whole_number(request, "limit", _DEFAULT_PAGE, 1, _MAX_PAGE)
+    limit = _whole_number(request, "limit", MESSAGES_PAGE, 1, _MAX_PAGE)
     before = _whole_number(request, "before", None, 0, 10**9)
     assert limit is not None
     snapshot = await request.app[STORE].snapshot(access.conversation_id, limit, before)

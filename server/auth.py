@@ -18,7 +18,6 @@ script can ride on it.
 """
 
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -27,12 +26,12 @@ from aiohttp import web
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
 
 from server.errors import JSONError
+from wire.keys import ID_RE
 
 COOKIE_NAME: Final = "streamfan_token"
 SESSION_COOKIE: Final = "streamfan_session"
 """A browser's session: HttpOnly, SameSite=Strict, path ``/api``; it may read (never write) the
 conversations whose tokens this browser presented (``Gate.join``), over one multiplexed stream."""
-_ID_RE: Final = re.compile(r"\A[A-Za-z0-9_-]{16,64}\Z")
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _SALT: Final = "streamfan.conversation.v2"
 
@@ -93,7 +92,7 @@ class Sessions:
             session_id = self._signer.unsign(value.encode("ascii"), max_age=self.max_age).decode("ascii")
         except (BadSignature, UnicodeError, ValueError):
             return None
-        return session_id if _ID_RE.match(session_id) else None
+        return session_id if ID_RE.match(session_id) else None
 
 
 def set_token_cookie(
@@ -128,7 +127,7 @@ def authorize(request: web.Request, tokens: Tokens, own_origin: str, allowed_ori
     token, from_cookie = _presented_token(request)
     if token is None:
         raise JSONError(401, "a conversation token is required", headers={"WWW-Authenticate": "Bearer"})
-    if not _ID_RE.match(conversation_id):
+    if not ID_RE.match(conversation_id):
         raise JSONError(404, "no such conversation")
     generation = tokens.verify(token, conversation_id)
     if from_cookie and request.method not in _SAFE_METHODS:

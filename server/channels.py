@@ -59,8 +59,8 @@ class ChannelTable:
         """No feed, grace timer or lock left (for leak checks)."""
         return not self._feeds and not self._grace and not self._locks
 
-    async def attach(self, conversation_id: str, client: Follower) -> ChannelFeed:
-        """Add ``client`` (catching up) to the conversation's feed, subscribed and confirmed.
+    async def attach(self, conversation_id: str, follower: Follower) -> ChannelFeed:
+        """Add ``follower`` (catching up) to the conversation's feed, subscribed and confirmed.
 
         The caller must ``detach`` it when done (a plain pair, not a context manager: one less
         object and frame kept alive per connection).
@@ -72,19 +72,19 @@ class ChannelTable:
         grace = self._grace.pop(name, None)
         if grace is not None:
             grace.cancel()
-        feed.clients.add(client)
+        feed.followers.add(follower)
         try:
             async with self._lock(name):
                 if not self._connection.is_confirmed(name):
                     await self._connection.request(SUBSCRIBE, name)
         except BaseException:
-            self.detach(feed, client)
+            self.detach(feed, follower)
             raise
         return feed
 
-    def detach(self, feed: ChannelFeed, client: Follower) -> None:
-        feed.clients.discard(client)
-        if not feed.clients and feed.name not in self._grace:
+    def detach(self, feed: ChannelFeed, follower: Follower) -> None:
+        feed.followers.discard(follower)
+        if not feed.followers and feed.name not in self._grace:
             loop = asyncio.get_running_loop()
             self._grace[feed.name] = loop.call_later(self._grace_seconds, self._grace_over, feed)
 
@@ -95,17 +95,17 @@ class ChannelTable:
 
     def _grace_over(self, feed: ChannelFeed) -> None:
         self._grace.pop(feed.name, None)
-        if not feed.clients:
+        if not feed.followers:
             self._spawn(self._unsubscribe(feed), f"unsubscribe-{feed.name!r}")
 
     async def _unsubscribe(self, feed: ChannelFeed) -> None:
         async with self._lock(feed.name):
-            if feed.clients:
+            if feed.followers:
                 return
             if self._connection.is_confirmed(feed.name):
                 with contextlib.suppress(PubSubUnavailable):  # the connection is gone, and with it the subscription
                     await self._connection.request(UNSUBSCRIBE, feed.name)
-            if not feed.clients and self._feeds.get(feed.name) is feed and feed.name not in self._grace:
+            if not feed.followers and self._feeds.get(feed.name) is feed and feed.name not in self._grace:
                 feed.on_lost()  # stops a gap fill that may still run
                 del self._feeds[feed.name]
 

@@ -55,6 +55,13 @@ class JSONError(web.HTTPException):
         return {"error": code or _CODES.get(status, "error"), "message": message, **extra}
 
 
+def unavailable() -> JSONError:
+    """Redis (or the pub/sub connection) cannot answer now: the one 503 every endpoint gives for it."""
+    return JSONError(
+        503, "the service is briefly unavailable; try again", code="unavailable", headers={"Retry-After": "1"}
+    )
+
+
 def guarded(handler: Handler) -> Handler:
     """``handler`` with every error turned into the JSON error document.
 
@@ -96,9 +103,7 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
         # traceback per request.
         if _redis_down.allow():
             log.warning("Redis unavailable (%r; %d more since the last report)", exc, _redis_down.take_suppressed())
-        raise JSONError(
-            503, "the service is briefly unavailable; try again", code="unavailable", headers={"Retry-After": "1"}
-        ) from None
+        raise unavailable() from None
     except ResponseError as exc:
         if not isinstance(exc, OutOfMemoryError) and not str(exc).startswith("OOM"):
             if _internal.allow():

@@ -60,8 +60,8 @@ class ChannelFeed:
         "_generation",
         "_held",
         "_services",
-        "clients",
         "conversation_id",
+        "followers",
         "forwarded",
         "mux_prefix",
         "name",
@@ -71,7 +71,7 @@ class ChannelFeed:
         self.name = name
         self.conversation_id = conversation_id_from_channel(name)
         self._services = services
-        self.clients: set[Follower] = set()
+        self.followers: set[Follower] = set()
         self.mux_prefix = mux_prefix(self.conversation_id)
         self.forwarded: EventId | None = None
         self._held: list[bytes] | None = None
@@ -95,7 +95,7 @@ class ChannelFeed:
         """A new connection will subscribe this channel: hold live frames until the gap is filled."""
         self._cancel_fill()
         self._generation = generation
-        needs_fill = self.forwarded is not None or any(client.live for client in self.clients)
+        needs_fill = self.forwarded is not None or any(follower.live for follower in self.followers)
         self._held = [] if needs_fill else None
 
     def on_subscribed(self, generation: int) -> None:
@@ -109,9 +109,9 @@ class ChannelFeed:
         only live clients are covered by the gap fill.
         """
         self._cancel_fill()
-        for client in list(self.clients):
-            if not client.live:
-                client.stream.cut_off()
+        for follower in list(self.followers):
+            if not follower.live:
+                follower.stream.cut_off()
 
     # -- fan-out ------------------------------------------------------------------------------
 
@@ -131,17 +131,17 @@ class ChannelFeed:
             return  # forwarded already, from the history while a gap was filled
         self.forwarded = event_id
         muxed: bytes | None = None
-        clients = self.clients
-        for client in clients:
-            if client.muxed:
+        followers = self.followers
+        for follower in followers:
+            if follower.muxed:
                 if muxed is None:  # once per frame, for every multiplexed follower of the node
                     muxed = mux_frame(self.mux_prefix, frame)
-                client.deliver(event_id, muxed)
+                follower.deliver(event_id, muxed)
             else:
-                client.deliver(event_id, frame)
+                follower.deliver(event_id, frame)
         metrics = self._services.metrics
-        metrics.delivered.value += len(clients)
-        metrics.bytes_written.value += len(clients) * len(frame)
+        metrics.delivered.value += len(followers)
+        metrics.bytes_written.value += len(followers) * len(frame)
         metrics.publish_to_write.observe(max(0.0, time.time() - event_id[0] / 1000))
 
     # -- the gap fill -------------------------------------------------------------------------
@@ -175,7 +175,7 @@ class ChannelFeed:
         services = self._services
         start = self.forwarded
         if start is None:
-            positions = [client.position for client in self.clients if client.live]
+            positions = [follower.position for follower in self.followers if follower.live]
             if not positions:
                 return
             start = min(positions)
@@ -195,9 +195,9 @@ class ChannelFeed:
         Clients still catching up read the history themselves and meet the same reset there.
         """
         frame = reset.frame()
-        for client in list(self.clients):
-            if client.live:
-                client.reset(reset.head, frame)
+        for follower in list(self.followers):
+            if follower.live:
+                follower.reset(reset.head, frame)
         self.forwarded = reset.head
 
     def _abandon(self) -> None:
@@ -205,8 +205,8 @@ class ChannelFeed:
         self._cancel_fill()
         self._held = None
         self.forwarded = None
-        for client in list(self.clients):
-            client.stream.cut_off()
+        for follower in list(self.followers):
+            follower.stream.cut_off()
 
     def _cancel_fill(self) -> None:
         fill, self._fill = self._fill, None

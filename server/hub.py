@@ -70,26 +70,26 @@ class Hub:
 
     @property
     def connection_count(self) -> int:
-        return sum(len(feed.clients) for feed in self.channels)
+        return sum(len(feed.followers) for feed in self.channels)
 
     def subscribed(self, conversation_id: str) -> bool:
         return self.pubsub.is_confirmed(channel_name(conversation_id))
 
-    def listener_count(self, conversation_id: str) -> int:
+    def follower_count(self, conversation_id: str) -> int:
         feed = self.channels.get(channel_name(conversation_id))
-        return 0 if feed is None else len(feed.clients)
+        return 0 if feed is None else len(feed.followers)
 
-    async def attach(self, conversation_id: str, client: Follower) -> ChannelFeed:
-        return await self.channels.attach(conversation_id, client)
+    async def attach(self, conversation_id: str, follower: Follower) -> ChannelFeed:
+        return await self.channels.attach(conversation_id, follower)
 
-    def detach(self, feed: ChannelFeed, client: Follower) -> None:
-        self.channels.detach(feed, client)
+    def detach(self, feed: ChannelFeed, follower: Follower) -> None:
+        self.channels.detach(feed, follower)
 
     def close_all(self) -> None:
         """End every client's stream (node shutdown): each resumes on another node with its cursor."""
         for feed in self.channels:
-            for client in list(feed.clients):
-                client.stream.close()
+            for follower in list(feed.followers):
+                follower.stream.close()
 
     def idle(self) -> bool:
         """No channel, lock, timer or task left (for leak checks)."""
@@ -147,16 +147,16 @@ class Hub:
             await asyncio.sleep(self._heartbeat_seconds)
             now = loop.time()
             for feed in self.channels:
-                for client in list(feed.clients):
-                    if client.live:
-                        client.stream.heartbeat(now)
+                for follower in list(feed.followers):
+                    if follower.live:
+                        follower.stream.heartbeat(now)
 
     async def _watch(self) -> None:
         """Tell the producers which conversations have clients here (orphaned answers may be stopped)."""
         ttl_ms = int(self._orphan_seconds * 1000)
         while True:
             await asyncio.sleep(self._orphan_seconds / 3)
-            watched = [feed.conversation_id for feed in self.channels if feed.clients]
+            watched = [feed.conversation_id for feed in self.channels if feed.followers]
             if not watched:
                 continue
             try:

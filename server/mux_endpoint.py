@@ -16,24 +16,23 @@ the seventh. The page's leader tab holds this one stream for every conversation 
 """
 
 import logging
-import re
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from server.context import GATE, HUB, METRICS, SETTINGS, STORE
-from server.errors import JSONError
+from server.errors import JSONError, unavailable
 from server.feed import ChannelFeed
 from server.follower import Follower
 from server.pubsub import PubSubUnavailable
 from server.sse_endpoint import catch_up, event_stream_response
 from wire.events import EventId, EventType, dumps, parse_event_id
+from wire.keys import ID_RE
 from wire.sse import encode_event, encode_retry
 
 log = logging.getLogger(__name__)
 
 MAX_CONVERSATIONS = 64
-_ID_RE = re.compile(r"\A[A-Za-z0-9_-]{16,64}\Z")
 
 
 def requested(request: web.Request) -> dict[str, EventId]:
@@ -41,7 +40,7 @@ def requested(request: web.Request) -> dict[str, EventId]:
     wanted: dict[str, EventId] = {}
     for item in request.query.getall("c", []):
         conversation_id, dot, cursor = item.partition(".")
-        if not dot or not _ID_RE.match(conversation_id):
+        if not dot or not ID_RE.match(conversation_id):
             raise JSONError(400, "c must be <conversation id>.<event id or nothing>", code="bad_field", field="c")
         try:
             wanted[conversation_id] = parse_event_id(cursor) if cursor else (0, 0)
@@ -66,9 +65,7 @@ async def stream_many(request: web.Request) -> web.StreamResponse:
     try:
         allowed = await store.session_allows(session_id, list(wanted))
     except (RedisError, OSError, TimeoutError):
-        raise JSONError(
-            503, "the service is briefly unavailable; try again", code="unavailable", headers={"Retry-After": "1"}
-        ) from None
+        raise unavailable() from None
     limited = gate.limited(address)
     if limited:
         gate.streams_per_ip.enter(address)

@@ -195,10 +195,10 @@ async def _streamed(
 ) -> web.StreamResponse:
     settings, hub, store = request.app[SETTINGS], request.app[HUB], request.app[STORE]
 
-    def dress(response: web.StreamResponse) -> None:
+    def add_headers(response: web.StreamResponse) -> None:
         response.headers.update(headers)
 
-    response, stream = await event_stream_response(request, dress)
+    response, stream = await event_stream_response(request, add_headers)
     if stream is None:
         return response
     # Subscribe before posting, so no event of the answer can be missed.

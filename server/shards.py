@@ -30,10 +30,8 @@ from support.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
-_STANDALONE = ""
-_MOVED_RETRIES = 3
-"""Map refreshes one (un)subscribe may go through: a slot moves once per resharding step."""
-"""The one shard's name when Redis is not a cluster."""
+_STANDALONE = ""  # the one shard's name when Redis is not a cluster
+_MOVED_RETRIES = 3  # map refreshes one (un)subscribe may go through: a slot moves once per resharding step
 
 
 class ChannelSink(Protocol):

@@ -23,12 +23,12 @@ from redis.exceptions import RedisError
 from server.auth import Access
 from server.client_stream import ClientStream
 from server.context import GATE, HUB, METRICS, SETTINGS, STORE
-from server.errors import JSONError
+from server.errors import JSONError, unavailable
 from server.follower import Follower
 from server.history import history_after
 from server.pubsub import PubSubUnavailable
 from server.sse_response import EventStreamResponse
-from server.store import ConversationStore, Reset
+from server.store import MESSAGES_PAGE, ConversationStore, Reset
 from wire.events import EventId, EventType, dumps, parse_event_id
 from wire.sse import encode_event, encode_retry
 
@@ -60,28 +60,28 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         gate.streams_per_ip.enter(limited_address)
     try:
         # A browser's cookie lives on while its stream is used (an API client keeps its own token).
-        dress = (lambda r: gate.grant(r, request, access)) if access.from_cookie else None
-        response, stream = await event_stream_response(request, dress, until_close=True)
+        add_headers = (lambda r: gate.grant(r, request, access)) if access.from_cookie else None
+        response, stream = await event_stream_response(request, add_headers, until_close=True)
         if stream is None:
             return response
         stream.send_control(encode_retry(settings.retry_ms))
-        client = Follower(stream, max_pending=settings.catchup_buffer_events)
-        client.position = cursor
+        follower = Follower(stream, max_pending=settings.catchup_buffer_events)
+        follower.position = cursor
         metrics.sockets_open += 1
         try:
-            feed = await hub.attach(conversation_id, client)
+            feed = await hub.attach(conversation_id, follower)
             try:
                 if snapshot and cursor == (0, 0):
-                    await _send_snapshot(client, store, conversation_id)
-                replayed = await catch_up(client, store, conversation_id, settings.replay_page_events)
+                    await _send_snapshot(follower, store, conversation_id)
+                replayed = await catch_up(follower, store, conversation_id, settings.replay_page_events)
                 if replayed:
                     metrics.replays.inc()
                     metrics.replay_events.observe(replayed)
-                if not client.closed:
-                    client.go_live()
+                if not follower.closed:
+                    follower.go_live()
                     await response.ended
             finally:
-                hub.detach(feed, client)
+                hub.detach(feed, follower)
         except (PubSubUnavailable, RedisError, OSError, TimeoutError) as exc:
             # The client reconnects with its cursor once the node can serve it again.
             log.warning("stream of a conversation ended early: %r", exc)
@@ -102,39 +102,40 @@ async def _admit(request: web.Request) -> tuple[Access, EventId, bool, str | Non
     try:
         access = await gate.conversation(request, request.app[STORE])
     except (RedisError, OSError, TimeoutError):
-        raise JSONError(
-            503, "the service is briefly unavailable; try again", code="unavailable", headers={"Retry-After": "1"}
-        ) from None
+        raise unavailable() from None
     cursor = requested_cursor(request)
     compact = request.query.get("catchup", "events")
     if compact not in ("events", "snapshot"):
         raise JSONError(400, "catchup must be 'events' or 'snapshot'", code="bad_field", field="catchup")
     address = gate.client(request)
     limited = gate.limited(address)
-    if limited and hub.listener_count(access.conversation_id) >= settings.streams_per_conversation:
+    if limited and hub.follower_count(access.conversation_id) >= settings.streams_per_conversation:
         raise JSONError(
             429, "too many open streams of this conversation", code="too_many_streams", headers={"Retry-After": "5"}
         )
     return access, cursor, compact == "snapshot", address if limited else None
 
 
-async def _send_snapshot(client: Follower, store: ConversationStore, conversation_id: str) -> None:
+async def _send_snapshot(follower: Follower, store: ConversationStore, conversation_id: str) -> None:
     """The compacted catch-up (``?catchup=snapshot``, for a client with no cursor): one ``snapshot``
     event holding the history API's body, with the id of the last event it includes, instead of
     every event so far; the client is subscribed already, so what follows it arrives live."""
-    body = await store.snapshot(conversation_id, 200)
+    body = await store.snapshot(conversation_id, MESSAGES_PAGE)
     head = parse_event_id(body["last_event_id"])
     if head == (0, 0):
         return  # nothing happened yet: nothing to compact
     frame = encode_event(body["last_event_id"], EventType.SNAPSHOT, dumps(body))
-    client.stream.put(client.stream.framed(frame))
-    client.position = head
+    follower.stream.put(follower.stream.framed(frame))
+    follower.position = head
 
 
 async def event_stream_response(
-    request: web.Request, dress: Callable[[web.StreamResponse], object] | None = None, *, until_close: bool = False
+    request: web.Request,
+    add_headers: Callable[[web.StreamResponse], object] | None = None,
+    *,
+    until_close: bool = False,
 ) -> tuple[EventStreamResponse, ClientStream | None]:
-    """Send the stream's headers (``dress`` adds any, such as cookies, first) and make its write path.
+    """Send the stream's headers (``add_headers`` adds any, such as cookies, first) and make its write path.
 
     The stream is ``None`` when the client left before the headers were sent. ``until_close``: see
     ``EventStreamResponse``.
@@ -146,8 +147,8 @@ async def event_stream_response(
         method=request.method,  # the handler checked it; the OpenAI dialects stream a POST
         until_close=until_close,
     )
-    if dress is not None:
-        dress(response)
+    if add_headers is not None:
+        add_headers(response)
     writer = await response.prepare(request)
     transport = request.transport
     if writer is None or transport is None:
@@ -167,19 +168,19 @@ async def event_stream_response(
     )
 
 
-async def catch_up(client: Follower, store: ConversationStore, conversation_id: str, page_size: int) -> int:
-    """Write the history after ``client.position``; returns how many events it wrote."""
+async def catch_up(follower: Follower, store: ConversationStore, conversation_id: str, page_size: int) -> int:
+    """Write the history after ``follower.position``; returns how many events it wrote."""
     sent = 0
-    while not client.closed:
-        client.overflowed = False
-        async for item in history_after(store, conversation_id, client.position, page_size):
+    while not follower.closed:
+        follower.overflowed = False
+        async for item in history_after(store, conversation_id, follower.position, page_size):
             if isinstance(item, Reset):
-                client.reset(item.head, item.frame())
+                follower.reset(item.head, item.frame())
             else:
-                await client.replay(item.frames)
+                await follower.replay(item.frames)
                 sent += len(item.frames)
-            if client.closed:
+            if follower.closed:
                 break
-        if not client.overflowed:
+        if not follower.overflowed:
             break
     return sent

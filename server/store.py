@@ -105,6 +105,8 @@ def _text(value: Any) -> str:
 
 
 _REPLAY = Script(scripts.REPLAY)
+MESSAGES_PAGE = 200
+"""Messages in a history page unless the request asks for fewer: the history API's and a snapshot's."""
 
 
 class ConversationStore:

@@ -43,7 +43,7 @@ def sent_ids(transport: FakeTransport) -> list[str]:
     return [line.removeprefix(b"id: ").decode() for line in lines if line.startswith(b"id: ")]
 
 
-def make_listener(
+def make_follower(
     transport: FakeTransport,
     *,
     max_buffer: int = 1 << 20,

@@ -3,6 +3,7 @@
 import asyncio
 import itertools
 import json
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,3 +125,18 @@ def raw_event_stream(
     head = f"GET /api/conversations/{conversation_id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\n"
     sock.sendall(f"{head}{extra}\r\n".encode())
     return sock
+
+
+async def node_metric(session: aiohttp.ClientSession, base: str, name: str) -> float:
+    """A sample of a node's ``/metrics`` (what a test waits on instead of sleeping)."""
+    async with session.get(f"{base}/metrics") as resp:
+        match = re.search(rf"^{name} (\S+)$", await resp.text(), re.MULTILINE)
+    assert match is not None, name
+    return float(match.group(1))
+
+
+async def wait_for_sockets(session: aiohttp.ClientSession, bases: list[str], count: int, within: float = 10) -> None:
+    """Until the nodes at ``bases`` hold ``count`` open event streams between them."""
+    async with asyncio.timeout(within):
+        while sum([await node_metric(session, base, "streamfan_sockets_open") for base in bases]) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)

@@ -7,11 +7,14 @@ which may import them all. An entry point (``__main__``) is composition too.
 """
 
 import ast
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from wire.keys import ID_PATTERN
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("support", "wire", "redisio", "server", "producer", "loadtest", "launch")
@@ -116,3 +119,11 @@ def test_no_test_double_outside_the_embedded_brokers_module() -> None:
         if str(path.relative_to(ROOT)) != BROKER_MODULE and "fakeredis" in path.read_text().lower()
     ]
     assert named == []
+
+
+def test_the_page_and_the_node_agree_on_what_a_conversation_id_is() -> None:
+    """The page routes ``/c/<id>`` by its own copy of the pattern (a module cannot import Python)."""
+    api_js = (ROOT / "web" / "js" / "api.js").read_text()
+    match = re.search(r"export const CONVERSATION_PATH = /\^\\/c\\/\((.+)\)\$/;", api_js)
+    assert match is not None
+    assert match.group(1) == ID_PATTERN

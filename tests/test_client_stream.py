@@ -3,7 +3,7 @@
 import asyncio
 
 from server.client_stream import http_chunk
-from tests.fakes import FakeTransport, make_listener, sent_ids
+from tests.fakes import FakeTransport, make_follower, sent_ids
 from wire.sse import encode_event
 
 
@@ -13,7 +13,7 @@ def frame(event_id: str, text: str) -> bytes:
 
 async def test_one_write_path_keeps_order_across_replay_live_heartbeat_and_reset() -> None:
     transport = FakeTransport()
-    client = make_listener(transport)
+    client = make_follower(transport)
     client.stream.send_control(b"retry: 1000\n\n")
     client.deliver((3, 0), frame("3-0", "live during replay"))  # buffered while catching up
     if client.live:  # the hub beats live followers only
@@ -53,7 +53,7 @@ class StuckWriter:
 async def test_replay_to_a_client_that_does_not_read_is_bounded_and_cut_off() -> None:
     transport = FakeTransport(stalled=True)
     slow: list[bool] = []
-    client = make_listener(transport, writer=StuckWriter(), send_timeout=0.05, on_slow=lambda: slow.append(True))
+    client = make_follower(transport, writer=StuckWriter(), send_timeout=0.05, on_slow=lambda: slow.append(True))
     await client.replay([((i, 0), frame(f"{i}-0", "x" * 1000)) for i in range(1, 500)])
     assert client.closed and transport.aborted and slow == [True]
     assert transport.data.count(b"event: delta") == 1  # one frame in flight, never the whole page
@@ -61,8 +61,8 @@ async def test_replay_to_a_client_that_does_not_read_is_bounded_and_cut_off() ->
 
 async def test_muxed_followers_share_one_connection_and_name_their_conversation() -> None:
     transport = FakeTransport()
-    a = make_listener(transport, conversation_id="conversation-aaaaaaaaa")
-    b = make_listener(transport, conversation_id="conversation-bbbbbbbbb")
+    a = make_follower(transport, conversation_id="conversation-aaaaaaaaa")
+    b = make_follower(transport, conversation_id="conversation-bbbbbbbbb")
     b.stream = a.stream  # one connection, two conversations
     await a.replay([((1, 0), frame("1-0", "a1"))])
     await b.replay([((1, 0), frame("1-0", "b1")), ((2, 0), frame("2-0", "b2"))])
@@ -79,7 +79,7 @@ async def test_a_muxed_follower_names_its_conversation_once_for_frames_buffered_
     from server.follower import mux_frame
 
     transport = FakeTransport()
-    follower = make_listener(transport, conversation_id="conversation-aaaaaaaaa")
+    follower = make_follower(transport, conversation_id="conversation-aaaaaaaaa")
     prefix = b"id: conversation-aaaaaaaaa/"
     live = mux_frame(prefix, frame("2-0", "live while catching up"))  # the feed hands muxed frames
     follower.deliver((2, 0), live)

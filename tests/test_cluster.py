@@ -23,7 +23,7 @@ import pytest
 from launch.cluster import LocalCluster, render_template
 from launch.processes import Member, RedisServer, free_port, wait_for_port
 from tests.conftest import ROOT, SECRET, run_loadtest
-from tests.sse_client import Received, assert_strictly_increasing, follow, read_events
+from tests.sse_client import Received, assert_strictly_increasing, follow, node_metric, read_events, wait_for_sockets
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -70,11 +70,17 @@ async def post(session: aiohttp.ClientSession, base: str, cid: str, auth: dict[s
         return str((await resp.json())["response_id"])
 
 
-async def stored_answer(session: aiohttp.ClientSession, base: str, cid: str, auth: dict[str, str]) -> str:
+async def stored_messages(
+    session: aiohttp.ClientSession, base: str, cid: str, auth: dict[str, str]
+) -> list[dict[str, Any]]:
     async with session.get(f"{base}/api/conversations/{cid}", headers=auth) as resp:
         assert resp.status == 200
         body = await resp.json()
-    return str(body["messages"][-1]["content"])
+    return list(body["messages"])
+
+
+async def stored_answer(session: aiohttp.ClientSession, base: str, cid: str, auth: dict[str, str]) -> str:
+    return str((await stored_messages(session, base, cid, auth))[-1]["content"])
 
 
 def test_the_load_tester_on_a_redis_cluster_loses_nothing(tmp_path: Path) -> None:
@@ -201,16 +207,15 @@ async def test_the_stream_through_nginx_is_not_buffered(
     resp = await session.get(f"{local_cluster.url}/api/conversations/{cid}/events", headers=auth)
     assert resp.headers["Content-Type"].startswith("text/event-stream")
     assert "Content-Encoding" not in resp.headers
-    posted = time.monotonic()
     await post(session, local_cluster.url, cid, auth, LONG)  # 120 words at 60/s: 2 s
     first = await read_events(resp, until=lambda e: e.type == "delta", within=10)
-    first_at = time.monotonic()
+    # Streamed, not buffered: the first delta came through while the answer is still being written
+    # (the history holds an answer only once it is finished).
+    stored = await stored_messages(session, local_cluster.url, cid, auth)
+    assert [m["role"] for m in stored] == ["user"], "the first delta was held back until the answer ended"
     rest = await read_events(resp, within=15)
-    done_at = time.monotonic()
     resp.close()
     assert first.of_type("delta") and rest.of_type("done")
-    assert first_at - posted < 1.0, "the first delta was held back"
-    assert done_at - first_at > 1.0, "the answer arrived in one piece"
 
 
 async def _follow_all(
@@ -219,9 +224,11 @@ async def _follow_all(
     cid, auth = await create(session, cluster.url)
     url = f"{cluster.url}/api/conversations/{cid}/events"
     tasks = [asyncio.create_task(follow(session, url, auth, within=40)) for _ in range(count)]
-    await asyncio.sleep(0.5)  # every follower connected: all on one node (balanced by conversation)
-    await post(session, cluster.url, cid, auth, LONG)
-    await asyncio.sleep(0.8)  # mid-answer
+    # Every follower connected (all on one node: balanced by conversation).
+    await wait_for_sockets(session, [node.url for node in cluster.node_members], count)
+    async with session.get(url, headers=auth) as watcher:
+        await post(session, cluster.url, cid, auth, LONG)
+        await read_events(watcher, until=lambda e: e.type == "delta", within=10)  # mid-answer
     return cid, auth, tasks
 
 
@@ -229,9 +236,8 @@ async def _node_with_the_streams(session: aiohttp.ClientSession, cluster: LocalC
     """The node the balancer sent the conversation's tabs to (it keeps a conversation on one node)."""
     holding = []
     for node in cluster.node_members:
-        async with session.get(f"{node.url}/metrics") as r:
-            if _sample(await r.text(), "streamfan_sockets_open") > 0:
-                holding.append(node)
+        if await node_metric(session, node.url, "streamfan_sockets_open") > 0:
+            holding.append(node)
     assert len(holding) == 1, [m.name for m in holding]
     return holding[0]
 
@@ -266,12 +272,9 @@ async def test_a_node_sent_sigterm_exits_quickly_and_its_clients_lose_nothing(
 ) -> None:
     cid, auth, tasks = await _follow_all(session, local_cluster, 9)
     victim = await _node_with_the_streams(session, local_cluster)
-    started = time.monotonic()
     victim.popen.send_signal(signal.SIGTERM)
-    await asyncio.to_thread(victim.popen.wait, 10)
-    took = time.monotonic() - started
+    await asyncio.to_thread(victim.popen.wait, 10)  # within Docker's stop grace period (10 s), then SIGKILL
     assert victim.popen.returncode == 0
-    assert took < 5.0, f"SIGTERM took {took:.1f}s"
     results = await asyncio.gather(*tasks)
     reconnects = await _check_exact(session, local_cluster, cid, auth, results)
     assert reconnects >= 9
@@ -359,10 +362,8 @@ def test_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:
             wait_for_port(port, proc=supervisor)
             assert asyncio.run(_one_answer(f"http://127.0.0.1:{port}")) == "two workers"
         finally:
-            started = time.monotonic()
             supervisor.send_signal(signal.SIGTERM)
-            supervisor.wait(15)
-        assert time.monotonic() - started < 8
+            supervisor.wait(10)  # within Docker's stop grace period (10 s), then SIGKILL
         assert all(not Path(f"/proc/{child}").exists() or "zombie" in _state(child) for child in children)
     finally:
         cluster.stop()

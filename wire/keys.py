@@ -9,13 +9,19 @@ per conversation lets a node re-subscribe a whole partition's conversations with
 Changing ``PARTITIONS`` moves every conversation to other keys: it is part of the stored format.
 """
 
+import re
 import zlib
 from dataclasses import dataclass, field
+from typing import Final
 
 PREFIX = "sf"
 PARTITIONS = 128
 JOBS_GROUP = "producers"
 """The producers' consumer group on every partition's jobs stream."""
+ID_PATTERN: Final = "[A-Za-z0-9_-]{16,64}"
+"""A conversation's (and a browser session's) id: URL-safe, so it goes into paths, keys and the
+multiplexed stream's id lines as it is. The page's copy (``web/js/api.js``) is held equal by a test."""
+ID_RE: Final = re.compile(rf"\A{ID_PATTERN}\Z")
 
 
 def partition_of(conversation_id: str) -> int:

@@ -14,9 +14,6 @@ _LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 _FORBIDDEN_IN_ID: Final = re.compile(r"[\r\n\x00]")
 _FORBIDDEN_IN_TYPE: Final = re.compile(r"[\r\n]")
 
-HEARTBEAT: Final = b":\n\n"
-"""A comment: keeps idle connections and proxies alive, ignored by EventSource."""
-
 
 def encode_event(event_id: str, event_type: str, data: str) -> bytes:
     if _FORBIDDEN_IN_ID.search(event_id):
@@ -36,6 +33,10 @@ def encode_retry(milliseconds: int) -> bytes:
 def encode_comment(text: str = "") -> bytes:
     """A comment line per line of ``text``; the blank line after it dispatches nothing."""
     return "".join(f":{line}\n" for line in _LINE_BREAK.split(text)).encode() + b"\n"
+
+
+HEARTBEAT: Final = encode_comment()
+"""An empty comment: keeps idle connections and proxies alive, ignored by EventSource."""
 
 
 def frame_data(frame: bytes) -> bytes:

@@ -1,5 +1,9 @@
 // The page's requests to its node, and what the reader is told when one fails: plain words.
 
+// A conversation's path on the page (/c/<id>); the id's pattern is wire.keys.ID_PATTERN's (a test
+// holds the two equal).
+export const CONVERSATION_PATH = /^\/c\/([A-Za-z0-9_-]{16,64})$/;
+
 // What the reader is told when a request fails: plain words, never "Failed to fetch".
 const REFUSALS = {
   busy: "An answer is still being written (perhaps asked from another tab): wait for it, or stop it.",

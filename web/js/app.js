@@ -1,7 +1,7 @@
 // streamfan's chat page: conversations, streaming answers, one shared stream per conversation.
 "use strict";
 
-import { api } from "./api.js";
+import { CONVERSATION_PATH, api } from "./api.js";
 import { ConversationView, GoneError } from "./conversation_view.js";
 import { forgetConversation, listConversations, plainTitle, rememberConversation } from "./conversations.js";
 import { Sidebar } from "./sidebar.js";
@@ -17,7 +17,6 @@ const ui = {
 const STATE_LABELS = {
   idle: "Ready", connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", offline: "Offline",
 };
-const ID_PATH = /^\/c\/([A-Za-z0-9_-]{16,64})$/;
 
 // The open conversation (a ConversationView owns its state), and whether the reader is at the bottom.
 let current = null;
@@ -275,7 +274,7 @@ const closeSidebar = () => sidebar.close();
 // -- start ----------------------------------------------------------------------------------------
 
 function route() {
-  const match = location.pathname.match(ID_PATH);
+  const match = location.pathname.match(CONVERSATION_PATH);
   if (match) {
     openConversation(match[1]);
   } else {

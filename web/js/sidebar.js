@@ -1,6 +1,6 @@
 // The sidebar: this browser's conversations (localStorage), opened, renamed and deleted from here.
 
-import { api } from "./api.js";
+import { CONVERSATION_PATH, api } from "./api.js";
 import {
   forgetConversation,
   listConversations,
@@ -9,7 +9,6 @@ import {
 } from "./conversations.js";
 import { button } from "./dom.js";
 
-const ID_PATH = /^\/c\/([A-Za-z0-9_-]{16,64})$/;
 
 export class Sidebar {
   // page: currentId() -> id | undefined, open(id), blank(), setTitle(text), showError(message)
@@ -63,7 +62,7 @@ export class Sidebar {
     const a = event.target.closest("a");
     if (!a || event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;
     event.preventDefault();
-    const id = a.pathname.match(ID_PATH)?.[1];
+    const id = a.pathname.match(CONVERSATION_PATH)?.[1];
     if (id && id !== this.page.currentId()) {
       history.pushState(null, "", a.pathname);
       this.page.open(id);
