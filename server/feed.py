@@ -1,8 +1,10 @@
-"""One conversation's live feed on this node: its clients, the order of its frames, its gap fill.
+"""One conversation's live feed on this node: its followers, the order of its frames, its gap fill.
 
 Each frame arrives already encoded (the publishing script built it); the feed parses its id once
-and hands the same bytes to every client (encode once, write many): the native streams send frames
-as they are (their body ends with the connection, no chunked framing).
+and hands the same bytes to every follower (encode once, write many; a multiplexed follower gets
+one prefixed copy per frame, shared by all of them). Each follower's ``ClientStream`` decides the
+framing: the native streams send frames as they are (their body ends with the connection), the
+dialects' reusable connections wrap each in an HTTP chunk.
 
 Invariants (this class owns them):
 - ``forwarded`` is the newest event id handed to the clients; no frame at or before it is forwarded

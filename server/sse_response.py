@@ -45,8 +45,8 @@ class EventStreamResponse(EventSourceResponse):
     ) -> None:
         """``until_close``: the body ends where the connection does (HTTP/1.1, RFC 9112 section 6.3),
         so frames go out as they are, without chunked framing (docs/measurements.md, until-close).
-        For the native streams, which last as long
-        as their connection anyway; API clients of the dialects keep chunked, reusable connections.
+        For the native streams, which last as long as their connection anyway; API clients of the
+        dialects keep chunked, reusable connections.
         """
         super().__init__(send_timeout=send_timeout)
         del self.headers["Connection"]  # aiohttp says "close" where it applies

@@ -29,7 +29,7 @@ SEED = 20261130
 JITTER = random.Random(SEED + 1)
 """The clients' retry delays: seeded too, so a run repeats its schedule and its timing draws."""
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # slow: a seeded fault schedule over minutes of traffic
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from launch.processes import Member, RedisServer, free_port, wait_for_port
 from tests.conftest import ROOT, SECRET, run_loadtest
 from tests.sse_client import Received, assert_strictly_increasing, follow, node_metric, read_events, wait_for_sockets
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]  # slow: processes: a local cluster behind nginx
 
 LONG = " ".join(f"word{i}" for i in range(120))
 PACING = {

@@ -33,7 +33,7 @@ from launch.processes import free_port
 from tests.conftest import ROOT
 from tests.sse_client import assert_strictly_increasing, follow
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # slow: a Docker daemon
 
 SHARED_COMPOSE = ROOT.parent / "shared" / "compose"
 STANDIN_SOCKET = "unix:///var/lib/streamfan-docker/docker.sock"

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from launch.processes import RedisClusterServers, RedisServer, free_port, wait_for_port
 from tests.conftest import ROOT, SECRET, Proc
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # slow: the 10,000 generated requests on four kinds of node
 
 EXAMPLES = 10_000
 

@@ -6,6 +6,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from launch.processes import RedisServer
 from loadtest.client import Tab
 from loadtest.stats import Series, percentile
@@ -126,6 +128,7 @@ def test_short_run_against_real_nodes_is_lossless_and_writes_the_report(
     assert "OK: nothing lost" in stdout
 
 
+@pytest.mark.slow
 def test_a_run_longer_than_a_history_page_verifies_every_answer(
     redis_process: RedisServer, spawn: Callable[..., Proc], tmp_path: Path
 ) -> None:
@@ -190,6 +193,7 @@ def test_plot_is_an_svg_with_the_percentile_lines_and_the_histogram() -> None:
     assert any("p99 4.2 ms" in t for t in texts) and "50.0%" in texts
 
 
+@pytest.mark.slow
 def test_ramp_against_a_real_node_reports_steps_and_draws_the_plot(
     redis_process: RedisServer, spawn: Callable[..., Proc], tmp_path: Path
 ) -> None:
@@ -221,6 +225,7 @@ def test_help_explains_every_option_with_its_default() -> None:
     assert "(default: 100)" in done.stdout and "(default: steady)" in done.stdout
 
 
+@pytest.mark.slow
 def test_a_run_can_be_bounded_by_a_number_of_answers(
     redis_process: RedisServer, spawn: Callable[..., Proc], tmp_path: Path
 ) -> None:

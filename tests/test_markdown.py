@@ -12,10 +12,13 @@ import shutil
 import subprocess
 from typing import Any
 
+import pytest
 from playwright.sync_api import BrowserContext
 
 from tests.conftest import ROOT, EmbeddedNode
 from tests.test_web_e2e import open_page
+
+pytestmark = pytest.mark.slow  # slow: Chromium
 
 EXCLUDED_SECTIONS = {"HTML blocks", "Raw HTML", "Images"}
 RAW_HTML = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(\s[^>]*)?/?>|<!--|<\?|<![A-Z\[]")

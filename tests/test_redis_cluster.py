@@ -32,7 +32,7 @@ from tests.test_real_redis import (
 )
 from wire.keys import PARTITIONS, ConversationKeys, partition_of
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]  # slow: a real Redis Cluster
 
 REUSED = (
     test_clients_on_two_nodes_receive_identical_complete_streams,

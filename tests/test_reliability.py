@@ -43,6 +43,9 @@ async def proxied(redis_process: RedisServer, proxy: FaultProxy, spawn: Callable
         yield cluster
         for stream in cluster.streams:
             stream.close()
+    # Stopped here, off the event loop: the proxy runs on this loop, and the producer drains its
+    # answers through it (spawn's own teardown would block the loop, and the drain with it, for 10 s).
+    await asyncio.to_thread(producer.stop)
 
 
 async def test_a_lost_reply_to_start_never_leaves_the_answer_stuck(proxied: Cluster, proxy: FaultProxy) -> None:

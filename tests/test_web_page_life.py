@@ -13,7 +13,7 @@ from playwright.sync_api import BrowserContext, Page, sync_playwright
 from tests.conftest import CHROMIUM_ARGS, EmbeddedNode, chromium_path
 from tests.test_web_e2e import conversation_id, open_page, rendered_text, send, stored_answer, wait_finished
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]  # slow: Chromium
 
 VENDORED = ("katex-0.16.47/", "highlight.js-11.12.0/")
 

@@ -15,7 +15,7 @@ from playwright.sync_api import BrowserContext, Page
 from tests.conftest import ROOT, EmbeddedNode
 from tests.test_web_e2e import open_page, rendered_text, send, wait_finished
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # slow: Chromium
 
 CONVERSATIONS = 12
 TABS = 20
