@@ -6,56 +6,23 @@ Unicode (no lone surrogates, no NUL). Creating, posting, cancelling and deleting
 per client address (429 with ``Retry-After``).
 """
 
-import asyncio
-import json
 from typing import Any
 
 from aiohttp import web
 
+from server import inputs
 from server.auth import COOKIE_NAME, Access, conversation_path
 from server.context import GATE, SETTINGS, STORE
 from server.errors import JSONError
+from server.inputs import json_body
 from server.store import MESSAGES_PAGE, Busy, IdempotencyKeyReused, Overloaded, new_id
 
 _MAX_KEY_CHARS = 128
 _MAX_PAGE = 1000
 
 
-async def json_body(request: web.Request, *, required: bool) -> dict[str, Any]:
-    """The request's JSON object, read within the body timeout; a JSON 4xx otherwise."""
-    try:
-        async with asyncio.timeout(request.app[SETTINGS].body_timeout_seconds):
-            raw = await request.read()  # over client_max_size: aiohttp raises 413
-    except TimeoutError:
-        raise JSONError(408, "the request body took too long to arrive", code="body_timeout") from None
-    if not raw.strip():
-        if required:
-            raise JSONError(400, "a JSON object body is required")
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise JSONError(400, "the body is not valid JSON", code="bad_json") from None
-    if not isinstance(body, dict):
-        raise JSONError(400, "the body must be a JSON object", code="bad_json")
-    return body
-
-
 def _text_field(body: dict[str, Any], name: str, limit: int) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise JSONError(400, f"'{name}' must be a non-empty string", code="bad_field", field=name)
-    if len(value) > limit:
-        raise JSONError(400, f"'{name}' is longer than {limit} characters", code="bad_field", field=name)
-    if "\x00" in value:
-        raise JSONError(400, f"'{name}' must not contain NUL", code="bad_field", field=name)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise JSONError(
-            400, f"'{name}' is not valid Unicode (a lone surrogate)", code="bad_field", field=name
-        ) from None
-    return value
+    return inputs.text(body.get(name), name, limit)
 
 
 def _take_post(request: web.Request) -> None:
@@ -91,18 +58,9 @@ async def post_message(request: web.Request) -> web.StreamResponse:
     access = await _access(request)
     body = await json_body(request, required=True)
     content = _text_field(body, "content", settings.max_message_chars)
-    max_tokens = body.get("max_tokens", settings.default_max_tokens)
-    if (
-        isinstance(max_tokens, bool)
-        or not isinstance(max_tokens, int)
-        or not (1 <= max_tokens <= settings.max_tokens_limit)
-    ):
-        raise JSONError(
-            400,
-            f"'max_tokens' must be a whole number from 1 to {settings.max_tokens_limit}",
-            code="bad_field",
-            field="max_tokens",
-        )
+    max_tokens = inputs.whole_number(
+        body.get("max_tokens", settings.default_max_tokens), "max_tokens", 1, settings.max_tokens_limit
+    )
     key = _idempotency_key(request, body)
     try:
         result = await request.app[STORE].post_message(access.conversation_id, content, max_tokens, key)

@@ -8,10 +8,11 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
 
-from server import ai_sdk, api, health, openai_chat, openai_responses
+from server import api, health
 from server.access import Gate
 from server.context import GATE, HUB, METRICS, REDIS, SETTINGS, STORE
-from server.errors import Handler, JSONError, guarded
+from server.dialects import ai_sdk, chat, openai, responses
+from server.errors import ErrorShape, Handler, JSONError, guarded
 from server.http_policy import apply_headers, fallback
 from server.hub import Hub
 from server.metrics import NodeMetrics
@@ -48,36 +49,37 @@ def create_app(settings: Settings, redis: "Redis | RedisCluster") -> web.Applica
     app.on_shutdown.append(_end_streams)
     app.on_response_prepare.append(apply_headers)
 
-    routes: list[tuple[str, str, Handler]] = [
-        ("POST", "/api/conversations", api.create_conversation),
-        ("GET", "/api/conversations/{conversation_id}", api.get_conversation),
-        ("POST", "/api/conversations/{conversation_id}/messages", api.post_message),
-        ("POST", "/api/conversations/{conversation_id}/cancel", api.cancel_answer),
-        ("POST", "/api/conversations/{conversation_id}/regenerate", api.regenerate_answer),
-        ("DELETE", "/api/conversations/{conversation_id}", api.delete_conversation),
-        ("GET", "/healthz", health.healthz),
-        ("GET", "/readyz", health.readyz),
-        ("GET", "/metrics", health.metrics),
+    routes: list[tuple[str, str, Handler, ErrorShape | None]] = [
+        ("POST", "/api/conversations", api.create_conversation, None),
+        ("GET", "/api/conversations/{conversation_id}", api.get_conversation, None),
+        ("POST", "/api/conversations/{conversation_id}/messages", api.post_message, None),
+        ("POST", "/api/conversations/{conversation_id}/cancel", api.cancel_answer, None),
+        ("POST", "/api/conversations/{conversation_id}/regenerate", api.regenerate_answer, None),
+        ("DELETE", "/api/conversations/{conversation_id}", api.delete_conversation, None),
+        ("GET", "/healthz", health.healthz, None),
+        ("GET", "/readyz", health.readyz, None),
+        ("GET", "/metrics", health.metrics, None),
     ]
     if settings.api_keys:  # the OpenAI-compatible endpoints exist only with keys
+        in_openai_shape = openai.OpenAIError.of
         routes += [
-            ("POST", "/v1/chat/completions", openai_chat.chat_completions),
-            ("GET", "/v1/models", openai_chat.list_models),
-            ("POST", "/v1/responses", openai_responses.create),
-            ("GET", "/v1/responses/{response_id}", openai_responses.retrieve),
-            ("POST", "/v1/responses/{response_id}/cancel", openai_responses.cancel),
-            ("POST", "/api/chat", ai_sdk.chat),
-            ("GET", "/api/chat/{chat_id}/stream", ai_sdk.resume),
-            ("POST", "/api/chat/{chat_id}/stop", ai_sdk.stop),
+            ("POST", "/v1/chat/completions", chat.chat_completions, in_openai_shape),
+            ("GET", "/v1/models", openai.list_models, in_openai_shape),
+            ("POST", "/v1/responses", responses.create, in_openai_shape),
+            ("GET", "/v1/responses/{response_id}", responses.retrieve, in_openai_shape),
+            ("POST", "/v1/responses/{response_id}/cancel", responses.cancel, in_openai_shape),
+            ("POST", "/api/chat", ai_sdk.chat, None),
+            ("GET", "/api/chat/{chat_id}/stream", ai_sdk.resume, None),
+            ("POST", "/api/chat/{chat_id}/stop", ai_sdk.stop, None),
         ]
     if (WEB_ROOT / "index.html").exists():
-        routes += [("GET", "/", _index), ("GET", "/c/{conversation_id}", _index)]
-        routes += [("GET", "/static/{path:.+}", _static)]
-    for method, path, handler in routes:
+        routes += [("GET", "/", _index, None), ("GET", "/c/{conversation_id}", _index, None)]
+        routes += [("GET", "/static/{path:.+}", _static, None)]
+    for method, path, handler, shape in routes:
         if method == "GET":  # and HEAD, as every GET should answer it (a HEAD / probe is not a 405)
-            app.router.add_get(path, guarded(handler))
+            app.router.add_get(path, guarded(handler, shape))
         else:
-            app.router.add_route(method, path, guarded(handler))
+            app.router.add_route(method, path, guarded(handler, shape))
     # The event stream goes unwrapped: it raises only JSON errors, and only before it streams.
     app.router.add_get("/api/conversations/{conversation_id}/events", stream_events)
     app.router.add_get("/api/stream", stream_many)

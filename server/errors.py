@@ -46,6 +46,8 @@ class JSONError(web.HTTPException):
     ) -> None:
         self.status_code = status
         self.message = message
+        self.code = code
+        self.extra = extra
         body = self.document(status, code, message, extra)
         super().__init__(text=json.dumps(body), content_type="application/json", headers=headers)
 
@@ -62,8 +64,12 @@ def unavailable() -> JSONError:
     )
 
 
-def guarded(handler: Handler) -> Handler:
-    """``handler`` with every error turned into the JSON error document.
+ErrorShape = Callable[[JSONError], JSONError]
+"""A dialect's error document for a native error (the OpenAI doors answer in OpenAI's shape)."""
+
+
+def guarded(handler: Handler, shape: ErrorShape | None = None) -> Handler:
+    """``handler`` with every error turned into the JSON error document (in ``shape``, if given).
 
     Applied per route rather than as a middleware: aiohttp builds a middleware chain for every
     request and keeps it referenced while the handler runs, which costs each long-lived event
@@ -71,7 +77,12 @@ def guarded(handler: Handler) -> Handler:
     """
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        return await _guarded(request, handler)
+        if shape is None:
+            return await _guarded(request, handler)
+        try:
+            return await _guarded(request, handler)
+        except JSONError as exc:
+            raise shape(exc) from None
 
     return functools.update_wrapper(wrapped, handler)
 

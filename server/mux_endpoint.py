@@ -25,7 +25,7 @@ from server.errors import JSONError, unavailable
 from server.feed import ChannelFeed
 from server.follower import Follower
 from server.pubsub import PubSubUnavailable
-from server.sse_endpoint import catch_up, event_stream_response
+from server.streaming import catch_up, event_stream_response
 from wire.events import EventId, EventType, dumps, parse_event_id
 from wire.keys import ID_RE
 from wire.sse import encode_event, encode_retry

@@ -15,20 +15,17 @@ Every write, from ``retry:`` to the last heartbeat, goes through the client's ``
 """
 
 import logging
-from collections.abc import Callable
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from server.auth import Access
-from server.client_stream import ClientStream
 from server.context import GATE, HUB, METRICS, SETTINGS, STORE
 from server.errors import JSONError, unavailable
 from server.follower import Follower
-from server.history import history_after
 from server.pubsub import PubSubUnavailable
-from server.sse_response import EventStreamResponse
-from server.store import MESSAGES_PAGE, ConversationStore, Reset
+from server.store import MESSAGES_PAGE, ConversationStore
+from server.streaming import catch_up, event_stream_response
 from wire.events import EventId, EventType, dumps, parse_event_id
 from wire.sse import encode_event, encode_retry
 
@@ -127,60 +124,3 @@ async def _send_snapshot(follower: Follower, store: ConversationStore, conversat
     frame = encode_event(body["last_event_id"], EventType.SNAPSHOT, dumps(body))
     follower.stream.put(follower.stream.framed(frame))
     follower.position = head
-
-
-async def event_stream_response(
-    request: web.Request,
-    add_headers: Callable[[web.StreamResponse], object] | None = None,
-    *,
-    until_close: bool = False,
-) -> tuple[EventStreamResponse, ClientStream | None]:
-    """Send the stream's headers (``add_headers`` adds any, such as cookies, first) and make its write path.
-
-    The stream is ``None`` when the client left before the headers were sent. ``until_close``: see
-    ``EventStreamResponse``.
-    """
-    settings, metrics = request.app[SETTINGS], request.app[METRICS]
-    response = EventStreamResponse(
-        send_timeout=settings.send_timeout_seconds,
-        send_buffer=settings.socket_send_buffer_bytes,
-        method=request.method,  # the handler checked it; the OpenAI dialects stream a POST
-        until_close=until_close,
-    )
-    if add_headers is not None:
-        add_headers(response)
-    writer = await response.prepare(request)
-    transport = request.transport
-    if writer is None or transport is None:
-        return response, None
-    # The headers (and cookies) are on the wire: drop this response's copies (about 2 KiB per open stream).
-    response.headers.clear()
-    response.cookies.clear()
-    metrics.connections.inc()
-    return response, ClientStream(
-        transport,
-        writer,
-        chunked=bool(getattr(writer, "chunked", False)),
-        max_buffer=settings.client_buffer_bytes,
-        send_timeout=settings.send_timeout_seconds,
-        on_close=response.stop_streaming,
-        on_slow=metrics.slow_clients.inc,
-    )
-
-
-async def catch_up(follower: Follower, store: ConversationStore, conversation_id: str, page_size: int) -> int:
-    """Write the history after ``follower.position``; returns how many events it wrote."""
-    sent = 0
-    while not follower.closed:
-        follower.overflowed = False
-        async for item in history_after(store, conversation_id, follower.position, page_size):
-            if isinstance(item, Reset):
-                follower.reset(item.head, item.frame())
-            else:
-                await follower.replay(item.frames)
-                sent += len(item.frames)
-            if follower.closed:
-                break
-        if not follower.overflowed:
-            break
-    return sent

@@ -16,96 +16,66 @@ endpoints do not exist (404).
 """
 
 import asyncio
-import hmac
 import json
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
-from server.api import json_body
+from server import inputs
 from server.context import GATE, HUB, SETTINGS, STORE
-from server.errors import JSONError
+from server.dialects.openai import OpenAIError, busy, cancel_unfinished, check_key
 from server.follower import AnswerEvents, TranslatingFollower
-from server.sse_endpoint import catch_up, event_stream_response
+from server.pubsub import PubSubUnavailable
+from server.settings import Settings
 from server.store import Busy, Overloaded, new_id
+from server.streaming import catch_up, event_stream_response, follow_live
 from wire.events import EventType
 
-
-class OpenAIError(JSONError):
-    """An error in OpenAI's format: ``{"error": {"message", "type", "param", "code"}}``."""
-
-    def __init__(self, status: int, message: str, kind: str, code: str | None = None) -> None:
-        super().__init__(status, message, code=code, type=kind)
-
-    @staticmethod
-    def document(status: int, code: str | None, message: str, extra: Mapping[str, object]) -> dict[str, object]:
-        return {"error": {"message": message, "type": extra["type"], "param": None, "code": code}}
-
-
-async def read_payload(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object (within the node's body timeout and size), or an OpenAI-style 4xx."""
-    try:
-        return await json_body(request, required=True)
-    except JSONError as exc:
-        raise OpenAIError(exc.status, exc.message, "invalid_request_error") from None
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_UNSUPPORTED: dict[str, tuple[object, ...]] = {
+    "n": (1,),
+    "tools": ([],),
+    "functions": ([],),
+    "tool_choice": ("none", "auto"),
+    "response_format": ({"type": "text"},),
+    "logprobs": (False,),
+    "audio": (),
+    "modalities": (["text"],),
+}
+"""Parameters that would change the answer and that streamfan does not implement: refused, not
+ignored (their neutral values pass)."""
 
 
-def check_key(request: web.Request) -> None:
-    keys: tuple[str, ...] = request.app[SETTINGS].api_keys
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    valid = scheme.lower() == "bearer" and any(
-        hmac.compare_digest(presented.strip().encode(), key.encode()) for key in keys
-    )
-    if not valid:
-        raise OpenAIError(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
-
-
-async def list_models(request: web.Request) -> web.StreamResponse:
-    check_key(request)
-    name = request.app[SETTINGS].model_name
-    return web.json_response(
-        {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "streamfan"}]}
-    )
-
-
-def _text(content: Any) -> str | None:
-    """A message's text: a string, or the text parts of a list of content parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
-        parts = [p.get("text") for p in content if p.get("type") == "text"]
-        if all(isinstance(t, str) for t in parts):
-            return "".join(str(t) for t in parts)
-    return None
-
-
-def _request(body: Any, settings: Any) -> tuple[list[dict[str, str]], int, bool, bool, str]:
-    if not isinstance(body, dict):
-        raise OpenAIError(400, "The body must be a JSON object.", "invalid_request_error")
+def parse_request(body: dict[str, Any], settings: Settings) -> tuple[list[dict[str, str]], int, bool, bool, str]:
+    """(messages, max tokens, stream?, include usage?, model) of a Chat Completions request; every
+    refusal a 400 naming its parameter, as the native API's."""
+    inputs.refuse_unsupported(body, _UNSUPPORTED)
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
-        raise OpenAIError(400, "'messages' must be a non-empty array.", "invalid_request_error")
+        raise inputs.bad_field("messages", "'messages' must be a non-empty array")
     messages: list[dict[str, str]] = []
-    for message in raw:
-        role = message.get("role") if isinstance(message, dict) else None
-        text = _text(message.get("content")) if isinstance(message, dict) else None
-        if role not in ("system", "developer", "user", "assistant") or text is None:
-            raise OpenAIError(400, "Each message needs a role and text content.", "invalid_request_error")
-        if len(text) > settings.max_message_chars or "\x00" in text:
-            raise OpenAIError(400, "A message is too long or holds NUL.", "invalid_request_error")
-        messages.append({"role": "system" if role == "developer" else str(role), "content": text})
-    if messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
-        raise OpenAIError(400, "The last message must be the user's, with text.", "invalid_request_error")
-    limit = body.get("max_completion_tokens", body.get("max_tokens", settings.default_max_tokens))
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= settings.max_tokens_limit:
-        raise OpenAIError(400, f"max_tokens must be 1 to {settings.max_tokens_limit}.", "invalid_request_error")
+    for i, message in enumerate(raw):
+        role = _ROLES.get(str(message.get("role"))) if isinstance(message, dict) else None
+        if role is None:
+            raise inputs.bad_field("messages", "each message needs a role: system, developer, user or assistant")
+        last = i == len(raw) - 1
+        content = inputs.content_text(message.get("content"), "messages", settings.max_message_chars, required=last)
+        messages.append({"role": role, "content": content})
+    if messages[-1]["role"] != "user":
+        raise inputs.bad_field("messages", "the last message must be the user's")
+    limit = inputs.whole_number(
+        body.get("max_completion_tokens", body.get("max_tokens", settings.default_max_tokens)),
+        "max_tokens",
+        1,
+        settings.max_tokens_limit,
+    )
     options = body.get("stream_options") or {}
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
     requested = body.get("model")
     model = requested if isinstance(requested, str) and requested else str(settings.model_name)
-    return messages, int(limit), bool(body.get("stream")), include_usage, model
+    return messages, limit, bool(body.get("stream")), include_usage, model
 
 
 class ChatFollower(TranslatingFollower):
@@ -157,8 +127,7 @@ class ChatFollower(TranslatingFollower):
             self.done.set_result(data)
         reason = data["finish_reason"]
         if reason == "failed":
-            error = {"message": data.get("error") or "the answer failed", "type": "server_error", "code": None}
-            return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+            return failed_chunk(data.get("error") or "the answer failed")
         opener = b"" if self.started else self.chunk({"role": "assistant", "content": ""})
         return opener + self.chunk({}, "length" if reason == "length" else "stop")
 
@@ -166,56 +135,56 @@ class ChatFollower(TranslatingFollower):
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     check_key(request)
     settings, store, gate = request.app[SETTINGS], request.app[STORE], request.app[GATE]
-    body = await read_payload(request)
-    messages, limit, streaming, include_usage, model = _request(body, settings)
+    body = await inputs.json_body(request, required=True)
+    messages, limit, streaming, include_usage, model = parse_request(body, settings)
     conversation_id = new_id()
     token = gate.tokens.issue(conversation_id)
     await store.seed(conversation_id, messages[:-1])
+    result = await store.post_message(conversation_id, messages[-1]["content"], limit, "node:" + new_id())
+    if isinstance(result, Busy | Overloaded):  # (a new conversation is never busy)
+        raise busy()
     headers = {"X-Streamfan-Conversation": conversation_id, "X-Streamfan-Token": token}
     if not streaming:
-        return await _whole(request, conversation_id, messages[-1]["content"], limit, model, headers)
-    return await _streamed(request, conversation_id, messages[-1]["content"], limit, model, include_usage, headers)
-
-
-async def _post(request: web.Request, conversation_id: str, content: str, limit: int) -> str:
-    result = await request.app[STORE].post_message(conversation_id, content, limit, "node:" + new_id())
-    if isinstance(result, Busy | Overloaded):
-        raise OpenAIError(503, "The model is busy; try again shortly.", "server_error")
-    return result.response_id
+        return await _whole(request, conversation_id, result.response_id, model, headers)
+    return await _streamed(request, conversation_id, result.response_id, model, include_usage, headers)
 
 
 async def _streamed(
     request: web.Request,
     conversation_id: str,
-    content: str,
-    limit: int,
+    response_id: str,
     model: str,
     include_usage: bool,
     headers: dict[str, str],
 ) -> web.StreamResponse:
+    """The answer posted already: the catch-up reads the conversation from its start, so attaching
+    after the post misses nothing, and everything that could be refused was refused as a status."""
     settings, hub, store = request.app[SETTINGS], request.app[HUB], request.app[STORE]
-
-    def add_headers(response: web.StreamResponse) -> None:
-        response.headers.update(headers)
-
-    response, stream = await event_stream_response(request, add_headers)
+    response, stream = await event_stream_response(request, lambda r: r.headers.update(headers))
     if stream is None:
+        await store.cancel(conversation_id, response_id)
         return response
-    # Subscribe before posting, so no event of the answer can be missed.
     follower = ChatFollower(stream, max_pending=settings.catchup_buffer_events, model=model)
-    feed = await hub.attach(conversation_id, follower)
+    follower.answer.follow(response_id)
+    follower.name = f"chatcmpl-{response_id}"
     try:
-        follower.answer.follow(await _post(request, conversation_id, content, limit))
-        follower.name = f"chatcmpl-{follower.answer.response_id}"
+        feed = await hub.attach(conversation_id, follower)
+    except (PubSubUnavailable, RedisError, OSError) as exc:
+        stream.put(stream.framed(failed_chunk(f"the answer could not be followed ({type(exc).__name__}); retry")))
+        await store.cancel(conversation_id, response_id)
+        return response
+    try:
         await catch_up(follower, store, conversation_id, settings.replay_page_events)
-        follower.go_live()
-        waits: list[asyncio.Future[Any]] = [follower.done, response.ended]
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        if follower.done.done() and not stream.closed:
+        if await follow_live(response, follower, follower.done):
             if include_usage and follower.done.result()["finish_reason"] != "failed":
                 usage = await _usage(request, conversation_id)
                 stream.put(stream.framed(follower.usage_chunk(usage)))
             stream.put(stream.framed(b"data: [DONE]\n\n"))
+        else:
+            await cancel_unfinished(store, conversation_id, response_id, follower.done)
+    except asyncio.CancelledError:
+        await cancel_unfinished(store, conversation_id, response_id, follower.done)
+        raise
     finally:
         hub.detach(feed, follower)
     return response
@@ -229,14 +198,13 @@ async def _usage(request: web.Request, conversation_id: str) -> dict[str, int]:
 
 
 async def _whole(
-    request: web.Request, conversation_id: str, content: str, limit: int, model: str, headers: dict[str, str]
+    request: web.Request, conversation_id: str, response_id: str, model: str, headers: dict[str, str]
 ) -> web.StreamResponse:
-    response_id = await _post(request, conversation_id, content, limit)
     store = request.app[STORE]
     await store.wait_idle(conversation_id)
     answer = (await store.snapshot(conversation_id, 1))["messages"][-1]
     if answer.get("finish_reason") == "failed":
-        raise OpenAIError(502, answer.get("error") or "the answer failed", "server_error")
+        raise OpenAIError(502, answer.get("error") or "the answer failed")
     usage = await _usage(request, conversation_id)
     body = {
         "id": f"chatcmpl-{response_id}",
@@ -254,3 +222,9 @@ async def _whole(
         "usage": usage,
     }
     return web.json_response(body, headers=headers)
+
+
+def failed_chunk(message: str) -> bytes:
+    """The stream's last frame when the answer cannot go on: an error object, as OpenAI streams one."""
+    error = {"message": message, "type": "server_error", "param": None, "code": None}
+    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"

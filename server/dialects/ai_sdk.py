@@ -25,14 +25,17 @@ import json
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
-from server.api import json_body
+from server import inputs
 from server.context import HUB, SETTINGS, STORE
+from server.dialects.openai import check_key
 from server.errors import JSONError
 from server.follower import AnswerEvents, TranslatingFollower
-from server.openai_chat import check_key
-from server.sse_endpoint import catch_up, event_stream_response
+from server.pubsub import PubSubUnavailable
+from server.settings import Settings
 from server.store import Busy, Overloaded, new_id
+from server.streaming import catch_up, event_stream_response, follow_live
 from wire.events import EventId, EventType, parse_event_id
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1", "x-accel-buffering": "no"}
@@ -96,58 +99,62 @@ class UIMessageFollower(TranslatingFollower):
         return out + b"data: [DONE]\n\n"
 
 
-def _last_user_text(messages: Any) -> tuple[list[dict[str, str]], str]:
-    """The UI messages as role/content (text parts joined), and the last user message's text."""
-    if not isinstance(messages, list) or not messages:
-        raise JSONError(400, "'messages' must be a non-empty array", code="bad_field", field="messages")
+def _messages(raw: object, settings: Settings) -> list[dict[str, str]]:
+    """The UI messages as role/content (their text parts joined), checked as the native API checks
+    a message; the last is the user's, with text."""
+    if not isinstance(raw, list) or not raw:
+        raise inputs.bad_field("messages", "'messages' must be a non-empty array")
     plain: list[dict[str, str]] = []
-    for message in messages:
+    for i, message in enumerate(raw):
         if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
-            raise JSONError(400, "each message needs a role", code="bad_field", field="messages")
-        parts = message.get("parts") or []
-        text = "".join(p.get("text", "") for p in parts if isinstance(p, dict) and p.get("type") == "text")
-        if not isinstance(text, str):
-            raise JSONError(400, "text parts must hold text", code="bad_field", field="messages")
-        plain.append({"role": str(message["role"]), "content": text})
-    if plain[-1]["role"] != "user" or not plain[-1]["content"].strip():
-        raise JSONError(400, "the last message must be the user's, with text", code="bad_field", field="messages")
-    return plain, plain[-1]["content"]
+            raise inputs.bad_field("messages", "each message needs a role: system, user or assistant")
+        parts = message.get("parts")
+        if not isinstance(parts, list):
+            raise inputs.bad_field("messages", "each message needs its 'parts'")
+        texts = [p for p in parts if isinstance(p, dict) and p.get("type") == "text"]  # steps, sources: not text
+        last = i == len(raw) - 1
+        content = inputs.content_text(texts, "messages", settings.max_message_chars, required=last)
+        plain.append({"role": str(message["role"]), "content": content})
+    if plain[-1]["role"] != "user":
+        raise inputs.bad_field("messages", "the last message must be the user's")
+    return plain
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
     check_key(request)
-    settings, store, hub = request.app[SETTINGS], request.app[STORE], request.app[HUB]
-    body = await json_body(request, required=True)
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    body = await inputs.json_body(request, required=True)
     conversation_id = conversation_of(request, body.get("id"))
-    plain, content = _last_user_text(body.get("messages"))
-    if len(content) > settings.max_message_chars:
-        raise JSONError(400, "the message is too long", code="bad_field", field="messages")
+    plain = _messages(body.get("messages"), settings)
     if (await store.snapshot(conversation_id, 1))["total_messages"] == 0:
         await store.seed(conversation_id, plain[:-1])
+    result = await store.post_message(
+        conversation_id, plain[-1]["content"], settings.default_max_tokens, "node:" + new_id()
+    )
+    if isinstance(result, Busy):
+        raise JSONError(409, "an answer is still being generated", code="busy", response_id=result.response_id)
+    if isinstance(result, Overloaded):
+        raise JSONError(
+            503,
+            "too many answers are waiting for a model; try again shortly",
+            code="overloaded",
+            headers={"Retry-After": "1"},
+        )
     response, stream = await event_stream_response(request, lambda r: r.headers.update(HEADERS))
     if stream is None:
         return response
     follower = UIMessageFollower(stream, max_pending=settings.catchup_buffer_events, response_id="", text_so_far=None)
-    feed = await hub.attach(conversation_id, follower)  # before posting: nothing can be missed
-    try:
-        result = await store.post_message(conversation_id, content, settings.default_max_tokens, "node:" + new_id())
-        if isinstance(result, Busy | Overloaded):
-            stream.put(stream.framed(part({"type": "error", "errorText": "an answer is still being generated"})))
-            stream.put(stream.framed(b"data: [DONE]\n\n"))
-            return response
-        follower.answer.follow(result.response_id)
-        follower.part_id = f"text-{result.response_id}"
-        follower.position = parse_event_id(result.event_id)
-        await _follow(response, follower, conversation_id, request)
-    finally:
-        hub.detach(feed, follower)
+    follower.answer.follow(result.response_id)
+    follower.part_id = f"text-{result.response_id}"
+    follower.position = parse_event_id(result.event_id)  # the answer follows its user message
+    await _follow(request, response, follower, conversation_id)
     return response
 
 
 async def resume(request: web.Request) -> web.StreamResponse:
     """``GET /api/chat/{id}/stream``: the answer in progress, compacted, then live; 204 if none."""
     check_key(request)
-    settings, store, hub = request.app[SETTINGS], request.app[STORE], request.app[HUB]
+    settings, store = request.app[SETTINGS], request.app[STORE]
     conversation_id = conversation_of(request, request.match_info["chat_id"])
     snapshot = await store.snapshot(conversation_id, 1)
     active = snapshot["active_response_id"]
@@ -162,22 +169,26 @@ async def resume(request: web.Request) -> web.StreamResponse:
     )
     position: EventId = parse_event_id(snapshot["last_event_id"])
     follower.position = position
-    feed = await hub.attach(conversation_id, follower)
-    try:
-        await _follow(response, follower, conversation_id, request)
-    finally:
-        hub.detach(feed, follower)
+    await _follow(request, response, follower, conversation_id)
     return response
 
 
-async def _follow(response: Any, follower: UIMessageFollower, conversation_id: str, request: web.Request) -> None:
-    settings, store = request.app[SETTINGS], request.app[STORE]
-    await catch_up(follower, store, conversation_id, settings.replay_page_events)
-    if follower.closed:
+async def _follow(request: web.Request, response: Any, follower: UIMessageFollower, conversation_id: str) -> None:
+    """Attach, catch up from the follower's position, then live until the answer ends or the
+    client leaves (a useChat client resumes; it stops an answer with ``/stop``)."""
+    settings, store, hub = request.app[SETTINGS], request.app[STORE], request.app[HUB]
+    stream = follower.stream
+    try:
+        feed = await hub.attach(conversation_id, follower)
+    except (PubSubUnavailable, RedisError, OSError) as exc:
+        error = f"the answer could not be followed ({type(exc).__name__}); resume to try again"
+        stream.put(stream.framed(part({"type": "error", "errorText": error}) + b"data: [DONE]\n\n"))
         return
-    follower.go_live()
-    waits: list[asyncio.Future[Any]] = [follower.done, response.ended]
-    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await catch_up(follower, store, conversation_id, settings.replay_page_events)
+        await follow_live(response, follower, follower.done)
+    finally:
+        hub.detach(feed, follower)
 
 
 async def stop(request: web.Request) -> web.StreamResponse:
