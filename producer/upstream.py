@@ -5,8 +5,10 @@ llama.cpp's server, Ollama's ``/v1``, LiteLLM...) with ``OPENAI_API_KEY`` and
 ``STREAMFAN_OPENAI_MODEL``. The conversation's finished messages become the upstream ``messages``
 (after ``STREAMFAN_OPENAI_SYSTEM_PROMPT``, if any).
 
-- Failures before the first token are retried with jittered backoff (``STREAMFAN_OPENAI_RETRIES``);
-  after it, or past the retries, the answer ends ``failed`` with a reason a reader can be shown.
+- Failures before the first token are retried with jittered backoff (``STREAMFAN_OPENAI_RETRIES``):
+  a refused or failed request, and a stream lost or ended before any text (after its role chunk,
+  say); nothing was published, so nothing is doubled. After the first token, or past the retries,
+  the answer ends ``failed`` with a reason a reader can be shown.
 - Closing the chunk iterator (a cancel, a shutdown) closes the upstream HTTP response, so the model
   server stops generating.
 - At most ``STREAMFAN_OPENAI_CONCURRENCY`` requests per producer are in flight upstream.
@@ -14,9 +16,10 @@ llama.cpp's server, Ollama's ``/v1``, LiteLLM...) with ``OPENAI_API_KEY`` and
 """
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -92,31 +95,54 @@ class OpenAIGenerator:
             messages.append({"role": "system", "content": self.settings.system_prompt})
         messages += [{"role": m["role"], "content": m["content"]} for m in history]
         async with self._slots:
-            stream = await self._open(messages, max_tokens)
-            chunks = stream.__aiter__()
-            try:
-                while True:
-                    # The timeout spans the wait for the next chunk only, never this generator's
-                    # consumer (a timeout across a yield would cancel whoever is iterating).
-                    try:
-                        async with asyncio.timeout(self.settings.timeout_seconds):
-                            chunk = await anext(chunks)
-                    except StopAsyncIteration:
+            backoff = Backoff(first=0.5, cap=5.0)
+            attempt = 0
+            while True:
+                stream = await self._open(messages, max_tokens)
+                answered = False
+                try:
+                    async with contextlib.aclosing(self._texts(stream, completion)) as texts:
+                        async for text in texts:
+                            answered = True
+                            yield text
+                    if answered or completion.finish_reason is not None:
                         return
-                    if chunk.usage is not None:
-                        completion.prompt_tokens = chunk.usage.prompt_tokens
-                        completion.completion_tokens = chunk.usage.completion_tokens
-                    for choice in chunk.choices:
-                        if choice.finish_reason:
-                            completion.finish_reason = choice.finish_reason
-                        if choice.delta and choice.delta.content:
-                            yield choice.delta.content
-            except TimeoutError:
-                raise GenerationFailed("the model stopped answering (timed out)") from None
-            except openai.APIError as exc:
-                raise GenerationFailed(f"the model failed mid-answer ({_brief(exc)})") from None
-            finally:
-                await stream.close()  # a cancel closes the HTTP response: the server stops generating
+                    failure: str = "the model ended without an answer"
+                except TimeoutError:
+                    failure = "the model stopped answering (timed out)"
+                except openai.APIError as exc:
+                    failure = f"the model failed mid-answer ({_brief(exc)})"
+                finally:
+                    await stream.close()  # a cancel closes the HTTP response: the server stops generating
+                # Nothing was published yet: asking again doubles nothing (the README's promise).
+                attempt += 1
+                if answered or attempt > self.settings.retries:
+                    raise GenerationFailed(failure)
+                delay = backoff.next_delay()
+                log.warning(
+                    "upstream answer lost before its first token (%s); retry %d in %.1fs", failure, attempt, delay
+                )
+                await asyncio.sleep(delay)
+
+    async def _texts(self, stream: Any, completion: Completion) -> AsyncGenerator[str, None]:
+        """The stream's text pieces; its finish reason and usage go into ``completion``."""
+        chunks = stream.__aiter__()
+        while True:
+            # The timeout spans the wait for the next chunk only, never this generator's consumer
+            # (a timeout across a yield would cancel whoever is iterating).
+            try:
+                async with asyncio.timeout(self.settings.timeout_seconds):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            if chunk.usage is not None:
+                completion.prompt_tokens = chunk.usage.prompt_tokens
+                completion.completion_tokens = chunk.usage.completion_tokens
+            for choice in chunk.choices:
+                if choice.finish_reason:
+                    completion.finish_reason = choice.finish_reason
+                if choice.delta and choice.delta.content:
+                    yield choice.delta.content
 
     async def _open(self, messages: list[Any], max_tokens: int) -> Any:
         """The upstream stream, retried with backoff while nothing was generated yet."""

@@ -23,6 +23,10 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.fail_first = 0
+        self.drop_first = 0
+        """Requests answered with the role chunk and then a dropped connection (no text)."""
+        self.end_first = 0
+        """Requests answered with the role chunk and then a clean end (no text, no finish reason)."""
         self.cancelled = 0
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -45,6 +49,14 @@ class FakeUpstream:
         if mode == "slow":
             await asyncio.sleep(3)
         await send({"role": "assistant", "content": ""})
+        if self.drop_first:
+            self.drop_first -= 1
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        if self.end_first:
+            self.end_first -= 1
+            return response
         words = f"echo: {prompt}".split(" ")
         try:
             for i, word in enumerate(words if mode != "hang" else iter(lambda: "more", None)):
@@ -118,6 +130,18 @@ async def test_failures_before_the_first_token_are_retried(client_factory: Any, 
     cid, auth = await create(client)
     message, _ = await answer(client, cid, auth, "worth the wait")
     assert message["content"] == "echo: worth the wait" and len(upstream.requests) == 3
+
+
+@pytest.mark.parametrize("how", ["drop_first", "end_first"])
+async def test_an_upstream_lost_after_its_role_chunk_and_before_any_text_is_retried(
+    client_factory: Any, upstream: FakeUpstream, how: str
+) -> None:
+    setattr(upstream, how, 1)
+    client = await node(client_factory)
+    cid, auth = await create(client)
+    message, got = await answer(client, cid, auth, "second time lucky")
+    assert message["content"] == got.text() == "echo: second time lucky" and message["finish_reason"] == "stop"
+    assert len(upstream.requests) == 2
 
 
 @pytest.mark.parametrize(
