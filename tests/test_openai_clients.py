@@ -94,3 +94,64 @@ def test_without_keys_the_endpoints_do_not_exist(redis_process: RedisServer, spa
     client = openai.OpenAI(base_url=f"{bare.url}/v1", api_key=KEY)
     with pytest.raises(openai.NotFoundError):
         client.models.list()
+
+
+def test_a_node_chained_to_another_as_its_model_serves_the_sdk_and_a_cancel_reaches_the_first(
+    redis_process: RedisServer, spawn: Callable[..., Proc]
+) -> None:
+    """streamfan as the model of streamfan (``OPENAI_BASE_URL`` at another node's ``/v1``), each on
+    its own Redis: the SDK reads the upstream's answer through the chain, and cancelling on the
+    downstream node cancels the upstream answer too (its Chat stream closed mid-answer)."""
+    upstream = spawn("server", {"REDIS_URL": redis_process.url, "STREAMFAN_API_KEYS": KEY})
+    spawn("producer", producer_env(redis_process, tokens_per_second=40))
+    own = RedisServer()
+    own.start()
+    try:
+        chained = spawn("server", {"REDIS_URL": own.url, "STREAMFAN_API_KEYS": KEY})
+        model = {"OPENAI_BASE_URL": f"{upstream.url}/v1", "OPENAI_API_KEY": KEY, "STREAMFAN_OPENAI_MODEL": "m"}
+        spawn("producer", {**producer_env(own), "STREAMFAN_GENERATOR": "openai", **model})
+        client = openai.OpenAI(base_url=f"{chained.url}/v1", api_key=KEY)
+        chunks = client.chat.completions.create(model="m", messages=[{"role": "user", "content": PROMPT}], stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == PROMPT
+
+        long = " ".join(f"word{i}" for i in range(400))  # 10 s at 40 tokens/s upstream
+        raw = client.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": long}], stream=True
+        )
+        conversation, token = raw.headers["X-Streamfan-Conversation"], raw.headers["X-Streamfan-Token"]
+        stream = raw.parse()
+        next(iter(stream))  # the answer is under way on both nodes
+        cancel = urllib.request.Request(
+            f"{chained.url}/api/conversations/{conversation}/cancel",
+            data=b"{}",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(cancel, timeout=5) as resp:
+            assert resp.status == 202
+        stream.close()
+        assert _upstream_answer_ends(redis_process, long) == "cancelled"
+    finally:
+        own.remove()
+
+
+def _upstream_answer_ends(redis: RedisServer, prompt: str, within: float = 6.0) -> str:
+    """How the upstream node's answer to ``prompt`` ended (its stored message), waiting for it."""
+    import time
+
+    import redis as redis_py
+
+    client = redis_py.Redis(port=redis.port, decode_responses=True)
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            for key in client.scan_iter(match="sf:*:messages"):
+                turns = [json.loads(m) for m in client.lrange(key, 0, -1)]
+                if (
+                    any(t["role"] == "user" and t["content"] == prompt for t in turns)
+                    and turns[-1]["role"] == "assistant"
+                ):
+                    return str(turns[-1]["finish_reason"])
+            time.sleep(0.1)
+        return "still running"
+    finally:
+        client.close()
