@@ -68,10 +68,12 @@ def create_app(settings: Settings, redis: "Redis | RedisCluster") -> web.Applica
             ("POST", "/v1/responses", responses.create, in_openai_shape),
             ("GET", "/v1/responses/{response_id}", responses.retrieve, in_openai_shape),
             ("POST", "/v1/responses/{response_id}/cancel", responses.cancel, in_openai_shape),
-            ("POST", "/api/chat", ai_sdk.chat, None),
-            ("GET", "/api/chat/{chat_id}/stream", ai_sdk.resume, None),
-            ("POST", "/api/chat/{chat_id}/stop", ai_sdk.stop, None),
         ]
+    routes += [  # with an API key (servers) or a chat's own token (browsers)
+        ("POST", "/api/chat", ai_sdk.chat, None),
+        ("GET", "/api/chat/{chat_id}/stream", ai_sdk.resume, None),
+        ("POST", "/api/chat/{chat_id}/stop", ai_sdk.stop, None),
+    ]
     if (WEB_ROOT / "index.html").exists():
         routes += [("GET", "/", _index, None), ("GET", "/c/{conversation_id}", _index, None)]
         routes += [("GET", "/static/{path:.+}", _static, None)]

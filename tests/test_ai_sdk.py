@@ -110,4 +110,10 @@ def test_the_js_clients_people_use_read_the_same_answer(nodes: list[Proc], tmp_p
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result == {"openai": text, "chat": text, "resumedWhenIdle": True}
+    assert result == {
+        "openai": text,
+        "chat": text,
+        "resumedWhenIdle": True,
+        "browserChat": text,
+        "otherChatRefused": True,
+    }

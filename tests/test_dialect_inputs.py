@@ -142,3 +142,22 @@ async def test_a_streamed_chat_whose_client_left_is_cancelled(client_factory: An
             await asyncio.sleep(0.05)
     answer = (await store.snapshot(conversation_id, 1))["messages"][-1]
     assert answer["finish_reason"] == "cancelled"
+
+
+async def test_a_browser_chats_with_its_own_token_which_opens_no_other_chat(client_factory: Any) -> None:
+    """The useChat recipe needs no server-wide key in browser code: the chat id is a conversation's
+    id and its token the credential (the AI SDK door exists without STREAMFAN_API_KEYS too)."""
+    client = await client_factory(node_settings())
+    created = await (await client.post("/api/conversations")).json()
+    own = {"Authorization": f"Bearer {created['token']}", "Content-Type": "application/json"}
+    body = ai_sdk_body('"hello"').replace('"chat-1"', json.dumps(created["id"]))
+    resp = await client.post("/api/chat", data=body, headers=own)
+    assert resp.status == 200 and resp.headers["x-vercel-ai-ui-message-stream"] == "v1"
+    assert '"delta":"hello"' in await resp.text()
+    other = await (await client.post("/api/conversations")).json()
+    for path in ("/api/chat", f"/api/chat/{other['id']}/stop"):
+        data = ai_sdk_body('"x"').replace('"chat-1"', json.dumps(other["id"]))
+        refused = await client.post(path, data=data, headers=own)
+        assert refused.status == 401, path
+    assert (await client.get(f"/api/chat/{other['id']}/stream", headers=own)).status == 401
+    assert (await client.post("/api/chat", data=ai_sdk_body('"x"'), headers=AUTH)).status == 401  # no keys here

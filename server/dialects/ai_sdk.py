@@ -13,8 +13,10 @@ Frames are ``data: {part}`` lines: ``start``, ``text-start``, ``text-delta``...,
 ``finish`` (or ``error``), then ``data: [DONE]``. Parts carry no extra fields (ai 5.x to 7 reject
 them); the cursor rides in the SSE ``id:`` line, which their parser ignores. Heartbeats are
 comments. Headers: ``x-vercel-ai-ui-message-stream: v1``, ``x-accel-buffering: no``.
-Keys: the OpenAI endpoints' ``STREAMFAN_API_KEYS`` (``Authorization: Bearer``, set in the
-transport's ``headers``); without keys these endpoints do not exist.
+Credentials (``Authorization: Bearer``, set in the transport's ``headers``): a browser uses its
+chat's own token (``POST /api/conversations`` gives a conversation id, used as the chat id, and the
+token that opens it and nothing else); a server may use one of ``STREAMFAN_API_KEYS`` and any chat
+id. The server-wide key never belongs in browser code: it opens every chat and ``/v1``.
 """
 
 import asyncio
@@ -28,8 +30,8 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from server import inputs
-from server.context import HUB, SETTINGS, STORE
-from server.dialects.openai import check_key
+from server.context import GATE, HUB, SETTINGS, STORE
+from server.dialects.openai import has_key
 from server.errors import JSONError
 from server.follower import AnswerEvents, TranslatingFollower
 from server.pubsub import PubSubUnavailable
@@ -37,6 +39,7 @@ from server.settings import Settings
 from server.store import Busy, Overloaded, new_id
 from server.streaming import catch_up, event_stream_response, follow_live
 from wire.events import EventId, EventType, parse_event_id
+from wire.keys import ID_RE
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1", "x-accel-buffering": "no"}
 
@@ -47,12 +50,44 @@ def part(body: dict[str, Any], event_id: bytes = b"") -> bytes:
 
 
 def conversation_of(request: web.Request, chat_id: object) -> str:
-    """The conversation a chat id names: an HMAC under the node secret, so every node agrees and
-    nobody picks another chat's conversation without a key."""
+    """The conversation a chat id names for a holder of an API key: an HMAC under the node secret,
+    so every node agrees and nobody picks another chat's conversation without a key."""
     if not isinstance(chat_id, str) or not 1 <= len(chat_id) <= 200:
         raise JSONError(400, "'id' must be the chat's id (1 to 200 characters)", code="bad_field", field="id")
     mac = hmac.new(request.app[SETTINGS].secret, b"ai-sdk-chat:" + chat_id.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac[:18]).decode()
+
+
+async def chat_conversation(request: web.Request, chat_id: object) -> str:
+    """The conversation this request may use as the chat ``chat_id``.
+
+    A server presents an API key and may name any chat (``conversation_of``). A browser presents
+    its chat's own credential, never the server-wide key: ``POST /api/conversations`` gives it a
+    conversation id, which is its chat id, and that conversation's token, which opens that chat
+    only (checked, revocation included, as the native API checks it).
+    """
+    if has_key(request):
+        return conversation_of(request, chat_id)
+    refused = JSONError(
+        401,
+        "this chat's token (or an API key) is required",
+        code="unauthorized",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip() or not isinstance(chat_id, str) or not ID_RE.match(chat_id):
+        raise refused
+    gate = request.app[GATE]
+    try:
+        generation = gate.tokens.verify(token.strip(), chat_id)
+    except JSONError as exc:
+        raise (exc if exc.status == 401 else refused) from None  # an expired token says so
+    if await request.app[STORE].generation(chat_id) != generation:
+        raise JSONError(404, "no such chat")  # deleted (its tokens revoked)
+    address = gate.client(request)
+    if request.method == "POST" and gate.limited(address):
+        gate.posts.take(address)  # a browser's posts and stops count as the native API's do
+    return chat_id
 
 
 class UIMessageFollower(TranslatingFollower):
@@ -121,10 +156,9 @@ def _messages(raw: object, settings: Settings) -> list[dict[str, str]]:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    check_key(request)
     settings, store = request.app[SETTINGS], request.app[STORE]
     body = await inputs.json_body(request, required=True)
-    conversation_id = conversation_of(request, body.get("id"))
+    conversation_id = await chat_conversation(request, body.get("id"))
     plain = _messages(body.get("messages"), settings)
     if (await store.snapshot(conversation_id, 1))["total_messages"] == 0:
         await store.seed(conversation_id, plain[:-1])
@@ -153,9 +187,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 async def resume(request: web.Request) -> web.StreamResponse:
     """``GET /api/chat/{id}/stream``: the answer in progress, compacted, then live; 204 if none."""
-    check_key(request)
     settings, store = request.app[SETTINGS], request.app[STORE]
-    conversation_id = conversation_of(request, request.match_info["chat_id"])
+    conversation_id = await chat_conversation(request, request.match_info["chat_id"])
     snapshot = await store.snapshot(conversation_id, 1)
     active = snapshot["active_response_id"]
     if active is None:
@@ -193,9 +226,8 @@ async def _follow(request: web.Request, response: Any, follower: UIMessageFollow
 
 async def stop(request: web.Request) -> web.StreamResponse:
     """``POST /api/chat/{id}/stop``: cancel the answer being generated; 204 whether or not one was."""
-    check_key(request)
     store = request.app[STORE]
-    conversation_id = conversation_of(request, request.match_info["chat_id"])
+    conversation_id = await chat_conversation(request, request.match_info["chat_id"])
     active = await store.active_response(conversation_id)
     if active is not None:
         await store.cancel(conversation_id, active)

@@ -48,13 +48,17 @@ class OpenAIError(JSONError):
         )
 
 
-def check_key(request: web.Request) -> None:
+def has_key(request: web.Request) -> bool:
+    """The request presents one of ``STREAMFAN_API_KEYS`` (the server-wide keys: servers only)."""
     keys: tuple[str, ...] = request.app[SETTINGS].api_keys
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    valid = scheme.lower() == "bearer" and any(
+    return scheme.lower() == "bearer" and any(
         hmac.compare_digest(presented.strip().encode(), key.encode()) for key in keys
     )
-    if not valid:
+
+
+def check_key(request: web.Request) -> None:
+    if not has_key(request):
         raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key")
 
 

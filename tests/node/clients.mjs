@@ -35,4 +35,34 @@ const sent = await transport.sendMessages({
 const answer = await lastMessage(sent);
 const resumed = await transport.reconnectToStream({ chatId });
 
-console.log(JSON.stringify({ openai: streamed, chat: textOf(answer), resumedWhenIdle: resumed === null }));
+// As a browser uses it: its chat's own credential, never the server-wide key.
+const created = await (await fetch(`${base}/api/conversations`, { method: "POST" })).json();
+const ownTransport = new DefaultChatTransport({
+  api: `${base}/api/chat`,
+  headers: { Authorization: `Bearer ${created.token}` },
+});
+const own = await lastMessage(
+  await ownTransport.sendMessages({
+    chatId: created.id,
+    messages: [{ id: "b1", role: "user", parts: [{ type: "text", text }] }],
+    trigger: "submit-message",
+    messageId: undefined,
+    abortSignal: undefined,
+  }),
+);
+let otherChatRefused = false;
+try {
+  await ownTransport.reconnectToStream({ chatId: chatId });  // a chat this token does not open
+} catch {
+  otherChatRefused = true;
+}
+
+console.log(
+  JSON.stringify({
+    openai: streamed,
+    chat: textOf(answer),
+    resumedWhenIdle: resumed === null,
+    browserChat: textOf(own),
+    otherChatRefused,
+  }),
+);
