@@ -10,7 +10,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from server import api, health
 from server.access import Gate
-from server.context import GATE, HUB, METRICS, REDIS, SETTINGS, STORE
+from server.context import GATE, HUB, METRICS, PATH_ERROR_SHAPES, REDIS, SETTINGS, STORE
 from server.dialects import ai_sdk, chat, openai, responses
 from server.errors import ErrorShape, Handler, JSONError, guarded
 from server.http_policy import apply_headers, fallback
@@ -61,7 +61,9 @@ def create_app(settings: Settings, redis: "Redis | RedisCluster") -> web.Applica
         ("GET", "/metrics", health.metrics, None),
     ]
     if settings.api_keys:  # the OpenAI-compatible endpoints exist only with keys
-        in_openai_shape = openai.OpenAIError.of
+        in_openai_shape: ErrorShape = openai.OpenAIError.of
+        shapes: dict[str, ErrorShape] = {"/v1/": in_openai_shape}
+        app[PATH_ERROR_SHAPES] = shapes
         routes += [
             ("POST", "/v1/chat/completions", chat.chat_completions, in_openai_shape),
             ("GET", "/v1/models", openai.list_models, in_openai_shape),

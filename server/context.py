@@ -4,6 +4,7 @@ from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
 
 from server.access import Gate
+from server.errors import ErrorShape
 from server.hub import Hub
 from server.metrics import NodeMetrics
 from server.settings import Settings
@@ -15,3 +16,5 @@ STORE = web.AppKey("store", ConversationStore)
 HUB = web.AppKey("hub", Hub)
 METRICS = web.AppKey("metrics", NodeMetrics)
 GATE = web.AppKey("gate", Gate)
+PATH_ERROR_SHAPES = web.AppKey("path_error_shapes", dict[str, ErrorShape])
+"""Path prefixes whose unrouted requests (404, 405) answer in a dialect's error shape (``/v1/``)."""

@@ -6,7 +6,7 @@ does not keep one more coroutine frame alive for its whole life.
 
 from aiohttp import web
 
-from server.context import SETTINGS
+from server.context import PATH_ERROR_SHAPES, SETTINGS
 from server.errors import JSONError
 from server.peers import client_scheme
 
@@ -61,5 +61,10 @@ async def fallback(request: web.Request) -> web.StreamResponse:
             _, methods = await resource.resolve(request)
             allowed |= methods
     if allowed:
-        raise JSONError(405, "Method Not Allowed", headers={"Allow": ", ".join(sorted(allowed))})
-    raise JSONError(404, "Not Found")
+        error = JSONError(405, "Method Not Allowed", headers={"Allow": ", ".join(sorted(allowed))})
+    else:
+        error = JSONError(404, "Not Found")
+    for prefix, shape in request.app.get(PATH_ERROR_SHAPES, {}).items():
+        if request.path.startswith(prefix):
+            raise shape(error)
+    raise error

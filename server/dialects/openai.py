@@ -11,6 +11,8 @@ from server.context import SETTINGS
 from server.errors import JSONError
 from server.store import ConversationStore
 
+_KEPT_HEADERS = ("Retry-After", "Allow", "WWW-Authenticate")
+
 
 class OpenAIError(JSONError):
     """An error in OpenAI's format: ``{"error": {"message", "type", "param", "code"}}``."""
@@ -38,7 +40,7 @@ class OpenAIError(JSONError):
         if isinstance(error, OpenAIError):
             return error
         field = error.extra.get("field")
-        headers = {"Retry-After": error.headers["Retry-After"]} if "Retry-After" in error.headers else None
+        headers = {name: error.headers[name] for name in _KEPT_HEADERS if name in error.headers}
         return cls(
             error.status,
             error.message,
