@@ -5,6 +5,7 @@ through the native API with the conversation id and token the response names.
 """
 
 import json
+import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -155,3 +156,26 @@ def _upstream_answer_ends(redis: RedisServer, prompt: str, within: float = 6.0) 
         return "still running"
     finally:
         client.close()
+
+
+def test_the_sdk_gets_refusals_in_its_own_shape_and_a_closed_stream_cancels_its_answer(node: Proc) -> None:
+    client = openai.OpenAI(base_url=f"{node.url}/v1", api_key=KEY)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="streamfan", messages=[{"role": "user", "content": "hi"}], n=2)
+    assert refused.value.param == "n" and refused.value.code == "unsupported_parameter"
+    with pytest.raises(openai.BadRequestError) as nul:
+        client.chat.completions.create(model="streamfan", messages=[{"role": "user", "content": "a\x00b"}])
+    assert nul.value.param == "messages"
+
+    long = " ".join(f"w{i}" for i in range(2000))  # seconds at 300 tokens/s, under 16,000 characters
+    raw = client.chat.completions.with_raw_response.create(
+        model="streamfan", messages=[{"role": "user", "content": long}], stream=True
+    )
+    stream = raw.parse()
+    next(iter(stream))
+    stream.close()  # the client leaves mid-answer: OpenAI stops the answer, so does streamfan
+    conversation, token = raw.headers["X-Streamfan-Conversation"], raw.headers["X-Streamfan-Token"]
+    deadline = time.monotonic() + 10
+    while "finish_reason" not in (answer := stored(node, conversation, token)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert answer["finish_reason"] == "cancelled" and len(answer["content"]) < len(long)
