@@ -9,6 +9,7 @@ import pytest
 
 from loadtest.sse_parser import SSEParser
 from tests.conftest import API_KEY, Proc
+from tests.test_openai_clients import run_js_clients
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -90,27 +91,10 @@ async def test_stop_ends_the_answer_and_a_wrong_key_is_refused(nodes: list[Proc]
             assert r.status == 401
 
 
-def test_the_js_clients_people_use_read_the_same_answer(nodes: list[Proc], tmp_path: Any) -> None:
+def test_the_js_clients_people_use_read_the_same_answer(nodes: list[Proc]) -> None:
     """The official ``openai`` JS package and the ``ai`` package's chat transport, from Node."""
-    import shutil
-    import subprocess
-
-    from tests.conftest import ROOT
-
-    node_js = shutil.which("node")
-    assert node_js is not None, "Node.js is missing: ./scripts/test.sh needs it for the JS clients"
-    folder = ROOT / "tests" / "node"
-    assert (folder / "node_modules" / "ai").exists(), "run ./scripts/test.sh: it installs tests/node (npm ci)"
     text = "hello from Node — naïve 🚀"
-    done = subprocess.run(
-        [node_js, str(folder / "clients.mjs"), nodes[0].url, KEY, "chat-js", text],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result == {
+    assert run_js_clients(nodes[0], "chat-js", text) == {
         "openai": text,
         "chat": text,
         "resumedWhenIdle": True,

@@ -114,6 +114,13 @@ def test_a_node_chained_to_another_as_its_model_serves_the_sdk_and_a_cancel_reac
         client = openai.OpenAI(base_url=f"{chained.url}/v1", api_key=KEY)
         chunks = client.chat.completions.create(model="m", messages=[{"role": "user", "content": PROMPT}], stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == PROMPT
+        assert run_js_clients(chained, "chained-chat", PROMPT) == {
+            "openai": PROMPT,
+            "chat": PROMPT,
+            "resumedWhenIdle": True,
+            "browserChat": PROMPT,
+            "otherChatRefused": True,
+        }
 
         long = " ".join(f"word{i}" for i in range(400))  # 10 s at 40 tokens/s upstream
         raw = client.chat.completions.with_raw_response.create(
@@ -179,3 +186,21 @@ def test_the_sdk_gets_refusals_in_its_own_shape_and_a_closed_stream_cancels_its_
     while "finish_reason" not in (answer := stored(node, conversation, token)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert answer["finish_reason"] == "cancelled" and len(answer["content"]) < len(long)
+
+
+def run_js_clients(node: Proc, chat_id: str, text: str) -> dict[str, Any]:
+    """``tests/node/clients.mjs`` against ``node``: the openai JS package, the AI SDK's transport
+    with an API key, and as a browser with its chat's own token."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    node_js = shutil.which("node")
+    assert node_js is not None, "Node.js is missing: ./scripts/test.sh installs it"
+    folder = ROOT / "tests" / "node"
+    done = subprocess.run(
+        [node_js, str(folder / "clients.mjs"), node.url, KEY, chat_id, text], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
