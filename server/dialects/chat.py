@@ -161,8 +161,8 @@ async def _streamed(
     after the post misses nothing, and everything that could be refused was refused as a status."""
     settings, hub, store = request.app[SETTINGS], request.app[HUB], request.app[STORE]
     response, stream = await event_stream_response(request, lambda r: r.headers.update(headers))
-    if stream is None:
-        await store.cancel(conversation_id, response_id)
+    if stream is None:  # the client left before the headers: nobody will read this answer
+        await cancel_unfinished(store, conversation_id, response_id)
         return response
     follower = ChatFollower(stream, max_pending=settings.catchup_buffer_events, model=model)
     follower.answer.follow(response_id)
@@ -171,7 +171,7 @@ async def _streamed(
         feed = await hub.attach(conversation_id, follower)
     except (PubSubUnavailable, RedisError, OSError) as exc:
         stream.put(stream.framed(failed_chunk(f"the answer could not be followed ({type(exc).__name__}); retry")))
-        await store.cancel(conversation_id, response_id)
+        await cancel_unfinished(store, conversation_id, response_id, follower.done)
         return response
     try:
         await catch_up(follower, store, conversation_id, settings.replay_page_events)

@@ -2,14 +2,18 @@
 
 import asyncio
 import hmac
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from server.context import SETTINGS
 from server.errors import JSONError
 from server.store import ConversationStore
+
+log = logging.getLogger(__name__)
 
 _KEPT_HEADERS = ("Retry-After", "Allow", "WWW-Authenticate")
 
@@ -78,10 +82,13 @@ def busy() -> OpenAIError:
 
 
 async def cancel_unfinished(
-    store: ConversationStore, conversation_id: str, response_id: str, done: "asyncio.Future[Any]"
+    store: ConversationStore, conversation_id: str, response_id: str, done: "asyncio.Future[Any] | None" = None
 ) -> None:
     """The client of a non-background answer left before its end: OpenAI stops the answer then, and
     so does streamfan (it ends ``cancelled``, its text so far kept). Shielded: it runs while the
     handler is being cancelled (aiohttp cancels it when the client disconnects)."""
-    if not done.done():
-        await asyncio.shield(store.cancel(conversation_id, response_id))
+    if done is None or not done.done():
+        try:
+            await asyncio.shield(store.cancel(conversation_id, response_id))
+        except (RedisError, OSError) as exc:  # the headers are out: nothing to answer; it runs to its end
+            log.warning("could not cancel an answer whose client left: %r", exc)
