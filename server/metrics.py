@@ -1,6 +1,6 @@
 """The node's Prometheus metrics (``GET /metrics``).
 
-The fan-out path counts once per frame (adding the listener count), never once per client, and the
+The fan-out path counts once per frame (adding the follower count), never once per client, and the
 publish→write latency comes from the event id itself: a stream id's first part is the Redis clock
 at ``XADD``, so no JSON is parsed to measure it (clock skew between hosts shows up here).
 """
