@@ -15,7 +15,7 @@ from server.auth import COOKIE_NAME, Access, conversation_path
 from server.context import GATE, SETTINGS, STORE
 from server.errors import JSONError
 from server.inputs import json_body
-from server.store import MESSAGES_PAGE, Busy, IdempotencyKeyReused, Overloaded, new_id
+from server.store import MESSAGES_PAGE, Busy, IdempotencyKeyReused, Overloaded, new_id, refusal
 
 _MAX_KEY_CHARS = 128
 _MAX_PAGE = 1000
@@ -70,15 +70,8 @@ async def post_message(request: web.Request) -> web.StreamResponse:
             "this idempotency key was used for another message; use a new key for each message",
             code="idempotency_key_reused",
         ) from None
-    if isinstance(result, Busy):
-        raise JSONError(409, "an answer is still generating", code="busy", response_id=result.response_id)
-    if isinstance(result, Overloaded):
-        raise JSONError(
-            503,
-            "too many answers are waiting for a model; try again shortly",
-            code="overloaded",
-            headers={"Retry-After": "5"},
-        )
+    if isinstance(result, Busy | Overloaded):
+        raise refusal(result)
     response = web.json_response(
         {"message_id": result.message_id, "response_id": result.response_id, "event_id": result.event_id},
         status=202,
@@ -144,12 +137,8 @@ async def regenerate_answer(request: web.Request) -> web.StreamResponse:
     result = await request.app[STORE].regenerate(access.conversation_id, replaces, settings.default_max_tokens)
     if result is None:
         raise JSONError(409, "only the last answer can be regenerated", code="not_last")
-    if isinstance(result, Busy):
-        raise JSONError(409, "an answer is still generating", code="busy", response_id=result.response_id)
-    if isinstance(result, Overloaded):
-        raise JSONError(
-            503, "too many answers are waiting for a model", code="overloaded", headers={"Retry-After": "5"}
-        )
+    if isinstance(result, Busy | Overloaded):
+        raise refusal(result)
     return web.json_response({"response_id": result.response_id, "event_id": result.event_id}, status=202)
 
 

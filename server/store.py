@@ -16,6 +16,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from redisio.pipe import Script, pipe_for
+from server.errors import JSONError
 from wire import scripts
 from wire.env import Retention
 from wire.events import (
@@ -68,6 +69,18 @@ class Busy:
     """An answer is still generating: a new message must wait (409)."""
 
     response_id: str
+
+
+def refusal(result: "Busy | Overloaded") -> JSONError:
+    """What a refused post or regenerate answers, the same at every door that speaks the native errors."""
+    if isinstance(result, Busy):
+        return JSONError(409, "an answer is still generating", code="busy", response_id=result.response_id)
+    return JSONError(
+        503,
+        "too many answers are waiting for a model; try again shortly",
+        code="overloaded",
+        headers={"Retry-After": "5"},
+    )
 
 
 @dataclass(frozen=True, slots=True)

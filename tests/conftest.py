@@ -1,5 +1,6 @@
 """Shared fixtures: in-process nodes on fakeredis, and real redis-server processes."""
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -226,16 +227,27 @@ def node(tmp_path: Path) -> Iterator[EmbeddedNode]:
         node.stop()
 
 
-@pytest.fixture
-def context() -> Iterator[BrowserContext]:
+@contextlib.contextmanager
+def browser_context(*, back_forward_cache: bool = False) -> Iterator[BrowserContext]:
+    """A Chromium page context (Debian's chromium); Playwright turns the back/forward cache off
+    unless asked."""
+    ignored = ["--disable-back-forward-cache"] if back_forward_cache else None
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=chromium_path(), args=CHROMIUM_ARGS, ignore_default_args=ignored
+        )
         context = browser.new_context(viewport={"width": 900, "height": 700})
         try:
             yield context
         finally:
             context.close()
             browser.close()
+
+
+@pytest.fixture
+def context() -> Iterator[BrowserContext]:
+    with browser_context() as context:
+        yield context
 
 
 # -- nodes with the OpenAI and AI SDK endpoints on ----------------------------------------------------

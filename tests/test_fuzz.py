@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -56,39 +57,38 @@ def broker(kind: str) -> Iterator[dict[str, str]]:
         servers.remove()
 
 
+@contextlib.contextmanager
+def node_process(env: dict[str, str], log: Path) -> Iterator[Proc]:
+    """``python -m server`` on a free port with ``env`` (over this process's), stopped after."""
+    port = free_port()
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", str(port)],
+            env={**os.environ, "STREAMFAN_SECRET": SECRET.decode(), **env},
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    node = Proc("fuzz-node", popen, port, log)
+    try:
+        wait_for_port(port, proc=popen)
+        yield node
+    finally:
+        node.stop()
+
+
 @pytest.fixture(scope="module", params=KINDS)
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    port = free_port()
     log = tmp_path_factory.mktemp("fuzz") / "node.log"
     with broker(request.param) as where:
-        env = {
-            **os.environ,
-            **where,
-            "STREAMFAN_SECRET": SECRET.decode(),
-            "STREAMFAN_MAX_BODY_BYTES": "8192",
-            "STREAMFAN_GENERATOR": "echo",
-        }
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "server", "--port", str(port)],
-                env=env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        node = Proc("fuzz-node", popen, port, log)
-        try:
-            wait_for_port(port, proc=popen)
+        env = {**where, "STREAMFAN_MAX_BODY_BYTES": "8192", "STREAMFAN_GENERATOR": "echo"}
+        with node_process(env, log) as node:
             conversations = []
             for _ in range(3):
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("POST", "/api/conversations")
-                body = json.loads(conn.getresponse().read())
+                _, _, created = send(node.port, "POST", "/api/conversations", {}, None)
+                body = json.loads(created)
                 conversations.append((body["id"], body["token"]))
-                conn.close()
-            yield Target(port, conversations, node, {})
-        finally:
-            node.stop()
+            yield Target(node.port, conversations, node, {})
 
 
 ID_CHARS = string.ascii_letters + string.digits + "-_"
@@ -172,8 +172,12 @@ def requests(draw: st.DrawFn, conversations: list[tuple[str, str]]) -> tuple[str
     return method, path, headers, body
 
 
-def send(port: int, method: str, path: str, headers: dict[str, str], body: bytes | None) -> tuple[int, str, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def send(
+    port: int, method: str, path: str, headers: dict[str, str], body: bytes | None, *, whole_streams: bool = False
+) -> tuple[int, str, bytes]:
+    """One request as well-formed HTTP; an accepted event stream is read to its end only if
+    ``whole_streams`` (the native streams never end)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20 if whole_streams else 10)
     try:
         conn.putrequest(method, quote(path, safe="/%:@-._~!$&'()*+,;=?"), skip_accept_encoding=True)
         for name, value in headers.items():
@@ -186,8 +190,8 @@ def send(port: int, method: str, path: str, headers: dict[str, str], body: bytes
         conn.endheaders(body)
         response = conn.getresponse()
         content_type = response.getheader("Content-Type", "")
-        # An accepted event stream never ends: read nothing of it.
-        data = b"" if content_type.startswith("text/event-stream") or method == "HEAD" else response.read()
+        streaming = content_type.startswith("text/event-stream") and not whole_streams
+        data = b"" if streaming or method == "HEAD" else response.read()
         return response.status, content_type, data
     finally:
         conn.close()

@@ -9,22 +9,17 @@ document in the door's own shape; every accepted stream must end with its termin
 error event, never a bare close.
 """
 
-import http.client
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from launch.processes import free_port, wait_for_port
-from tests.conftest import API_KEY, ROOT, SECRET, Proc
+from tests.conftest import API_KEY, Proc
+from tests.test_fuzz import node_process, send
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # slow: 10,000 requests, a few thousand answers
 
@@ -43,11 +38,7 @@ class Node:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """The README's command (a private redis-server as its broker) with API keys and a fast echo model."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("fuzz-dialects") / "node.log"
     env = {
-        **os.environ,
-        "STREAMFAN_SECRET": SECRET.decode(),
         "STREAMFAN_API_KEYS": API_KEY,
         "STREAMFAN_EMBEDDED_BROKER": "redis-server",
         "STREAMFAN_MAX_BODY_BYTES": "65536",
@@ -58,25 +49,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         "STREAMFAN_SIM_TOKENS_PER_SECOND": "20000",
         "STREAMFAN_SIM_JITTER": "0",
     }
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    proc = Proc("fuzz-dialects-node", popen, port, log)
-    try:
-        wait_for_port(port, proc=popen)
-        status, _, created = send(port, "POST", "/api/conversations", {}, None)
+    with node_process(env, tmp_path_factory.mktemp("fuzz-dialects") / "node.log") as proc:
+        _, _, created = send(proc.port, "POST", "/api/conversations", {}, None)
         conversation = json.loads(created)
         body = json.dumps({"model": "m", "input": "a real response"}).encode()
-        status, _, made = send(port, "POST", "/v1/responses", {"Authorization": f"Bearer {API_KEY}"}, body)
+        status, _, made = send(proc.port, "POST", "/v1/responses", {"Authorization": f"Bearer {API_KEY}"}, body)
         assert status == 200, made
-        yield Node(port, (conversation["id"], conversation["token"]), json.loads(made)["id"], proc, {})
-    finally:
-        proc.stop()
+        yield Node(proc.port, (conversation["id"], conversation["token"]), json.loads(made)["id"], proc, {})
 
 
 hostile_text = st.one_of(
@@ -179,22 +158,6 @@ def requests(draw: st.DrawFn, node: Node) -> tuple[str, str, dict[str, str], byt
     return method, path, headers, raw
 
 
-def send(port: int, method: str, path: str, headers: dict[str, str], body: bytes | None) -> tuple[int, str, bytes]:
-    """The whole response: an accepted stream too (the answers are short and end)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    try:
-        conn.putrequest(method, quote(path, safe="/%:@-._~!$&'()*+,;=?"), skip_accept_encoding=True)
-        for name, value in headers.items():
-            conn.putheader(name, value)
-        if body is not None:
-            conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        response = conn.getresponse()
-        return response.status, response.getheader("Content-Type", ""), response.read()
-    finally:
-        conn.close()
-
-
 def check(status: int, content_type: str, data: bytes, method: str, path: str) -> None:
     assert status < 500, (status, method, path, data[:300])
     if status >= 400:
@@ -222,7 +185,7 @@ def test_ten_thousand_generated_dialect_requests_get_no_5xx_and_end_every_stream
     @given(requests(node))
     def one(request: tuple[str, str, dict[str, str], bytes | None]) -> None:
         method, path, headers, body = request
-        status, content_type, data = send(node.port, method, path, headers, body)
+        status, content_type, data = send(node.port, method, path, headers, body, whole_streams=True)
         node.seen[status] = node.seen.get(status, 0) + 1
         check(status, content_type, data, method, path)
 

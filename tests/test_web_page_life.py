@@ -8,9 +8,9 @@ these tests turn it back on, as every user's browser has it.
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, sync_playwright
+from playwright.sync_api import BrowserContext, Page
 
-from tests.conftest import CHROMIUM_ARGS, EmbeddedNode, chromium_path
+from tests.conftest import EmbeddedNode, browser_context
 from tests.test_web_e2e import conversation_id, open_page, rendered_text, send, stored_answer, wait_finished
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]  # slow: Chromium
@@ -21,16 +21,8 @@ VENDORED = ("katex-0.16.47/", "highlight.js-11.12.0/")
 @pytest.fixture
 def cached_context() -> Iterator[BrowserContext]:
     """A browser with its back/forward cache on."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium_path(), args=CHROMIUM_ARGS, ignore_default_args=["--disable-back-forward-cache"]
-        )
-        context = browser.new_context(viewport={"width": 900, "height": 700})
-        try:
-            yield context
-        finally:
-            context.close()
-            browser.close()
+    with browser_context(back_forward_cache=True) as context:
+        yield context
 
 
 def answers(page: Page) -> int:

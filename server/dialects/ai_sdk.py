@@ -36,7 +36,7 @@ from server.errors import JSONError
 from server.follower import AnswerEvents, TranslatingFollower
 from server.pubsub import PubSubUnavailable
 from server.settings import Settings
-from server.store import Busy, Overloaded, new_id
+from server.store import Busy, Overloaded, new_id, refusal
 from server.streaming import catch_up, event_stream_response, follow_live
 from wire.events import EventId, EventType, parse_event_id
 from wire.keys import ID_RE
@@ -165,15 +165,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     result = await store.post_message(
         conversation_id, plain[-1]["content"], settings.default_max_tokens, "node:" + new_id()
     )
-    if isinstance(result, Busy):
-        raise JSONError(409, "an answer is still being generated", code="busy", response_id=result.response_id)
-    if isinstance(result, Overloaded):
-        raise JSONError(
-            503,
-            "too many answers are waiting for a model; try again shortly",
-            code="overloaded",
-            headers={"Retry-After": "1"},
-        )
+    if isinstance(result, Busy | Overloaded):
+        raise refusal(result)
     response, stream = await event_stream_response(request, lambda r: r.headers.update(HEADERS))
     if stream is None:
         return response
