@@ -5,7 +5,6 @@ redis-server never outlives its node, whether the node stops cleanly or is kille
 """
 
 import asyncio
-import os
 import re
 import signal
 from collections.abc import Callable
@@ -46,14 +45,20 @@ def _broker_pid(node: Proc) -> int:
     return int(found.group(1))
 
 
+def _ended(pid: int) -> bool:
+    """No such process, or a zombie: an orphan stays one until reaped, and not every PID 1 reaps."""
+    try:
+        return "zombie" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+
+
 async def _gone(pid: int, within: float = 10.0) -> bool:
     """Whether process ``pid`` has ended (polled until ``within`` seconds: it is not our child)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while loop.time() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _ended(pid):
             return True
         await asyncio.sleep(0.02)
     return False
