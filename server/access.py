@@ -59,9 +59,20 @@ class Gate:
         """The request's verified, unrevoked access to its conversation, or a JSON 4xx."""
         self.client(request)
         access = authorize(request, self.tokens, self.own_origin(request), self.settings.cors_origins)
-        if await store.generation(access.conversation_id) != access.generation:
-            raise JSONError(404, "no such conversation")
+        await self.unrevoked(access.conversation_id, access.generation, store)
         return access
+
+    @staticmethod
+    async def unrevoked(conversation_id: str, generation: int, store: ConversationStore) -> None:
+        """A 404 unless tokens of ``generation`` still open the conversation (deleting it revokes them)."""
+        if await store.generation(conversation_id) != generation:
+            raise JSONError(404, "no such conversation")
+
+    def take_post(self, request: web.BaseRequest) -> None:
+        """One post (a message, a cancel, a stop) from the request's address, if it is limited: 429 past the rate."""
+        address = self.client(request)
+        if self.limited(address):
+            self.posts.take(address)
 
     def grant(
         self, response: web.StreamResponse, request: web.BaseRequest, access: Access, token: str | None = None

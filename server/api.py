@@ -25,13 +25,6 @@ def _text_field(body: dict[str, Any], name: str, limit: int) -> str:
     return inputs.text(body.get(name), name, limit)
 
 
-def _take_post(request: web.Request) -> None:
-    gate = request.app[GATE]
-    address = gate.client(request)
-    if gate.limited(address):
-        gate.posts.take(address)
-
-
 async def _access(request: web.Request) -> Access:
     return await request.app[GATE].conversation(request, request.app[STORE])
 
@@ -54,7 +47,7 @@ async def create_conversation(request: web.Request) -> web.StreamResponse:
 
 async def post_message(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    _take_post(request)
+    request.app[GATE].take_post(request)
     access = await _access(request)
     body = await json_body(request, required=True)
     content = _text_field(body, "content", settings.max_message_chars)
@@ -128,7 +121,7 @@ async def get_conversation(request: web.Request) -> web.StreamResponse:
 async def regenerate_answer(request: web.Request) -> web.StreamResponse:
     """A new version of the last answer (``response_id``), for the same user message: 202, or 409."""
     settings = request.app[SETTINGS]
-    _take_post(request)
+    request.app[GATE].take_post(request)
     access = await _access(request)
     body = await json_body(request, required=True)
     replaces = body.get("response_id")
@@ -144,7 +137,7 @@ async def regenerate_answer(request: web.Request) -> web.StreamResponse:
 
 async def cancel_answer(request: web.Request) -> web.StreamResponse:
     """Cancel the active answer (or, with ``response_id``, only that one): 202, or 409 if none."""
-    _take_post(request)
+    request.app[GATE].take_post(request)
     access = await _access(request)
     body = await json_body(request, required=False)
     wanted = body.get("response_id")
@@ -162,7 +155,7 @@ async def cancel_answer(request: web.Request) -> web.StreamResponse:
 
 async def delete_conversation(request: web.Request) -> web.StreamResponse:
     """Delete the conversation and revoke every token of it: 204; the cookie is cleared."""
-    _take_post(request)
+    request.app[GATE].take_post(request)
     access = await _access(request)
     gate = request.app[GATE]
     await request.app[STORE].delete(access.conversation_id, gate.tokens.max_age)

@@ -9,11 +9,15 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from server.client_stream import ClientStream
 from server.context import METRICS, SETTINGS
+from server.feed import ChannelFeed
 from server.follower import Follower
 from server.history import history_after
+from server.hub import Hub
+from server.pubsub import PubSubUnavailable
 from server.sse_response import EventStreamResponse
 from server.store import ConversationStore, Reset
 
@@ -84,3 +88,18 @@ async def follow_live(response: EventStreamResponse, follower: Follower, done: "
     waits: list[asyncio.Future[Any]] = [done, response.ended]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     return done.done() and not follower.closed
+
+
+async def attach_or_end(
+    hub: Hub, conversation_id: str, follower: Follower, last_words: Callable[[str], bytes]
+) -> ChannelFeed | None:
+    """``hub.attach``, for a stream whose headers are out: if the node cannot follow the
+    conversation now, the stream ends with ``last_words(reason)`` (the dialect's error event)
+    instead of breaking, and this returns ``None``."""
+    try:
+        return await hub.attach(conversation_id, follower)
+    except (PubSubUnavailable, RedisError, OSError) as exc:
+        follower.stream.put(
+            follower.stream.framed(last_words(f"the answer could not be followed ({type(exc).__name__})"))
+        )
+        return None

@@ -161,3 +161,24 @@ async def test_a_browser_chats_with_its_own_token_which_opens_no_other_chat(clie
         assert refused.status == 401, path
     assert (await client.get(f"/api/chat/{other['id']}/stream", headers=own)).status == 401
     assert (await client.post("/api/chat", data=ai_sdk_body('"x"'), headers=AUTH)).status == 401  # no keys here
+
+
+async def test_a_stream_that_cannot_follow_its_answer_ends_with_the_doors_error_event(
+    client: Any, monkeypatch: Any
+) -> None:
+    from server.context import HUB
+    from server.pubsub import PubSubUnavailable
+
+    async def unavailable(*_: Any) -> None:
+        raise PubSubUnavailable("pub/sub connection lost")
+
+    monkeypatch.setattr(client.app[HUB], "attach", unavailable)
+    chat = await client.post("/v1/chat/completions", data=chat_body('"hi"', stream=True), headers=AUTH)
+    assert chat.status == 200 and '"error"' in await chat.text()
+    conversation = chat.headers["X-Streamfan-Conversation"]
+    assert (await client.app[STORE].snapshot(conversation, 1))["messages"][-1]["finish_reason"] == "cancelled"
+    responses = await client.post("/v1/responses", data=responses_body('"hi"', stream=True), headers=AUTH)
+    assert responses.status == 200 and "event: error" in await responses.text()
+    ai_sdk = await client.post("/api/chat", data=ai_sdk_body('"hi"'), headers=AUTH)
+    text = await ai_sdk.text()
+    assert ai_sdk.status == 200 and '"type":"error"' in text and text.endswith("data: [DONE]\n\n")

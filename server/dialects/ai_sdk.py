@@ -27,17 +27,15 @@ import json
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from server import inputs
 from server.context import GATE, HUB, SETTINGS, STORE
 from server.dialects.openai import has_key
 from server.errors import JSONError
 from server.follower import AnswerEvents, TranslatingFollower
-from server.pubsub import PubSubUnavailable
 from server.settings import Settings
 from server.store import Busy, Overloaded, new_id, refusal
-from server.streaming import catch_up, event_stream_response, follow_live
+from server.streaming import attach_or_end, catch_up, event_stream_response, follow_live
 from wire.events import EventId, EventType, parse_event_id
 from wire.keys import ID_RE
 
@@ -82,11 +80,9 @@ async def chat_conversation(request: web.Request, chat_id: object) -> str:
         generation = gate.tokens.verify(token.strip(), chat_id)
     except JSONError as exc:
         raise (exc if exc.status == 401 else refused) from None  # an expired token says so
-    if await request.app[STORE].generation(chat_id) != generation:
-        raise JSONError(404, "no such chat")  # deleted (its tokens revoked)
-    address = gate.client(request)
-    if request.method == "POST" and gate.limited(address):
-        gate.posts.take(address)  # a browser's posts and stops count as the native API's do
+    await gate.unrevoked(chat_id, generation, request.app[STORE])
+    if request.method == "POST":
+        gate.take_post(request)  # a browser's posts and stops count as the native API's do
     return chat_id
 
 
@@ -203,12 +199,13 @@ async def _follow(request: web.Request, response: Any, follower: UIMessageFollow
     """Attach, catch up from the follower's position, then live until the answer ends or the
     client leaves (a useChat client resumes; it stops an answer with ``/stop``)."""
     settings, store, hub = request.app[SETTINGS], request.app[STORE], request.app[HUB]
-    stream = follower.stream
-    try:
-        feed = await hub.attach(conversation_id, follower)
-    except (PubSubUnavailable, RedisError, OSError) as exc:
-        error = f"the answer could not be followed ({type(exc).__name__}); resume to try again"
-        stream.put(stream.framed(part({"type": "error", "errorText": error}) + b"data: [DONE]\n\n"))
+    feed = await attach_or_end(
+        hub,
+        conversation_id,
+        follower,
+        lambda why: part({"type": "error", "errorText": f"{why}; resume"}) + b"data: [DONE]\n\n",
+    )
+    if feed is None:
         return
     try:
         await catch_up(follower, store, conversation_id, settings.replay_page_events)

@@ -21,16 +21,14 @@ import time
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from server import inputs
 from server.context import GATE, HUB, SETTINGS, STORE
 from server.dialects.openai import OpenAIError, busy, cancel_unfinished, check_key
 from server.follower import AnswerEvents, TranslatingFollower
-from server.pubsub import PubSubUnavailable
 from server.settings import Settings
 from server.store import Busy, Overloaded, new_id
-from server.streaming import catch_up, event_stream_response, follow_live
+from server.streaming import attach_or_end, catch_up, event_stream_response, follow_live
 from wire.events import EventType
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -167,10 +165,8 @@ async def _streamed(
     follower = ChatFollower(stream, max_pending=settings.catchup_buffer_events, model=model)
     follower.answer.follow(response_id)
     follower.name = f"chatcmpl-{response_id}"
-    try:
-        feed = await hub.attach(conversation_id, follower)
-    except (PubSubUnavailable, RedisError, OSError) as exc:
-        stream.put(stream.framed(failed_chunk(f"the answer could not be followed ({type(exc).__name__}); retry")))
+    feed = await attach_or_end(hub, conversation_id, follower, lambda why: failed_chunk(f"{why}; retry"))
+    if feed is None:
         await cancel_unfinished(store, conversation_id, response_id, follower.done)
         return response
     try:

@@ -15,16 +15,14 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from server import inputs
 from server.context import HUB, SETTINGS, STORE
 from server.dialects.openai import OpenAIError, busy, cancel_unfinished, check_key
 from server.dialects.responses_events import ID_PREFIX, STATUS, TERMINAL, ResponsesFollower, event, response_object
-from server.pubsub import PubSubUnavailable
 from server.settings import Settings
 from server.store import MESSAGES_PAGE, Busy, ConversationStore, Overloaded, new_id
-from server.streaming import catch_up, event_stream_response, follow_live
+from server.streaming import attach_or_end, catch_up, event_stream_response, follow_live
 
 _UNSUPPORTED: dict[str, tuple[object, ...]] = {
     "tools": ([],),
@@ -178,12 +176,15 @@ async def _stream(
         model=model,
         after=after,
     )
-    try:
-        feed = await hub.attach(conversation_id, follower)  # before reading the history: nothing can be missed
-    except (PubSubUnavailable, RedisError, OSError) as exc:
-        message = f"the response could not be followed ({type(exc).__name__}); retry with starting_after"
-        error = {"code": "unavailable", "message": message, "param": None, "sequence_number": max(after, -1) + 1}
-        stream.put(stream.framed(event("error", error)))
+
+    def error(why: str) -> bytes:
+        message = f"{why}; retry with starting_after"
+        return event(
+            "error", {"code": "unavailable", "message": message, "param": None, "sequence_number": max(after, -1) + 1}
+        )
+
+    feed = await attach_or_end(hub, conversation_id, follower, error)  # before the history: nothing missed
+    if feed is None:
         return response
     try:
         await catch_up(follower, store, conversation_id, settings.replay_page_events)
