@@ -175,7 +175,7 @@ class AnswerWriter:
     async def _send_again(self, job: Job, sent: list[str], first_index: int, index: int, text: str) -> Appended:
         """Redis lost deltas it had acknowledged (a failover to a replica that lagged): append them
         again from this run's copy, then ``text`` at ``index``. Raises if they are not all here."""
-        expected = await self._publisher.next_index(job.conversation_id)
+        expected = await self._publisher.next_index(job.conversation_id, job.response_id, self._owner)
         if expected < first_index:
             raise GenerationFailed("Redis lost part of this answer written before this producer took it")
         log.warning("response %s: Redis lost deltas %d..%d; sending them again", job.response_id, expected, index - 1)

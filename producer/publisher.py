@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -129,6 +130,10 @@ class Publisher:
         """This loop turn's chunks, sent together at its end."""
         self._by_slot = isinstance(redis, RedisCluster)
         """A cluster takes one call per partition (a script's keys share a slot)."""
+        self._touched: dict[str, float] = {}
+        """When each answer's TTLs were last refreshed (monotonic): ``DELTAS`` refreshes them only
+        when asked, a quarter of the retention after the last time."""
+        self._clock = time.monotonic
 
     def _call(self, conversation_id: str, *args: str | int) -> tuple[list[str], list[str | int]]:
         keys = self._keys(conversation_id)
@@ -158,6 +163,7 @@ class Publisher:
             "1" if recovered else "0",
         )
         status, next_index = await self._retrying(lambda: self._calls.script(_START, keys, argv))
+        self._remember_touch(conversation_id, self._clock())  # START refreshed the TTLs
         return Claim(status.decode() if isinstance(status, bytes) else str(status), int(next_index))
 
     async def start(self, conversation_id: str, response_id: str, owner: str) -> str:
@@ -189,12 +195,29 @@ class Publisher:
         if not queued:
             return
         calls = deltas.delta_calls(
-            [item for item, _ in queued], self._retention, int(time.time() * 1000), by_slot=self._by_slot
+            [item for item, _ in queued], self._retention, by_slot=self._by_slot, touch=self._due(queued)
         )
         for call in calls:
             futures = [queued[position][1] for position in call.positions]
             reply = self._calls.script(_DELTAS, call.keys, call.args)
             reply.add_done_callback(functools.partial(_hand_out, futures=futures, chunks=call.chunks))
+
+    def _remember_touch(self, conversation_id: str, now: float) -> None:
+        if len(self._touched) >= _NAMES_CACHED:
+            self._touched.clear()  # answers that ended without finishing here: refreshed once more
+        self._touched[conversation_id] = now
+
+    def _due(self, queued: list[tuple[deltas.DeltaItem, "asyncio.Future[Any]"]]) -> set[str]:
+        """The conversations among ``queued`` whose TTLs this call refreshes."""
+        now = self._clock()
+        oldest = now - self._retention.ttl_seconds / 4
+        touched = self._touched
+        due = {
+            item[0].conversation_id for item, _ in queued if touched.get(item[0].conversation_id, -math.inf) < oldest
+        }
+        for conversation_id in due:
+            self._remember_touch(conversation_id, now)
+        return due
 
     async def delta(self, conversation_id: str, response_id: str, owner: str, index: int, text: str) -> Appended:
         """Append and publish one chunk, retrying while Redis is away."""
@@ -234,16 +257,18 @@ class Publisher:
             dumps(usage) if usage else "",
         )
         result = await self._retrying(lambda: self._calls.script(_FINISH, keys, argv))
+        self._touched.pop(conversation_id, None)
         return result is not None
 
     async def aclose(self) -> None:
         """Give up the connection (calls still waiting fail as if Redis were gone)."""
         await self._calls.aclose()
 
-    async def next_index(self, conversation_id: str) -> int:
-        """The index the answer's next delta must have (how many Redis holds)."""
-        value = await self._retrying(lambda: self._redis.hget(ConversationKeys(conversation_id).state, "next"))
-        return int(value or 0)
+    async def next_index(self, conversation_id: str, response_id: str, owner: str) -> int:
+        """The index ``owner``'s next delta of the answer must have (how many Redis holds)."""
+        fence = self._keys(conversation_id).fence(response_id, owner)
+        value = await self._retrying(lambda: self._redis.get(fence))
+        return abs(int(value)) - deltas.FENCE_BASE if value else 0
 
     async def history(self, conversation_id: str) -> list[dict[str, str]]:
         """The conversation's finished messages as ``role``/``content``, oldest first (the model's

@@ -4,7 +4,7 @@ Each variant removes one part of the per-chunk path (a measuring instrument only
 safe to ship), so the difference to ``as-is`` is that part's cost, in the same run as the floor
 (a plain pipeline of XADD + SPUBLISH of the same chunks):
 
-- ``no-fence``: no state read or write (HMGET + HSET per conversation per call);
+- ``no-fence``: no fence (the INCRBY per answer per call);
 - ``bare``: no fence, no XADD, no SPUBLISH: what is left is the call itself and the Lua around it;
 - ``empty``: a script that only returns one reply per chunk: the cost of the call's arguments.
 
@@ -23,17 +23,16 @@ sys.path.insert(0, str(ROOT))
 from wire import deltas, scripts  # noqa: E402
 
 BASE = deltas.DELTAS
-FENCE_READ = "    local st = redis.call('HMGET', KEYS[k + 1], 'active', 'owner', 'next', 'cancel', 'touched')"
-FENCE_FAKE = "    local st = {ARGV[5 + 3 * (g - 1) + 1], ARGV[5 + 3 * (g - 1) + 2], index, false, NOW}"
-FENCE_WRITE = "      redis.call('HSET', KEYS[k + 1], 'next', c.next)\n"
-XADD = "    local id = redis.call('XADD', KEYS[k + 4], 'MAXLEN', '~', keep, '*', 't', 'delta', 'd', data)"
-SPUBLISH = "    redis.call('SPUBLISH', c.channel, 'id: ' .. id .. '\\nevent: delta\\ndata: ' .. data .. '\\n\\n')"
+FENCE = "    local v = redis.call('INCRBY', fence, n == 1 and '1' or n)  -- a Lua number is formatted per call"
+FENCE_FAKE = "    local v = B + first + n"
+XADD = "  local id = redis.call('XADD', events, 'MAXLEN', '~', keep, '*', 't', 'delta', 'd', data)"
+SPUBLISH = "  redis.call('SPUBLISH', channel, 'id: ' .. id .. '\\nevent: delta\\ndata: ' .. data .. '\\n\\n')"
 
 
 def variants(chunks_per_call: int) -> dict[str, str]:
-    no_fence = BASE.replace(FENCE_READ, FENCE_FAKE).replace(FENCE_WRITE, "")
-    bare = no_fence.replace(XADD, "    local id = '1-1'").replace(SPUBLISH, "")
-    empty = f"local r = {{}}\nfor i = 1, {chunks_per_call} do r[i] = {{1, '1-1'}} end\nreturn r\n"
+    no_fence = BASE.replace(FENCE, FENCE_FAKE)
+    bare = no_fence.replace(XADD, "  local id = '1-1'").replace(SPUBLISH, "")
+    empty = f"local r = {{}}\nfor i = 1, {chunks_per_call} do r[i] = {{1}} end\nreturn r\n"
     found = {"as-is": BASE, "no-fence": no_fence, "bare": bare, "empty": empty}
     for name, text in found.items():
         assert name in ("as-is", "empty") or text != BASE, f"{name}: the script changed; update the variants"

@@ -51,7 +51,7 @@ async def measure(port: int, conversations: int, round_: int) -> float:
         job = Job(f"bench{round_}c{i:06d}", f"r{i}", f"m{i}", f"tell me about topic {i}", TOKENS)
         await redis.hset(
             ConversationKeys(job.conversation_id).state,
-            mapping={"active": job.response_id, "phase": "queued", "next": 0},
+            mapping={"active": job.response_id, "phase": "queued"},
         )
         jobs.append(job)
     cpu = time.process_time()

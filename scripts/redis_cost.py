@@ -3,12 +3,12 @@
 Starts its own redis-server on a free loopback port, with one subscribed connection on every
 channel (a node) reading and discarding, and sends N chunks over 200 conversations in ticks of
 ``--tick`` chunks (the side-by-side harness's shape: 50 chunks per 5 ms tick is its S2), three ways,
-three rounds interleaved, printing Redis' own CPU time (INFO cpu) per chunk:
+five rounds interleaved, printing Redis' own CPU time (INFO cpu) per chunk:
 
 - ``DELTAS``: the product's path, ``wire.scripts.delta_commands`` (what the producer and the harness
   send), one fenced, atomic call per tick;
 - the floor: a plain pipeline of ``XADD`` (``MAXLEN ~``) + ``SPUBLISH`` of the same chunks, with no
-  fencing, no index check, no draft (what a relay that keeps history cannot go below);
+  fencing and no index check (what a relay that keeps history cannot go below);
 - a plain ``SPUBLISH`` of the same frames (a relay that keeps nothing).
 
     .venv/bin/python scripts/redis_cost.py [N] [--tick T] [--conversations C] [--aof]
@@ -18,6 +18,8 @@ Redis runs as the harness runs it (no append-only file) unless ``--aof`` (as com
 
 import argparse
 import asyncio
+import os
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -90,9 +92,11 @@ async def run(
     admin: "sync_redis.Redis", client: Redis, keys: list[ConversationKeys], way: str, n: int, tick: int
 ) -> float:
     """Fresh answers, then ``n`` chunks sent ``way`` in ticks of ``tick``: Redis' CPU per chunk, µs."""
-    for k in keys:
-        admin.delete(k.events, k.draft)
-        admin.hset(k.state, mapping={"active": "r", "owner": "p", "next": 0})
+    for k in keys:  # a fresh answer each, claimed as the producer claims it (START makes its fence)
+        admin.delete(k.events, k.draft, k.state, k.fence("r", "p"))
+        admin.hset(k.state, mapping={"active": "r", "phase": "queued"})
+        argv = scripts.conversation_argv(k.channel, RETENTION.max_events, RETENTION.ttl_seconds, "r", "p", "{}", "0")
+        admin.eval(scripts.START, len(k.all), *k.all, *argv)
     for command in scripts.setup_commands():
         admin.execute_command(*command)
     nxt = [0] * len(keys)
@@ -118,29 +122,38 @@ async def main() -> None:
         default=CONVERSATIONS,
         help="over how many (default: 200; 5 puts 10 of each in a tick)",
     )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, interleaved; the best counts (default: 5)")
     parser.add_argument("--aof", action="store_true", help="Redis append-only, as compose runs it (the harness: off)")
     args = parser.parse_args()
     server = RedisServer(appendonly=args.aof)
     server.start()
+    if server.proc is not None and len(os.sched_getaffinity(0)) > 1:
+        # Redis on one core, this client on another: the ways are compared without their contention.
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(server.proc.pid, {cores[0]})
+        os.sched_setaffinity(0, set(cores[1:]))
     try:
         admin = sync_redis.Redis(port=server.port)
         client = Redis(port=server.port)
         keys = [ConversationKeys(f"conversation{i:06d}aaaaaa") for i in range(args.conversations)]
         reader = await subscribe_all(server.port, [k.channel for k in keys])
         timings: dict[str, list[float]] = {way: [] for way in WAYS}
-        for _ in range(3):
+        for _ in range(args.rounds):
             for way in WAYS:
                 timings[way].append(await run(admin, client, keys, way, args.n, args.tick))
         best = {way: min(runs) for way, runs in timings.items()}
-        floor_us = best["XADD + SPUBLISH pipelined (the floor)"]
         print(
             f"{args.n} chunks, {args.tick} per tick, {args.conversations} conversations, one subscriber on each"
             f" channel, append-only {'on' if args.aof else 'off'}"
         )
+        floor_runs = timings["XADD + SPUBLISH pipelined (the floor)"]
         for way, runs in timings.items():
+            # Each round's ratio to the floor of the same round, then their median: on a shared
+            # machine whose speed drifts, steadier than the best of each way.
+            ratio = statistics.median(t / f for t, f in zip(runs, floor_runs, strict=True))
             print(
-                f"{way}: {best[way]:.2f} µs/chunk, {best[way] / floor_us:.2f}x the floor "
-                f"(three runs: {', '.join(f'{t:.2f}' for t in runs)})"
+                f"{way}: {best[way]:.2f} µs/chunk at best, {ratio:.2f}x the floor (median of the rounds' ratios;"
+                f" runs: {', '.join(f'{t:.2f}' for t in runs)})"
             )
         reader.cancel()
         await client.aclose()

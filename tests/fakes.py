@@ -9,8 +9,10 @@ from server.client_stream import ClientStream
 from server.follower import Follower
 from server.hub import Hub
 from server.store import ConversationStore
+from wire import scripts
 from wire.deltas import DELTAS, DeltaItem, delta_calls, delta_replies
 from wire.env import Retention
+from wire.keys import ConversationKeys
 
 
 class FakeTransport:
@@ -86,10 +88,23 @@ async def running_hub(redis: Any, store: ConversationStore, **options: float) ->
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def append_deltas(redis: Any, items: list[DeltaItem], now_ms: int = 0) -> list[Any]:
+async def start_answer(redis: Any, keys: ConversationKeys, response_id: str = "r", owner: str = "p") -> None:
+    """A queued answer claimed by ``owner`` through the real ``START`` script (its fence made)."""
+    await redis.hset(keys.state, mapping={"active": response_id, "phase": "queued", "start": "0-0"})
+    argv = scripts.conversation_argv(keys.channel, 1000, 3600, response_id, owner, "{}", "0")
+    assert await redis.eval(scripts.START, len(keys.all), *keys.all, *argv) == [b"ok", 0]
+
+
+async def last_event_id(redis: Any, keys: ConversationKeys) -> str:
+    """The id of the conversation's newest event (a chunk's reply does not carry it)."""
+    [(event_id, _)] = await redis.xrevrange(keys.events, count=1)
+    return str(event_id.decode())
+
+
+async def append_deltas(redis: Any, items: list[DeltaItem]) -> list[Any]:
     """Append ``items`` through the real ``DELTAS`` script, as the producer does; one reply per chunk."""
     replies: list[Any] = []
-    for call in delta_calls(items, Retention(max_events=1000, ttl_seconds=3600), now_ms, by_slot=False):
+    for call in delta_calls(items, Retention(max_events=1000, ttl_seconds=3600), by_slot=False):
         reply = await redis.eval(DELTAS, len(call.keys), *call.keys, *call.args)
         replies += delta_replies(reply, call.chunks)
     return replies

@@ -15,7 +15,16 @@ from server.feed import ChannelFeed
 from server.follower import Follower
 from server.hub import Hub
 from server.store import ConversationStore
-from tests.fakes import FakeTransport, append_deltas, eventually, make_follower, running_hub, sent_ids
+from tests.fakes import (
+    FakeTransport,
+    append_deltas,
+    eventually,
+    last_event_id,
+    make_follower,
+    running_hub,
+    sent_ids,
+    start_answer,
+)
 from wire.env import Retention
 from wire.events import parse_event_id
 from wire.keys import ConversationKeys
@@ -53,13 +62,13 @@ class Producer:
         self.index = 0
 
     async def start(self) -> None:
-        await self.redis.hset(self.keys.state, mapping={"active": "r", "owner": "p", "next": 0})
+        await start_answer(self.redis, self.keys)
 
     async def delta(self, text: str) -> str:
-        [(ok, event_id)] = await append_deltas(self.redis, [(self.keys, "r", "p", self.index, text)])
+        [(ok,)] = await append_deltas(self.redis, [(self.keys, "r", "p", self.index, text)])
         assert ok == 1
         self.index += 1
-        return str(event_id.decode())
+        return await last_event_id(self.redis, self.keys)
 
 
 async def numsub(redis: FakeRedis, conversation_id: str = CID) -> int:

@@ -1,38 +1,51 @@
 """The Lua scripts' rules that no end-to-end test reaches quickly: the per-chunk fences of a batched
-``DELTAS`` call, one chunk at a time as the old per-chunk script had them, and TTL refresh by time."""
+``DELTAS`` call, one chunk at a time as the old per-chunk script had them, the fence's life (claim,
+takeover, cancel, finish, delete), what a chunk costs Redis, and TTL refresh by time."""
 
 from typing import Any
 
+import redis.asyncio as aioredis
 from fakeredis.aioredis import FakeRedis
 
-from tests.fakes import append_deltas
+from launch.processes import RedisServer
+from producer.publisher import Publisher
+from tests.fakes import append_deltas, start_answer
 from wire import deltas, scripts
 from wire.env import Retention
+from wire.events import FinishReason, done_data
 from wire.keys import ConversationKeys
 
 CID = "conversation-0000000001"
 TTL = 60
 
 
-async def test_a_slow_answer_refreshes_its_ttls_by_time_not_by_chunk_count(fake_redis: FakeRedis) -> None:
-    """Issue 10: with every-32nd-chunk refreshes a slow model outlived a short retention."""
-    keys = ConversationKeys(CID)
-    await fake_redis.hset(keys.state, mapping={"active": "r", "owner": "p", "next": 0})
+async def fence_index(redis: Any, keys: ConversationKeys, response_id: str = "r", owner: str = "p") -> int | None:
+    value = await redis.get(keys.fence(response_id, owner))
+    return None if value is None else abs(int(value)) - deltas.FENCE_BASE
 
-    async def delta(index: int, now_ms: int) -> None:
-        [call] = deltas.delta_calls([(keys, "r", "p", index, "x")], Retention(ttl_seconds=TTL), now_ms, by_slot=False)
-        ok, _ = await fake_redis.eval(deltas.DELTAS, len(call.keys), *call.keys, *call.args)
-        assert ok == 1
 
-    start = 1_000_000_000
-    await delta(0, start)
-    for key in keys.all:
-        await fake_redis.expire(key, 5)
-    await delta(1, start + 14_000)  # under a quarter of the retention since the last refresh
-    assert 0 < await fake_redis.ttl(keys.state) <= 5
-    await delta(2, start + 16_000)  # over it: every key's TTL is the retention again
-    for key in (keys.state, keys.events):  # (no message was stored yet; no draft is kept)
-        assert await fake_redis.ttl(key) > TTL - 5
+async def test_a_chunk_costs_redis_an_xadd_an_spublish_and_one_counter_step(redis_process: RedisServer) -> None:
+    """Issue 26: a chunk cost Redis an HMGET and an HSET of its answer's state besides its XADD and
+    SPUBLISH, and ten call arguments (3.3x the floor of a plain pipelined XADD + SPUBLISH). Now the
+    fence is one INCRBY per answer per call, and a chunk carries four arguments: its answer's two
+    keys, its index and its text."""
+    redis: Any = aioredis.Redis(port=redis_process.port)
+    try:
+        conversations = [ConversationKeys(f"conversation-{n:016d}") for n in range(20)]
+        for keys in conversations:
+            await start_answer(redis, keys)
+        for command in scripts.setup_commands():
+            await redis.execute_command(*command)
+        items = [(keys, "r", "p", 0, "tok ") for keys in conversations]
+        [(argv, chunks)] = scripts.delta_commands(items, Retention())
+        assert chunks == 20 and (len(argv) - 5) / chunks == 4  # EVALSHA, sha, key count, maxlen, counts
+        await redis.execute_command("CONFIG", "RESETSTAT")
+        assert await redis.execute_command(*argv) == [[1]] * 20
+        stats: Any = await redis.info("commandstats")
+        called = {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+        assert called == {"evalsha": 1, "incrby": 20, "xadd": 20, "spublish": 20, "config|resetstat": 1}
+    finally:
+        await redis.aclose()
 
 
 async def test_one_call_checks_every_chunk_against_its_own_answer(fake_redis: FakeRedis) -> None:
@@ -40,8 +53,9 @@ async def test_one_call_checks_every_chunk_against_its_own_answer(fake_redis: Fa
     order, by its answer's owner only; what is refused writes nothing."""
     a, b, c, d = (ConversationKeys(f"conversation-{n:016d}") for n in range(4))
     for keys, owner in ((a, "p"), (b, "p"), (c, "someone-else"), (d, "p")):
-        await fake_redis.hset(keys.state, mapping={"active": "r", "owner": owner, "next": 0, "start": "0-0"})
-    await fake_redis.hset(d.state, "cancel", "1")
+        await start_answer(fake_redis, keys, owner=owner)
+    argv = scripts.conversation_argv(d.channel, 1000, 3600, "r", done_data("r", FinishReason.CANCELLED))
+    assert await fake_redis.eval(scripts.CANCEL, len(d.all), *d.all, *argv) == b"requested"
     replies = await append_deltas(
         fake_redis,
         [
@@ -62,12 +76,62 @@ async def test_one_call_checks_every_chunk_against_its_own_answer(fake_redis: Fa
     # The text is stored once, in the stream: each answer reads back exactly its appended chunks.
     assert await fake_redis.eval(scripts.ANSWER_TEXT, 2, a.state, a.events) == b"a0a1line\nevent: evil"
     assert await fake_redis.eval(scripts.ANSWER_TEXT, 2, b.state, b.events) == b"b0"
-    assert await fake_redis.hget(a.state, "next") == b"3" and await fake_redis.hget(b.state, "next") == b"1"
+    assert await fence_index(fake_redis, a) == 3 and await fence_index(fake_redis, b) == 1
+    assert await fence_index(fake_redis, c) is None  # the refused chunk left no counter behind
     assert await fake_redis.exists(c.events, c.draft, d.events, d.draft) == 0
-    ids = [reply[1] for reply, code in zip(replies, codes, strict=True) if code == 1]
     entries: Any = await fake_redis.xrange(a.events)
-    assert [entry_id for entry_id, _ in entries] == [ids[0], ids[2], ids[3]]
-    assert entries[-1][1][b"d"] == b"line\ndata: event: evil"
+    assert [fields[b"d"] for _, fields in entries] == [b"a0", b"a1", b"line\ndata: event: evil"]
+
+
+async def test_the_fence_follows_the_answer_from_claim_to_finish(fake_redis: FakeRedis) -> None:
+    """The counter is the fence: a takeover moves it (the stopped owner's chunks are refused), the
+    done event counts the chunks from it, and finishing or deleting removes it."""
+    keys = ConversationKeys(CID)
+    await start_answer(fake_redis, keys, owner="p")
+    assert await fake_redis.exists(keys.fence("r", "p")) == 1  # START's name is ConversationKeys.fence's
+    await append_deltas(fake_redis, [(keys, "r", "p", 0, "a"), (keys, "r", "p", 1, "b")])
+    argv = scripts.conversation_argv(keys.channel, 1000, 3600, "r", "q", "{}", "1")
+    assert await fake_redis.eval(scripts.START, len(keys.all), *keys.all, *argv) == [b"resume", 2]
+    [(stale,)] = await append_deltas(fake_redis, [(keys, "r", "p", 2, "late")])
+    assert stale == -1 and await fake_redis.exists(keys.fence("r", "p")) == 0
+    [(ok,)] = await append_deltas(fake_redis, [(keys, "r", "q", 2, "c")])
+    assert ok == 1
+    done = done_data("r", FinishReason.STOP)
+    argv = scripts.conversation_argv(keys.channel, 1000, 3600, "r", "q", "stop", "complete", done)
+    assert await fake_redis.eval(scripts.FINISH, len(keys.all), *keys.all, *argv)
+    newest: Any = await fake_redis.xrevrange(keys.events, count=1)
+    [(_, fields)] = newest
+    assert b'"chunks":3' in fields[b"d"]
+    assert await fake_redis.exists(keys.fence("r", "q")) == 0
+
+    await fake_redis.hset(keys.state, mapping={"active": "r2", "phase": "queued"})
+    await start_answer(fake_redis, keys, "r2", "p")
+    assert await fake_redis.eval(scripts.DELETE, len(keys.all), *keys.all, 60) == 1
+    assert await fake_redis.exists(keys.fence("r2", "p")) == 0
+    [(gone,)] = await append_deltas(fake_redis, [(keys, "r2", "p", 0, "x")])
+    assert gone == -1
+
+
+async def test_a_slow_answer_refreshes_its_ttls_by_time_not_by_chunk_count(fake_redis: FakeRedis) -> None:
+    """Issue 10: with every-32nd-chunk refreshes a slow model outlived a short retention. The
+    publisher asks ``DELTAS`` to refresh them a quarter of the retention after it last did."""
+    keys = ConversationKeys(CID)
+    await fake_redis.hset(keys.state, mapping={"active": "r", "phase": "queued"})
+    publisher = Publisher(fake_redis, Retention(ttl_seconds=TTL), retry_seconds=1)
+    now = 1000.0
+    publisher._clock = lambda: now
+    assert await publisher.start(CID, "r", "p") == "ok"
+    assert await publisher.delta(CID, "r", "p", 0, "x") is not None
+    for key in (*keys.all, keys.fence("r", "p")):
+        await fake_redis.expire(key, 5)
+    now += 14  # under a quarter of the retention since the last refresh
+    await publisher.delta(CID, "r", "p", 1, "x")
+    assert 0 < await fake_redis.ttl(keys.state) <= 5
+    now += 2  # over it: every key's TTL is the retention again
+    await publisher.delta(CID, "r", "p", 2, "x")
+    for key in (keys.state, keys.events, keys.fence("r", "p")):  # (no message was stored yet; no draft is kept)
+        assert await fake_redis.ttl(key) > TTL - 5
+    await publisher.aclose()
 
 
 def test_the_harness_hook_sends_one_call_per_tick_and_counts_every_chunk() -> None:
@@ -76,8 +140,11 @@ def test_the_harness_hook_sends_one_call_per_tick_and_counts_every_chunk() -> No
     commands = scripts.delta_commands(items, Retention())
     assert [chunks for _, chunks in commands] == [50]
     [(argv, _)] = commands
-    assert argv[:2] == ["EVALSHA", deltas.DELTAS_SHA] and argv[2] == 7 * 4
+    assert argv[:2] == ["EVALSHA", deltas.DELTAS_SHA] and argv[2] == 50 * 2  # interleaved: a group each
+    keys = ConversationKeys("c-0")
+    [(argv, _)] = scripts.delta_commands([(keys, "r", "p", n, "tok ") for n in range(5)], Retention())
+    assert argv[2:] == [2, keys.fence("r", "p"), keys.events, 10_000, "5", 0, *["tok "] * 5]  # one run, one group
     assert scripts.setup_commands() == [["SCRIPT", "LOAD", deltas.DELTAS]]
-    by_slot = deltas.delta_calls(items, Retention(), 0, by_slot=True)
+    by_slot = deltas.delta_calls(items, Retention(), by_slot=True)
     assert sum(call.chunks for call in by_slot) == 50
     assert len(by_slot) == len({keys.partition for keys, *_ in items})

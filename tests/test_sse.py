@@ -6,7 +6,7 @@ import pytest
 from fakeredis.aioredis import FakeRedis
 
 from loadtest.sse_parser import SSEParser
-from tests.fakes import append_deltas
+from tests.fakes import append_deltas, last_event_id, start_answer
 from wire import scripts
 from wire.events import delta_text
 from wire.keys import ConversationKeys
@@ -58,13 +58,14 @@ def test_frame_event_id() -> None:
 
 async def test_published_frame_equals_python_encoding_and_replayed_frame(fake_redis: FakeRedis) -> None:
     keys = ConversationKeys("c" * 22)
-    await fake_redis.hset(keys.state, mapping={"active": "r1", "owner": "p", "next": 0, "start": "0-0"})
+    await start_answer(fake_redis, keys, "r1")
     pubsub = fake_redis.pubsub()
     await pubsub.ssubscribe(keys.channel)
     await pubsub.get_message(timeout=1)
     text = delta_text('  🚀 naïve\r\n"quoted" \\ </script>\u2028\n\nevent: evil\n')
-    [(ok, event_id)] = await append_deltas(fake_redis, [(keys, "r1", "p", 0, text)])
+    [(ok,)] = await append_deltas(fake_redis, [(keys, "r1", "p", 0, text)])
     assert ok == 1
+    event_id = (await last_event_id(fake_redis, keys)).encode()
     message = await pubsub.get_message(timeout=1)
     assert message is not None
     published = message["data"]
@@ -84,7 +85,7 @@ async def test_published_frame_equals_python_encoding_and_replayed_frame(fake_re
 async def test_a_chunk_with_a_cr_is_refused_before_writing(fake_redis: FakeRedis, text: str) -> None:
     """SSE cannot carry a CR (the producer turns line breaks into LF): the script refuses one."""
     keys = ConversationKeys("d" * 22)
-    await fake_redis.hset(keys.state, mapping={"active": "r1", "owner": "p", "next": 0})
+    await start_answer(fake_redis, keys, "r1")
     [(code,)] = await append_deltas(fake_redis, [(keys, "r1", "p", 0, text)])
     assert code == -4
     assert await fake_redis.exists(keys.events, keys.draft) == 0

@@ -7,6 +7,12 @@ in the call against its answer's owner and index, so batching changes the cost, 
 guarantee (``tests/test_scripts.py``). ``wire.scripts.delta_commands`` is the same as Redis
 commands, the harness's batch hook.
 
+What a chunk costs Redis is what this module is shaped by (``docs/benchmarks.md``: a plain pipeline
+of XADD + SPUBLISH is the floor). The fence is one ``INCRBY`` per answer per call on the owner's
+counter (``ConversationKeys.fence``), which both checks the index and advances it; the state hash is
+neither read nor written per chunk; a chunk carries its text and little else (the call's arguments
+were a third of its cost); and the TTLs are refreshed only in the calls the producer asks it of.
+
 A delta's event data is its text as SSE data lines (each LF starts another ``data:`` line), so an
 EventSource's ``event.data`` is the text. It needs nothing else: its answer is the one the latest
 ``user_message`` or ``regenerate`` event started, its order is its event id, and its time is the
@@ -14,76 +20,117 @@ id's milliseconds.
 """
 
 import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
 from wire.env import Retention
 from wire.keys import ConversationKeys
 
+FENCE_BASE: Final = 1 << 40
+"""A live fence holds ``FENCE_BASE + next index``; a cancelled one its negation; a finished or
+taken-over answer has none. An ``INCRBY`` on a missing counter gives a small positive number, so
+it is told apart from a live one without a read (and deleted again)."""
+
 DELTAS: Final = r"""
--- Appends and publishes many chunks, of one or many conversations, atomically: the per-chunk path.
--- KEYS: each conversation's ConversationKeys.all (state, messages, draft, events), group by group.
--- ARGV: 1 maxlen, 2 ttl, 3 the producer's clock in ms, 4 G (groups), then per group: channel,
--- response id, owner; then per chunk: group number (1-based), delta index, text (LF line breaks).
--- Replies, one per chunk in order, as DELTA's were: {1, event id} appended; {0} this index was
--- appended already (a retry); {-1} the answer is no longer this owner's; {-2} a cancel was asked
--- (the producer then finishes it); {-3, next index} deltas before this one are missing (a failover
--- lost writes Redis had acknowledged: the producer sends them again); {-4} refused, the text holds
--- a CR (nothing written). A call of one chunk replies with that reply itself.
--- Each chunk's index is checked here, against the owner's fence, as one chunk's call would be;
--- what is per conversation (the state read, 'next', the TTLs) is done once per call.
-local MAXLEN, TTL, NOW, G = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local groups, replies = {}, {}
-local first = 5 + 3 * G
-for a = first, #ARGV, 3 do
-  local g, index, text = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
-  local k = 4 * (g - 1)
-  local c = groups[g]
-  if not c then
-    local st = redis.call('HMGET', KEYS[k + 1], 'active', 'owner', 'next', 'cancel', 'touched')
-    local at = 5 + 3 * (g - 1)
-    c = {ours = st[1] == ARGV[at + 1] and st[2] == ARGV[at + 2], cancel = st[4], start = tonumber(st[3]) or 0,
-         touched = tonumber(st[5]) or 0, channel = ARGV[at]}
-    c.next = c.start
-    groups[g] = c
-  end
-  local reply
-  if not c.ours then reply = {-1}
-  elseif c.cancel then reply = {-2}
-  elseif index < c.next then reply = {0}
-  elseif index > c.next then reply = {-3, c.next}
-  elseif string.find(text, '\r', 1, true) then reply = {-4}
-  else
-    -- SSE data lines: every LF starts another 'data: ' line, so no text can forge a field.
-    local data = text
-    if string.find(text, '\n', 1, true) then data = string.gsub(text, '\n', '\ndata: ') end
-    -- The answer being written is never trimmed, however long: its text is read from its events.
-    local keep = ARGV[1]  -- as it came: a Lua number is formatted again for every call
-    if index + 2 > MAXLEN then keep = index + 2 end
-    local id = redis.call('XADD', KEYS[k + 4], 'MAXLEN', '~', keep, '*', 't', 'delta', 'd', data)
-    redis.call('SPUBLISH', c.channel, 'id: ' .. id .. '\nevent: delta\ndata: ' .. data .. '\n\n')
-    c.next = index + 1
-    reply = {1, id}
-  end
-  replies[#replies + 1] = reply
+-- Appends and publishes many chunks, of one or many answers, atomically: the per-chunk path.
+-- KEYS, per group (one answer's consecutive chunks): its owner's fence (ConversationKeys.fence),
+-- its events stream. ARGV: 1 maxlen, 2 the groups' chunk counts, comma-separated ('' when every
+-- group has one chunk, as when one producer tick carries one chunk of each answer), then per
+-- group its first delta index; then every group's texts (LF line breaks), group by group; then,
+-- only when TTLs are due, the TTL and the groups whose keys it refreshes.
+-- Replies, one per chunk in order: {1} appended; {0} this index was appended already (a retry);
+-- {-1} the answer is no longer this owner's; {-2} a cancel was asked (the producer then finishes
+-- it); {-3, next index} deltas before this one are missing (a failover lost writes Redis had
+-- acknowledged: the producer sends them again); {-4} refused, the text holds a CR (nothing
+-- written). A call of one chunk replies with that reply itself.
+local B = FENCE_BASE
+local MAXLEN = tonumber(ARGV[1])
+local G = #KEYS / 2
+local APPENDED, DUPLICATE, NOT_OURS, CANCELLED, HOLDS_CR = {1}, {0}, {-1}, {-2}, {-4}
+local replies, r = {}, 0
+
+local function append(events, channel, index, text)
+  -- SSE data lines: every LF starts another 'data: ' line, so no text can forge a field.
+  local data = text
+  if string.find(text, '\n', 1, true) then data = string.gsub(text, '\n', '\ndata: ') end
+  -- The answer being written is never trimmed, however long: its text is read from its events.
+  local keep = ARGV[1]  -- as it came: a Lua number is formatted again for every call
+  if index + 2 > MAXLEN then keep = index + 2 end
+  local id = redis.call('XADD', events, 'MAXLEN', '~', keep, '*', 't', 'delta', 'd', data)
+  redis.call('SPUBLISH', channel, 'id: ' .. id .. '\nevent: delta\ndata: ' .. data .. '\n\n')
 end
-for g, c in pairs(groups) do
-  if c.next ~= c.start then
-    local k = 4 * (g - 1)
-    -- The TTLs are refreshed when a quarter of the retention has passed since the last refresh,
-    -- so a slow model never outlives them.
-    if NOW - c.touched > TTL * 250 then
-      redis.call('HSET', KEYS[k + 1], 'next', c.next, 'touched', NOW)
-      for j = 1, 4 do redis.call('EXPIRE', KEYS[k + j], TTL) end
+
+local counts = {}
+if ARGV[2] ~= '' then
+  for count in string.gmatch(ARGV[2], '%d+') do counts[#counts + 1] = tonumber(count) end
+end
+local t = 3 + G
+for g = 1, G do
+  local fence, events = KEYS[2 * g - 1], KEYS[2 * g]
+  local first, n = tonumber(ARGV[2 + g]), counts[g] or 1
+  local channel = string.sub(events, 1, -7) .. 'live'  -- ConversationKeys.channel
+  local clean = true
+  for i = t, t + n - 1 do
+    if string.find(ARGV[i], '\r', 1, true) then clean = false; break end
+  end
+  local prev
+  if clean then
+    -- The common case in one command: the counter was at 'first', so every chunk is the next.
+    local v = redis.call('INCRBY', fence, n == 1 and '1' or n)  -- a Lua number is formatted per call
+    if v == B + first + n then
+      for i = 0, n - 1 do
+        append(events, channel, first + i, ARGV[t + i])
+        r = r + 1; replies[r] = APPENDED
+      end
     else
-      redis.call('HSET', KEYS[k + 1], 'next', c.next)
+      prev = redis.call('DECRBY', fence, n)
     end
+  else
+    prev = tonumber(redis.call('GET', fence)) or 0
+  end
+  if prev and prev >= B then
+    -- A retry, a gap or a CR: chunk by chunk, as one chunk's call would be.
+    local start = prev - B
+    local nxt = start
+    for i = 0, n - 1 do
+      local index, text = first + i, ARGV[t + i]
+      local reply
+      if index < nxt then reply = DUPLICATE
+      elseif index > nxt then reply = {-3, nxt}
+      elseif string.find(text, '\r', 1, true) then reply = HOLDS_CR
+      else
+        append(events, channel, index, text)
+        nxt = nxt + 1
+        reply = APPENDED
+      end
+      r = r + 1; replies[r] = reply
+    end
+    if nxt ~= start then redis.call('INCRBY', fence, nxt - start) end
+  elseif prev then
+    if prev == 0 then redis.call('DEL', fence) end  -- made by the INCRBY above: it was not ours
+    local reply = NOT_OURS
+    if prev < 0 then reply = CANCELLED end
+    for _ = 1, n do r = r + 1; replies[r] = reply end
+  end
+  t = t + n
+end
+if t <= #ARGV then
+  -- The TTLs: the producer asks for them when a quarter of the retention has passed since it last
+  -- did, so a slow model never outlives them, and no chunk pays for them otherwise.
+  local ttl = ARGV[t]
+  for i = t + 1, #ARGV do
+    local g = tonumber(ARGV[i])
+    local base = string.sub(KEYS[2 * g], 1, -7)
+    redis.call('EXPIRE', KEYS[2 * g - 1], ttl)
+    redis.call('EXPIRE', KEYS[2 * g], ttl)
+    redis.call('EXPIRE', base .. 'state', ttl)
+    redis.call('EXPIRE', base .. 'messages', ttl)
   end
 end
-if #replies == 1 then return replies[1] end
+if r == 1 then return replies[1] end
 return replies
-"""
+""".replace("FENCE_BASE", str(FENCE_BASE))
 
 DELTAS_SHA: Final = hashlib.sha1(DELTAS.encode()).hexdigest()
 
@@ -105,34 +152,72 @@ class DeltaCall:
         return len(self.positions)
 
 
-def delta_calls(items: Iterable[DeltaItem], retention: Retention, now_ms: int, *, by_slot: bool) -> list[DeltaCall]:
+@dataclass(slots=True)
+class _Group:
+    """One answer's consecutive chunks in a call."""
+
+    conversation_id: str
+    response_id: str
+    owner: str
+    first: int
+    texts: list[str]
+    positions: list[int]
+
+
+@dataclass(slots=True)
+class _Batch:
+    keys: list[str] = field(default_factory=list)
+    groups: list[_Group] = field(default_factory=list)
+    touch: list[int] = field(default_factory=list)
+
+
+def delta_calls(
+    items: Iterable[DeltaItem], retention: Retention, *, by_slot: bool, touch: Collection[str] = ()
+) -> list[DeltaCall]:
     """The ``DELTAS`` calls that append ``items`` (in their order), each atomic and fenced.
 
     ``by_slot``: one call per partition, as a Redis Cluster requires (a script's keys share a
-    slot); otherwise one call for them all (a standalone Redis). The producer and the side-by-side
-    harness (through ``delta_commands``) both publish through here."""
-    batches: dict[int, tuple[list[str], list[str | int], list[str | int], dict[str, int], list[int]]] = {}
+    slot); otherwise one call for them all (a standalone Redis). ``touch``: the conversations whose
+    TTLs the calls refresh. The producer and the side-by-side harness (through ``delta_commands``)
+    both publish through here."""
+    batches: dict[int, _Batch] = {}
     for position, (keys, response_id, owner, index, text) in enumerate(items):
         slot = keys.partition if by_slot else 0
         batch = batches.get(slot)
         if batch is None:
-            batch = batches[slot] = ([], [], [], {}, [])
-        key_list, group_args, chunk_args, groups, positions = batch
-        group = groups.get(keys.conversation_id)
-        if group is None:
-            group = groups[keys.conversation_id] = len(groups) + 1
-            key_list.extend(keys.all)
-            group_args.extend((keys.channel, response_id, owner))
-        chunk_args.extend((group, index, text))
-        positions.append(position)
-    return [
-        DeltaCall(
-            key_list,
-            [retention.max_events, retention.ttl_seconds, now_ms, len(groups), *group_args, *chunk_args],
-            positions,
-        )
-        for key_list, group_args, chunk_args, groups, positions in batches.values()
-    ]
+            batch = batches[slot] = _Batch()
+        # A chunk joins the group before it when it is the next of the same run, so the replies
+        # (group by group) stay in the items' order.
+        group = batch.groups[-1] if batch.groups else None
+        if (
+            group is not None
+            and group.first + len(group.texts) == index
+            and group.conversation_id == keys.conversation_id
+            and group.response_id == response_id
+            and group.owner == owner
+        ):
+            group.texts.append(text)
+            group.positions.append(position)
+            continue
+        group = _Group(keys.conversation_id, response_id, owner, index, [text], [position])
+        batch.groups.append(group)
+        batch.keys += (keys.fence(response_id, owner), keys.events)
+        if keys.conversation_id in touch:
+            batch.touch.append(len(batch.groups))
+    calls = []
+    for batch in batches.values():
+        counts = [len(group.texts) for group in batch.groups]
+        runs = ",".join(map(str, counts)) if any(count > 1 for count in counts) else ""
+        args: list[str | int] = [retention.max_events, runs]
+        args += [group.first for group in batch.groups]
+        positions = []
+        for group in batch.groups:
+            args += group.texts
+            positions += group.positions
+        if batch.touch:
+            args += (retention.ttl_seconds, *batch.touch)
+        calls.append(DeltaCall(batch.keys, args, positions))
+    return calls
 
 
 def delta_replies(reply: Sequence[object], chunks: int) -> Sequence[object]:

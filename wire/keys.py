@@ -56,7 +56,7 @@ class ConversationKeys:
     channel: str = field(init=False)
     """Shard channel (SPUBLISH/SSUBSCRIBE) carrying each event's SSE frame, live."""
     state: str = field(init=False)
-    """Hash: the active response (id, phase, owner, next delta index, its start, cancel flag), first event id."""
+    """Hash: the active response (id, phase, owner, its start, cancel flag), first event id."""
     messages: str = field(init=False)
     """List of finished messages, one JSON object each, oldest first."""
     draft: str = field(init=False)
@@ -83,6 +83,12 @@ class ConversationKeys:
         for name, value in names.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "all", (names["state"], names["messages"], names["draft"], names["events"]))
+
+    def fence(self, response_id: str, owner: str) -> str:
+        """The chunk counter of ``owner``'s run of the answer (``wire.deltas``): it exists only while
+        that owner may append, so the name is the fence. The scripts build the same name in Lua
+        (``wire.scripts``' ``fence_key``; a test holds them equal)."""
+        return f"{self.state[: -len('state')]}fence:{response_id}:{owner}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,18 +13,42 @@ output). Retention is applied on every write: the stream is capped with
 Conversation scripts take ``KEYS = ConversationKeys.all`` (state, messages, draft, events) and
 ``ARGV = channel, maxlen, ttl, ...`` followed by their own arguments, listed in each docstring.
 The state hash holds: ``active`` (response id), ``phase``, ``owner`` (producer running it),
-``next`` (next delta index), ``start`` (the event that started the active answer: its deltas follow
-it in the stream, which holds the answer's text once), ``cancel`` ("1" once asked), ``first_id``
-(first event ever). The ``draft`` key is no longer written (the answer's text is read from the
-stream); scripts still delete it, for conversations written by earlier versions.
+``start`` (the event that started the active answer: its deltas follow it in the stream, which
+holds the answer's text once), ``cancel`` ("1" once asked), ``first_id`` (first event ever). The
+next delta index is the owner's fence counter (``wire.deltas``): START makes it, CANCEL negates it,
+FINISH, a takeover and DELETE remove it. The ``draft`` key and the state's ``next`` are no longer
+written (the answer's text is read from the stream, the index from the fence); scripts still delete
+them, for conversations written by earlier versions.
 """
 
-import time
 from collections.abc import Sequence
 from typing import Final
 
-from wire.deltas import DELTAS, DELTAS_SHA, DeltaItem, delta_calls
+from wire.deltas import DELTAS, DELTAS_SHA, FENCE_BASE, DeltaItem, delta_calls
 from wire.env import Retention
+
+_FENCE: Final = (
+    f"""
+local FENCE_BASE = {FENCE_BASE}
+"""
+    + r"""
+local function fence_key(rid, owner)
+  -- ConversationKeys.fence: KEYS[1] is the state, '<base>:state'.
+  return string.sub(KEYS[1], 1, -6) .. 'fence:' .. rid .. ':' .. owner
+end
+
+local function answer_fence()
+  -- The active answer's fence and its next delta index (nil, 0 when no producer runs it).
+  local st = redis.call('HMGET', KEYS[1], 'active', 'owner')
+  if not (st[1] and st[2]) then return nil, 0 end
+  local key = fence_key(st[1], st[2])
+  local v = tonumber(redis.call('GET', key))
+  if not v then return key, 0 end
+  if v < 0 then v = -v end
+  return key, v - FENCE_BASE
+end
+"""
+)
 
 _ANSWER_TEXT: Final = r"""
 local function answer_text(state, events)
@@ -48,6 +72,7 @@ end
 
 _PRELUDE: Final = (
     _ANSWER_TEXT
+    + _FENCE
     + r"""
 local unpack = unpack or table.unpack
 local STATE, MESSAGES, DRAFT, EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -77,15 +102,16 @@ local function append_event(etype, data)
   return id
 end
 
-local function touch()
+local function touch(fence)
   for _, key in ipairs(KEYS) do
     if key ~= KEYS[5] then redis.call('EXPIRE', key, TTL) end
   end
+  if fence then redis.call('EXPIRE', fence, TTL) end
 end
 
 local function finish(rid, reason, status, done, err, usage)
   -- The done event says how many deltas the answer has, so a client can check it saw them all.
-  local chunks = tonumber(redis.call('HGET', STATE, 'next')) or 0
+  local fence, chunks = answer_fence()
   local content = answer_text(STATE, EVENTS)  -- before done's append trims the stream to its bound
   local body = cjson.decode(done)
   body['chunks'] = chunks
@@ -98,6 +124,7 @@ local function finish(rid, reason, status, done, err, usage)
   redis.call('RPUSH', MESSAGES, cjson.encode(message))
   redis.call('HDEL', STATE, 'active', 'phase', 'owner', 'cancel', 'next', 'replaces', 'start')
   redis.call('DEL', DRAFT)
+  if fence then redis.call('DEL', fence) end
   touch()
   return id
 end
@@ -127,7 +154,7 @@ local id = append_event('user_message', ARGV[6])
 local reply = cjson.encode({message_id = ARGV[9], response_id = ARGV[4], event_id = id})
 redis.call('RPUSH', MESSAGES, ARGV[5])
 redis.call('LTRIM', MESSAGES, -tonumber(ARGV[10]), -1)
-redis.call('HSET', STATE, 'active', ARGV[4], 'phase', 'queued', 'next', 0, 'start', id, 'idem_key', ARGV[8],
+redis.call('HSET', STATE, 'active', ARGV[4], 'phase', 'queued', 'start', id, 'idem_key', ARGV[8],
   'idem_reply', reply, 'idem_body', ARGV[11])
 redis.call('HDEL', STATE, 'cancel', 'owner')
 redis.call('DEL', DRAFT)
@@ -163,7 +190,7 @@ if last_answer ~= ARGV[5] or not prompt then return {-2, ''} end
 if redis.call('XLEN', KEYS[5]) >= tonumber(ARGV[6]) then return {-1, ''} end
 local id = append_event('regenerate', cjson.encode({
   response_id = ARGV[4], replaces = ARGV[5], message_id = prompt['id']}))
-redis.call('HSET', STATE, 'active', ARGV[4], 'phase', 'queued', 'next', 0, 'start', id, 'replaces', ARGV[5])
+redis.call('HSET', STATE, 'active', ARGV[4], 'phase', 'queued', 'start', id, 'replaces', ARGV[5])
 redis.call('HDEL', STATE, 'cancel', 'owner')
 redis.call('DEL', DRAFT)
 touch()
@@ -189,17 +216,23 @@ if redis.call('HGET', STATE, 'cancel') then
   finish(ARGV[4], 'cancelled', 'cancelled', ARGV[6])
   return {'cancelled', 0}
 end
-local st = redis.call('HMGET', STATE, 'phase', 'owner', 'next')
-local next_index = tonumber(st[3]) or 0
+local st = redis.call('HMGET', STATE, 'phase', 'owner')
 if st[1] == 'queued' then
+  local fence = fence_key(ARGV[4], ARGV[5])
+  redis.call('SET', fence, FENCE_BASE)
   redis.call('HSET', STATE, 'phase', 'generating', 'owner', ARGV[5])
-  touch()
-  return {'ok', next_index}
+  touch(fence)
+  return {'ok', 0}
 end
+local old, next_index = answer_fence()
 if st[2] == ARGV[5] then return {'ok', next_index} end
 if ARGV[7] == '1' then
+  -- The stopped producer's fence goes: a chunk it still sends is refused.
+  if old then redis.call('DEL', old) end
+  local fence = fence_key(ARGV[4], ARGV[5])
+  redis.call('SET', fence, FENCE_BASE + next_index)
   redis.call('HSET', STATE, 'owner', ARGV[5])
-  touch()
+  touch(fence)
   return {'resume', next_index}
 end
 return {'taken', next_index}
@@ -242,6 +275,10 @@ if redis.call('HGET', STATE, 'phase') == 'queued' then
   return 'cancelled'
 end
 redis.call('HSET', STATE, 'cancel', '1')
+-- The owner's next chunk is refused as cancelled (the counter keeps the index, negated).
+local fence = answer_fence()
+local v = fence and tonumber(redis.call('GET', fence))
+if v and v > 0 then redis.call('SET', fence, -v, 'KEEPTTL') end
 return 'requested'
 """
 )
@@ -308,17 +345,22 @@ return {messages, st[1], st[2], draft, head[1] and head[1][1] or '0-0', start, t
 """
 )
 
-DELETE: Final = r"""
+DELETE: Final = (
+    _FENCE
+    + r"""
 -- KEYS = ConversationKeys.all. ARGV: 1 how long the tombstone lives (the longest a token lives).
 -- Deletes the conversation and revokes every token issued for it: the state keeps only the next
--- generation, so older tokens are refused. An answer being generated stops at its next chunk.
--- Returns the new generation.
+-- generation, so older tokens are refused. An answer being generated stops at its next chunk (its
+-- fence goes with the rest). Returns the new generation.
 local generation = (tonumber(redis.call('HGET', KEYS[1], 'gen')) or 0) + 1
+local fence = answer_fence()
+if fence then redis.call('DEL', fence) end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], 'gen', generation)
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return generation
 """
+)
 
 
 def conversation_argv(channel: str, max_events: int, ttl_seconds: int, *rest: str | int) -> list[str | int]:
@@ -331,7 +373,7 @@ def delta_commands(items: Sequence[DeltaItem], retention: Retention) -> list[tup
     (``shared/bench``), which sends them pipelined to a standalone Redis."""
     return [
         (["EVALSHA", DELTAS_SHA, len(call.keys), *call.keys, *call.args], call.chunks)
-        for call in delta_calls(items, retention, int(time.time() * 1000), by_slot=False)
+        for call in delta_calls(items, retention, by_slot=False)
     ]
 
 
