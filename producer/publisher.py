@@ -1,18 +1,14 @@
-"""The producer's publish path: chunks are appended to the history and published by one script.
+"""The producer's publish path: an answer is claimed, its chunks appended and published, and it
+is finished, each by one script.
 
-The chunks of every answer sent in one event-loop turn go out together, through
-``wire.deltas.delta_calls`` (one ``DELTAS`` call for them all on a standalone Redis, one per
-partition on a cluster): each chunk's index is still checked against its answer's owner inside
-the call, so batching changes the cost, never the guarantee. Every call is idempotent (deltas carry
-their index, finishing checks the active answer), so a call whose reply was lost to a Redis hiccup
-is simply retried: nothing is doubled, nothing skipped.
+Chunks go out through ``producer.chunk_sender`` (many answers' chunks per ``DELTAS`` call). Every
+call is idempotent (deltas carry their index, finishing checks the active answer), so a call whose
+reply was lost to a Redis hiccup is simply retried: nothing is doubled, nothing skipped.
 """
 
 import asyncio
-import functools
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer.batcher import ScriptBatcher
+from producer.chunk_sender import ChunkSender
 from redisio.pipe import CommandPipe, Script, pipe_for
 from support.backoff import Backoff
 from wire import deltas, scripts
@@ -53,6 +50,10 @@ class Appended(Enum):
     """The text holds a CR (``delta_text`` removes them, so never from this publisher)."""
 
 
+_OUTCOMES = {outcome.value: outcome for outcome in Appended}
+"""A reply code's outcome, per chunk without ``Enum.__call__``'s cost."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     status: str
@@ -61,7 +62,7 @@ class Claim:
     """The next delta index: how many chunks the answer already has."""
 
 
-_START, _DELTAS, _FINISH = Script(scripts.START), Script(deltas.DELTAS), Script(scripts.FINISH)
+_START, _FINISH = Script(scripts.START), Script(scripts.FINISH)
 _ANSWER_TEXT = Script(scripts.ANSWER_TEXT)
 
 
@@ -89,7 +90,7 @@ class PendingDelta:
             result = await self._reply  # almost always here already: no wake-up
         except _TRANSIENT:
             return await self._publisher.delta(*self._args)
-        return Appended(int(result[0]))
+        return _OUTCOMES[int(result[0])]
 
     def abandon(self) -> None:
         """The writer stops without the outcome: withdraw the call, or consume its error."""
@@ -99,26 +100,12 @@ class PendingDelta:
             self._reply.exception()
 
 
-def _hand_out(done: "asyncio.Future[Any]", futures: list["asyncio.Future[Any]"], chunks: int) -> None:
-    """A ``DELTAS`` call's outcome to each of its chunks: its own reply, or the call's error."""
-    if done.cancelled():
-        for future in futures:
-            future.cancel()
-        return
-    error = done.exception()
-    replies = None if error is not None else deltas.delta_replies(done.result(), chunks)
-    for i, future in enumerate(futures):
-        if future.done():
-            continue  # withdrawn after it was sent: its reply is not needed
-        if replies is None:
-            assert error is not None
-            future.set_exception(error)
-        else:
-            future.set_result(replies[i])
-
-
 class Publisher:
-    def __init__(self, redis: "Redis | RedisCluster", retention: Retention, *, retry_seconds: float) -> None:
+    def __init__(
+        self, redis: "Redis | RedisCluster", retention: Retention, *, retry_seconds: float, send_interval: float = 0.0
+    ) -> None:
+        """``send_interval``: the shortest time between two sends of chunks (seconds; see
+        ``ProducerSettings.publish_interval_ms``)."""
         self._redis = redis
         self._retention = retention
         self._retry_seconds = retry_seconds
@@ -126,14 +113,9 @@ class Publisher:
         self._calls = _script_calls(redis)
         self._conversations: dict[str, ConversationKeys] = {}
         """Each conversation's names, made once per answer rather than per chunk."""
-        self._deltas: list[tuple[deltas.DeltaItem, asyncio.Future[Any]]] = []
-        """This loop turn's chunks, sent together at its end."""
-        self._by_slot = isinstance(redis, RedisCluster)
-        """A cluster takes one call per partition (a script's keys share a slot)."""
-        self._touched: dict[str, float] = {}
-        """When each answer's TTLs were last refreshed (monotonic): ``DELTAS`` refreshes them only
-        when asked, a quarter of the retention after the last time."""
-        self._clock = time.monotonic
+        self._sender = ChunkSender(
+            self._calls, retention, by_slot=isinstance(redis, RedisCluster), send_interval=send_interval
+        )
 
     def _call(self, conversation_id: str, *args: str | int) -> tuple[list[str], list[str | int]]:
         keys = self._keys(conversation_id)
@@ -163,7 +145,7 @@ class Publisher:
             "1" if recovered else "0",
         )
         status, next_index = await self._retrying(lambda: self._calls.script(_START, keys, argv))
-        self._remember_touch(conversation_id, self._clock())  # START refreshed the TTLs
+        self._sender.touched(conversation_id)  # START refreshed the TTLs
         return Claim(status.decode() if isinstance(status, bytes) else str(status), int(next_index))
 
     async def start(self, conversation_id: str, response_id: str, owner: str) -> str:
@@ -181,48 +163,12 @@ class Publisher:
     def _queue_delta(
         self, conversation_id: str, response_id: str, owner: str, index: int, text: str
     ) -> "asyncio.Future[Any]":
-        """Queue one chunk for this loop turn's ``DELTAS`` calls; its own reply arrives in the future."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._deltas:
-            loop.call_soon(self._send_deltas)
-        self._deltas.append(((self._keys(conversation_id), response_id, owner, index, delta_text(text)), future))
-        return future
-
-    def _send_deltas(self) -> None:
-        queued = [(item, future) for item, future in self._deltas if not future.done()]  # withdrawn: not sent
-        self._deltas = []
-        if not queued:
-            return
-        calls = deltas.delta_calls(
-            [item for item, _ in queued], self._retention, by_slot=self._by_slot, touch=self._due(queued)
-        )
-        for call in calls:
-            futures = [queued[position][1] for position in call.positions]
-            reply = self._calls.script(_DELTAS, call.keys, call.args)
-            reply.add_done_callback(functools.partial(_hand_out, futures=futures, chunks=call.chunks))
-
-    def _remember_touch(self, conversation_id: str, now: float) -> None:
-        if len(self._touched) >= _NAMES_CACHED:
-            self._touched.clear()  # answers that ended without finishing here: refreshed once more
-        self._touched[conversation_id] = now
-
-    def _due(self, queued: list[tuple[deltas.DeltaItem, "asyncio.Future[Any]"]]) -> set[str]:
-        """The conversations among ``queued`` whose TTLs this call refreshes."""
-        now = self._clock()
-        oldest = now - self._retention.ttl_seconds / 4
-        touched = self._touched
-        due = {
-            item[0].conversation_id for item, _ in queued if touched.get(item[0].conversation_id, -math.inf) < oldest
-        }
-        for conversation_id in due:
-            self._remember_touch(conversation_id, now)
-        return due
+        return self._sender.queue(self._keys(conversation_id), response_id, owner, index, delta_text(text))
 
     async def delta(self, conversation_id: str, response_id: str, owner: str, index: int, text: str) -> Appended:
         """Append and publish one chunk, retrying while Redis is away."""
         result = await self._retrying(lambda: self._queue_delta(conversation_id, response_id, owner, index, text))
-        return Appended(int(result[0]))
+        return _OUTCOMES[int(result[0])]
 
     def delta_soon(self, conversation_id: str, response_id: str, owner: str, index: int, text: str) -> PendingDelta:
         """Send one chunk without waiting for its reply: the writer generates the next chunk
@@ -257,7 +203,7 @@ class Publisher:
             dumps(usage) if usage else "",
         )
         result = await self._retrying(lambda: self._calls.script(_FINISH, keys, argv))
-        self._touched.pop(conversation_id, None)
+        self._sender.forget(conversation_id)
         return result is not None
 
     async def aclose(self) -> None:

@@ -25,6 +25,10 @@ class ProducerSettings:
     """A half-written answer whose producer stopped: 'continue' it (if the generator can) or 'fail' it."""
     publish_retry_seconds: float = setting(30.0, "STREAMFAN_PUBLISH_RETRY_SECONDS", low=0.1, high=86_400)
     """How long a chunk is retried while Redis is unreachable."""
+    publish_interval_ms: float = setting(2.0, "STREAMFAN_PUBLISH_INTERVAL_MS", low=0, high=1000)
+    """The shortest time between two sends of chunks to Redis: chunks that come sooner join the
+    next call (at most this much later). A call per loop turn cost the producer a third more CPU
+    per chunk at 6,000 chunks/s; 0 sends every loop turn."""
     drain_seconds: float = setting(20.0, "STREAMFAN_PRODUCER_DRAIN_SECONDS", low=0, high=3600)
     """On SIGTERM, how long answers in flight may finish."""
     redis_max_connections: int = setting(64, "STREAMFAN_REDIS_MAX_CONNECTIONS", low=2, high=100_000)

@@ -43,7 +43,12 @@ class Worker:
         self.metrics = metrics or ProducerMetrics()
         self.metrics.bind(lambda: len(self._in_flight))
         self._settings = settings
-        self._publisher = Publisher(redis, settings.retention, retry_seconds=settings.publish_retry_seconds)
+        self._publisher = Publisher(
+            redis,
+            settings.retention,
+            retry_seconds=settings.publish_retry_seconds,
+            send_interval=settings.publish_interval_ms / 1000,
+        )
         self._writer = AnswerWriter(
             self._publisher,
             generator,

@@ -28,6 +28,7 @@ from producer.answer import AnswerWriter
 from producer.generator import Pacing, SimulatedLLM
 from producer.metrics import ProducerMetrics
 from producer.publisher import Publisher
+from producer.settings import ProducerSettings
 from wire.env import Retention
 from wire.events import Job
 from wire.keys import ConversationKeys
@@ -38,7 +39,8 @@ TOKENS = 120
 async def measure(port: int, conversations: int, round_: int) -> float:
     redis = connect(f"redis://127.0.0.1:{port}", max_connections=64, timeout_seconds=10)
     metrics = ProducerMetrics()
-    writer_publisher = Publisher(redis, Retention.from_env(), retry_seconds=10)
+    interval = ProducerSettings.from_env().publish_interval_ms / 1000
+    writer_publisher = Publisher(redis, Retention.from_env(), retry_seconds=10, send_interval=interval)
     writer = AnswerWriter(
         writer_publisher,
         SimulatedLLM(Pacing(ttft_seconds=0.1, tokens_per_second=20, jitter=0.1)),

@@ -157,3 +157,18 @@ async def test_a_reader_that_fails_unexpectedly_fails_its_calls_and_the_pipe_goe
         assert await pipe.script(ECHO, ["k"], ["second"]) == b"second"
     finally:
         await pipe.aclose()
+
+
+@pytest.mark.parametrize(
+    "arg",
+    ["plain", "naïve 🚀 日本語", "", "x" * 1000, 12, -3, b"EVALSHA", b"\xff\x00raw"],
+)
+async def test_every_argument_reaches_redis_byte_for_byte(redis: Redis, arg: str | bytes | int) -> None:
+    """The hand-written RESP encoder counts bytes, not characters, whatever the argument's type."""
+    pipe = CommandPipe(redis)
+    try:
+        reply = await pipe.script(ECHO, [], [arg]) if not isinstance(arg, bytes) else await pipe.command(b"ECHO", arg)
+        expected = arg if isinstance(arg, bytes) else str(arg).encode()
+        assert reply == expected
+    finally:
+        await pipe.aclose()

@@ -153,22 +153,17 @@ class DeltaCall:
 
 
 @dataclass(slots=True)
-class _Group:
-    """One answer's consecutive chunks in a call."""
-
-    conversation_id: str
-    response_id: str
-    owner: str
-    first: int
-    texts: list[str]
-    positions: list[int]
-
-
-@dataclass(slots=True)
 class _Batch:
+    """One call's groups (runs of one answer's consecutive chunks) as they are built."""
+
     keys: list[str] = field(default_factory=list)
-    groups: list[_Group] = field(default_factory=list)
+    firsts: list[int] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
     touch: list[int] = field(default_factory=list)
+    last: tuple[str, str, str, int] | None = None
+    """The last group's conversation, response, owner and the index its next chunk would have."""
 
 
 def delta_calls(
@@ -186,37 +181,28 @@ def delta_calls(
         batch = batches.get(slot)
         if batch is None:
             batch = batches[slot] = _Batch()
+        conversation_id = keys.conversation_id
         # A chunk joins the group before it when it is the next of the same run, so the replies
         # (group by group) stay in the items' order.
-        group = batch.groups[-1] if batch.groups else None
-        if (
-            group is not None
-            and group.first + len(group.texts) == index
-            and group.conversation_id == keys.conversation_id
-            and group.response_id == response_id
-            and group.owner == owner
-        ):
-            group.texts.append(text)
-            group.positions.append(position)
-            continue
-        group = _Group(keys.conversation_id, response_id, owner, index, [text], [position])
-        batch.groups.append(group)
-        batch.keys += (keys.fence(response_id, owner), keys.events)
-        if keys.conversation_id in touch:
-            batch.touch.append(len(batch.groups))
+        if batch.last != (conversation_id, response_id, owner, index):
+            batch.keys += (keys.fence(response_id, owner), keys.events)
+            batch.firsts.append(index)
+            batch.counts.append(1)
+            if conversation_id in touch:
+                batch.touch.append(len(batch.firsts))
+        else:
+            batch.counts[-1] += 1
+        batch.last = (conversation_id, response_id, owner, index + 1)
+        batch.texts.append(text)
+        batch.positions.append(position)
     calls = []
     for batch in batches.values():
-        counts = [len(group.texts) for group in batch.groups]
-        runs = ",".join(map(str, counts)) if any(count > 1 for count in counts) else ""
-        args: list[str | int] = [retention.max_events, runs]
-        args += [group.first for group in batch.groups]
-        positions = []
-        for group in batch.groups:
-            args += group.texts
-            positions += group.positions
+        counts = batch.counts
+        runs = ",".join(map(str, counts)) if len(counts) != len(batch.texts) else ""
+        args: list[str | int] = [retention.max_events, runs, *batch.firsts, *batch.texts]
         if batch.touch:
             args += (retention.ttl_seconds, *batch.touch)
-        calls.append(DeltaCall(batch.keys, args, positions))
+        calls.append(DeltaCall(batch.keys, args, batch.positions))
     return calls
 
 

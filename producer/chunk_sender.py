@@ -1,0 +1,134 @@
+"""Chunks to Redis: queued by the answers, sent together as ``DELTAS`` calls.
+
+Each chunk's index is still checked against its answer's owner inside the call
+(``wire.deltas``), so how chunks are grouped changes the cost, never the guarantee. Per call, not
+per chunk, was most of the producer's CPU at load: chunks that come less than the send interval
+after the last send wait for it and share the next call (docs/measurements.md, deltas-interval),
+and while a call is in flight the next ones gather instead of piling up behind it.
+"""
+
+import asyncio
+import functools
+import math
+import time
+from typing import Any
+
+from producer.batcher import ScriptBatcher
+from redisio.pipe import CommandPipe, Script
+from wire import deltas
+from wire.env import Retention
+from wire.keys import ConversationKeys
+
+_DELTAS = Script(deltas.DELTAS)
+
+_TOUCHED_KEPT = 10_000
+"""Answers whose last TTL refresh is remembered; past it the memory starts again (each is
+refreshed once more, harmlessly)."""
+
+
+def _hand_out(done: "asyncio.Future[Any]", futures: list["asyncio.Future[Any]"], chunks: int) -> None:
+    """A ``DELTAS`` call's outcome to each of its chunks: its own reply, or the call's error."""
+    if done.cancelled():
+        for future in futures:
+            future.cancel()
+        return
+    error = done.exception()
+    replies = None if error is not None else deltas.delta_replies(done.result(), chunks)
+    for i, future in enumerate(futures):
+        if future.done():
+            continue  # withdrawn after it was sent: its reply is not needed
+        if replies is None:
+            assert error is not None
+            future.set_exception(error)
+        else:
+            future.set_result(replies[i])
+
+
+class ChunkSender:
+    def __init__(
+        self, calls: "CommandPipe | ScriptBatcher", retention: Retention, *, by_slot: bool, send_interval: float
+    ) -> None:
+        """``by_slot``: one call per partition (a Redis Cluster: a script's keys share a slot).
+        ``send_interval``: the shortest time between two sends, in seconds."""
+        self._calls = calls
+        self._retention = retention
+        self._by_slot = by_slot
+        self._send_interval = send_interval
+        self._queued: list[tuple[deltas.DeltaItem, asyncio.Future[Any]]] = []
+        """Chunks waiting to be sent."""
+        self._sent_at = -math.inf
+        """When chunks last went out (loop time)."""
+        self._in_flight = 0
+        """``DELTAS`` calls sent and not answered yet."""
+        self._touched: dict[str, float] = {}
+        """When each answer's TTLs were last refreshed (``clock``): ``DELTAS`` refreshes them only
+        when asked, a quarter of the retention after the last time."""
+        self.clock = time.monotonic
+
+    def queue(
+        self, keys: ConversationKeys, response_id: str, owner: str, index: int, text: str
+    ) -> "asyncio.Future[Any]":
+        """Queue one chunk; its own reply (or the call's error) arrives in the future. Cancelling
+        the future before it is sent withdraws the chunk."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._queued and not self._in_flight:
+            self._schedule(loop)
+        self._queued.append(((keys, response_id, owner, index, text), future))
+        return future
+
+    def touched(self, conversation_id: str) -> None:
+        """The answer's TTLs were just refreshed (by its claim)."""
+        self._remember(conversation_id, self.clock())
+
+    def forget(self, conversation_id: str) -> None:
+        """The answer ended here."""
+        self._touched.pop(conversation_id, None)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send at the end of this loop turn, or once the interval since the last send has passed:
+        under load a call carries the interval's chunks, at a trickle none waits."""
+        delay = self._sent_at + self._send_interval - loop.time()
+        if delay > 0:
+            loop.call_later(delay, self._send)
+        else:
+            loop.call_soon(self._send)
+
+    def _send(self) -> None:
+        queued = [(item, future) for item, future in self._queued if not future.done()]  # withdrawn: not sent
+        self._queued = []
+        if not queued:
+            return
+        self._sent_at = asyncio.get_running_loop().time()
+        calls = deltas.delta_calls(
+            [item for item, _ in queued], self._retention, by_slot=self._by_slot, touch=self._due(queued)
+        )
+        self._in_flight += len(calls)
+        for call in calls:
+            futures = [queued[position][1] for position in call.positions]
+            reply = self._calls.script(_DELTAS, call.keys, call.args)
+            reply.add_done_callback(functools.partial(_hand_out, futures=futures, chunks=call.chunks))
+            reply.add_done_callback(self._answered)
+
+    def _answered(self, _: "asyncio.Future[Any]") -> None:
+        """A call ended (replied, failed or withdrawn): what gathered meanwhile goes out."""
+        self._in_flight -= 1
+        if not self._in_flight and self._queued:
+            self._schedule(asyncio.get_running_loop())
+
+    def _remember(self, conversation_id: str, now: float) -> None:
+        if len(self._touched) >= _TOUCHED_KEPT:
+            self._touched.clear()
+        self._touched[conversation_id] = now
+
+    def _due(self, queued: list[tuple[deltas.DeltaItem, "asyncio.Future[Any]"]]) -> set[str]:
+        """The conversations among ``queued`` whose TTLs this send refreshes."""
+        now = self.clock()
+        oldest = now - self._retention.ttl_seconds / 4
+        touched = self._touched
+        due = {
+            item[0].conversation_id for item, _ in queued if touched.get(item[0].conversation_id, -math.inf) < oldest
+        }
+        for conversation_id in due:
+            self._remember(conversation_id, now)
+        return due
