@@ -115,12 +115,15 @@ class AnswerWriter:
                         continue
                     if pending is not None:
                         settled, pending = pending, None
-                        outcome = await self._settle(job, settled, sent, first_index, index - 1)
-                        if outcome is Appended.NOT_OURS:
-                            return
-                        if outcome is Appended.CANCEL_REQUESTED:
-                            reason = FinishReason.CANCELLED
-                            break
+                        if settled.appended():
+                            metrics.tokens.value += 1
+                        else:
+                            outcome = await self._settle(job, settled, sent, first_index, index - 1)
+                            if outcome is Appended.NOT_OURS:
+                                return
+                            if outcome is Appended.CANCEL_REQUESTED:
+                                reason = FinishReason.CANCELLED
+                                break
                     pending = self._publisher.delta_soon(job.conversation_id, job.response_id, owner, index, text)
                     sent.append(text)
                     if index == first_index:

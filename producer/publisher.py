@@ -92,6 +92,12 @@ class PendingDelta:
             return await self._publisher.delta(*self._args)
         return _OUTCOMES[int(result[0])]
 
+    def appended(self) -> bool:
+        """Is the chunk appended already (its reply here and OK)? The writer's common case,
+        answered without ``outcome``'s coroutine (two per chunk were a tenth of the producer's CPU)."""
+        reply = self._reply
+        return reply.done() and not reply.cancelled() and reply.exception() is None and reply.result()[0] == 1
+
     def abandon(self) -> None:
         """The writer stops without the outcome: withdraw the call, or consume its error."""
         if not self._reply.done():

@@ -13,6 +13,7 @@ difference is the producer's own cost per chunk, the model's pacing set aside.
 """
 
 import asyncio
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -84,19 +85,22 @@ async def model_alone(conversations: int) -> float:
 
 def main() -> None:
     conversations = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
     tune_gc()  # as the producer process does
     server = RedisServer()
     server.start()
     try:
+        own = []
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             for r in range(rounds):
                 cost = runner.run(measure(server.port, conversations, r))
                 pacing = runner.run(model_alone(conversations))
+                own.append(cost - pacing)
                 print(
                     f"round {r}: {cost:.1f} µs of producer CPU per chunk, of which the simulated model's "
                     f"pacing {pacing:.1f}: {cost - pacing:.1f} µs of its own"
                 )
+        print(f"median of its own: {statistics.median(own):.1f} µs per chunk over {rounds} rounds")
     finally:
         server.remove()
 
