@@ -8,7 +8,7 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
 
-from server import api, health
+from server import api, durable_streams, health
 from server.access import Gate
 from server.context import GATE, HUB, METRICS, PATH_ERROR_SHAPES, REDIS, SETTINGS, STORE
 from server.dialects import ai_sdk, chat, openai, responses
@@ -76,6 +76,13 @@ def create_app(settings: Settings, redis: "Redis | RedisCluster") -> web.Applica
         ("GET", "/api/chat/{chat_id}/stream", ai_sdk.resume, None),
         ("POST", "/api/chat/{chat_id}/stop", ai_sdk.stop, None),
     ]
+    if settings.durable_streams != "off":
+        routes += [
+            ("PUT", durable_streams.PATH, durable_streams.create, None),
+            ("POST", durable_streams.PATH, durable_streams.append, None),
+            ("HEAD", durable_streams.PATH, durable_streams.head, None),
+            ("DELETE", durable_streams.PATH, durable_streams.delete, None),
+        ]
     if (WEB_ROOT / "index.html").exists():
         routes += [("GET", "/", _index, None), ("GET", "/c/{conversation_id}", _index, None)]
         routes += [("GET", "/static/{path:.+}", _static, None)]
@@ -84,6 +91,8 @@ def create_app(settings: Settings, redis: "Redis | RedisCluster") -> web.Applica
             app.router.add_get(path, guarded(handler, shape))
         else:
             app.router.add_route(method, path, guarded(handler, shape))
+    if settings.durable_streams != "off":  # its HEAD is its own (metadata), routed above
+        app.router.add_get(durable_streams.PATH, guarded(durable_streams.read), allow_head=False)
     # The event stream goes unwrapped: it raises only JSON errors, and only before it streams.
     app.router.add_get("/api/conversations/{conversation_id}/events", stream_events)
     app.router.add_get("/api/stream", stream_many)

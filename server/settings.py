@@ -53,6 +53,9 @@ class Settings:
     a same-host proxy that forwards no address, every client would look like loopback)."""
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     """STREAMFAN_API_KEYS: comma-separated keys of the OpenAI-compatible endpoints (none: they are off)."""
+    durable_streams: str = setting("off", "STREAMFAN_DURABLE_STREAMS")
+    """The Durable Streams endpoints (``/v1/stream/{path}``): 'off'; 'keys' (every request presents
+    one of STREAMFAN_API_KEYS); 'open' (anyone may create, append and read: a trusted network only)."""
     model_name: str = setting("streamfan", "STREAMFAN_MODEL_NAME")
     """The model name the OpenAI-compatible endpoints list and answer with (when a request names none)."""
     allowed_hosts: tuple[str, ...] = ()
@@ -159,6 +162,10 @@ class Settings:
             retention=Retention.from_env(env),
             cors_origins=origins,
         )
+        if settings.durable_streams not in ("off", "keys", "open"):
+            raise SettingsError(f"STREAMFAN_DURABLE_STREAMS={settings.durable_streams!r}: use 'off', 'keys' or 'open'")
+        if settings.durable_streams == "keys" and not api_keys:
+            raise SettingsError("STREAMFAN_DURABLE_STREAMS=keys needs STREAMFAN_API_KEYS")
         if settings.default_max_tokens > settings.max_tokens_limit:
             raise SettingsError("STREAMFAN_DEFAULT_MAX_TOKENS exceeds STREAMFAN_MAX_TOKENS_LIMIT")
         return settings

@@ -1,0 +1,222 @@
+"""Durable Streams over HTTP (issue 25, in progress): ``/v1/stream/{path}``.
+
+Served: create (PUT), append (POST, with ``Stream-Seq`` and idempotent producers checked and
+written atomically by ``wire.durable.APPEND``), catch-up reads (GET, bounded in bytes, ETags),
+metadata (HEAD) and delete. Not yet: the live modes (``live=long-poll``, ``live=sse``: a 400 for now),
+per-stream read tokens, closing a stream. Off unless ``STREAMFAN_DURABLE_STREAMS`` says ``keys``
+(every request presents an API key) or ``open``.
+"""
+
+import hashlib
+import json
+import re
+import time
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from server.context import GATE, REDIS, SETTINGS
+from server.dialects.openai import has_key
+from server.errors import JSONError
+from wire import durable
+from wire.durable import DurableKeys
+
+PATH = "/v1/stream/{path:.+}"
+_DEFAULT_TYPE = "application/octet-stream"
+_JSON = "application/json"
+_DECIMAL = re.compile(r"\A(0|[1-9][0-9]*)\Z")
+_MAX_INTEGER = 2**53 - 1
+_READ_BYTES = 256 * 1024
+"""Most bytes one catch-up response carries (at least one message): the client reads on from its
+``Stream-Next-Offset``."""
+_CACHE = "private, max-age=60, stale-while-revalidate=300"
+"""Streams may hold what only their readers may see: cacheable by the browser, not by shared caches."""
+
+
+def _stream(request: web.Request) -> DurableKeys:
+    mode = request.app[SETTINGS].durable_streams
+    if mode == "keys" and not has_key(request):
+        raise JSONError(401, "Durable Streams need one of the server's API keys (Authorization: Bearer).")
+    path = request.match_info["path"]
+    if len(path.encode()) > durable.MAX_PATH_BYTES or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+        raise JSONError(400, "The stream path is too long or holds control characters.")
+    return DurableKeys(path)
+
+
+def _media_type(value: str | None) -> str | None:
+    """The media type of a Content-Type header, without parameters, lower-case (None: absent or empty)."""
+    kind = (value or "").split(";", 1)[0].strip().lower()
+    return kind or None
+
+
+def _messages(kind: str, body: bytes, *, initial: bool) -> list[bytes]:
+    """The body as stored messages: a JSON stream's value (an array: each element, one level), any
+    other stream's body as it is."""
+    if kind != _JSON:
+        return [body] if body else []
+    if initial and not body.strip():
+        return []
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise JSONError(400, "The body is not valid JSON.") from None
+    values = value if isinstance(value, list) else [value]
+    if not values and not initial:
+        raise JSONError(400, "An empty JSON array appends nothing.")
+    return [json.dumps(v, ensure_ascii=False, separators=(",", ":")).encode() for v in values]
+
+
+def _expiry(request: web.Request) -> tuple[str, str, str]:
+    """``Stream-TTL`` and ``Stream-Expires-At`` as given, and the expiry in ms from now ('' none)."""
+    ttl = request.headers.get("Stream-TTL", "")
+    expires_at = request.headers.get("Stream-Expires-At", "")
+    if ttl and expires_at:
+        raise JSONError(400, "Give Stream-TTL or Stream-Expires-At, not both.")
+    if ttl:
+        if not _DECIMAL.match(ttl) or int(ttl) > _MAX_INTEGER // 1000:
+            raise JSONError(400, "Stream-TTL must be a whole number of seconds.")
+        return ttl, "", str(int(ttl) * 1000) if int(ttl) else "1"
+    if expires_at:
+        try:
+            when = datetime.fromisoformat(expires_at)
+        except ValueError:
+            raise JSONError(400, "Stream-Expires-At must be an RFC 3339 time.") from None
+        if when.tzinfo is None:
+            raise JSONError(400, "Stream-Expires-At needs a time zone.")
+        left_ms = int((when.timestamp() - time.time()) * 1000)
+        return "", expires_at, str(max(1, left_ms))
+    return "", "", ""
+
+
+def _whole(request: web.Request, name: str) -> int:
+    value = request.headers[name]
+    if not _DECIMAL.match(value) or int(value) > _MAX_INTEGER:
+        raise JSONError(400, f"{name} must be a whole number up to 2^53-1.")
+    return int(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    keys = _stream(request)
+    request.app[GATE].take_post(request)
+    kind = _media_type(request.headers.get("Content-Type")) or _DEFAULT_TYPE
+    ttl, expires_at, expiry_ms = _expiry(request)
+    messages = _messages(kind, await request.read(), initial=True)
+    script = request.app[REDIS].register_script(durable.CREATE)
+    reply = await script(keys=list(keys.all), args=[kind, ttl, expires_at, expiry_ms, *messages])
+    status = _text(reply[0])
+    if status == "conflict":
+        raise JSONError(409, "A stream with another configuration exists at this path.")
+    headers = {"Content-Type": kind, "Stream-Next-Offset": durable.offset_of(_text(reply[1]))}
+    if status == "created":
+        headers["Location"] = str(request.url)
+        return web.Response(status=201, headers=headers)
+    return web.Response(status=200, headers=headers)
+
+
+async def append(request: web.Request) -> web.StreamResponse:
+    keys = _stream(request)
+    request.app[GATE].take_post(request)
+    kind = _media_type(request.headers.get("Content-Type"))
+    if kind is None:
+        raise JSONError(400, "An append needs the stream's Content-Type.")
+    producer = [name for name in ("Producer-Id", "Producer-Epoch", "Producer-Seq") if name in request.headers]
+    if producer and len(producer) < 3:
+        raise JSONError(400, "Producer-Id, Producer-Epoch and Producer-Seq go together.")
+    producer_id, epoch, seq = "", 0, 0
+    if producer:
+        producer_id = request.headers["Producer-Id"]
+        if not producer_id:
+            raise JSONError(400, "Producer-Id must not be empty.")
+        epoch, seq = _whole(request, "Producer-Epoch"), _whole(request, "Producer-Seq")
+    body = await request.read()
+    if not body:
+        raise JSONError(400, "An append needs a body.")
+    messages = _messages(kind, body, initial=False)
+    script = request.app[REDIS].register_script(durable.APPEND)
+    stream_seq = request.headers.get("Stream-Seq", "")
+    reply = await script(keys=list(keys.all), args=[kind, stream_seq, producer_id, epoch, seq, *messages])
+    status = _text(reply[0])
+    if status == "missing":
+        raise JSONError(404, "No stream at this path.")
+    if status == "type":
+        raise JSONError(409, "The Content-Type is not the stream's.")
+    if status == "seq":
+        raise JSONError(409, "Stream-Seq must be above the last one appended.")
+    if status == "stale":
+        raise JSONError(403, "A newer epoch of this producer writes here.", headers={"Producer-Epoch": _text(reply[1])})
+    if status == "epoch_seq":
+        raise JSONError(400, "A new producer epoch starts at Producer-Seq 0.")
+    if status == "gap":
+        headers = {"Producer-Expected-Seq": _text(reply[1]), "Producer-Received-Seq": str(seq)}
+        raise JSONError(409, "Producer-Seq skips ahead.", headers=headers)
+    headers = {"Stream-Next-Offset": durable.offset_of(_text(reply[1]))}
+    if status == "duplicate":
+        headers |= {"Producer-Epoch": str(epoch), "Producer-Seq": _text(reply[2])}
+        return web.Response(status=204, headers=headers)
+    if producer:
+        headers |= {"Producer-Epoch": str(epoch), "Producer-Seq": str(seq)}
+        return web.Response(status=200, headers=headers)
+    return web.Response(status=204, headers=headers)
+
+
+async def read(request: web.Request) -> web.StreamResponse:
+    keys = _stream(request)
+    live = request.query.get("live")
+    if live in ("long-poll", "sse"):
+        raise JSONError(400, "Live reads of Durable Streams are not served yet: read by catch-up.", code="unsupported")
+    if live is not None:
+        raise JSONError(400, "live must be long-poll or sse.")
+    offset = request.query.get("offset", "-1")
+    if offset == "-1":
+        after = "0-0"
+    elif offset == "now":
+        after = "+"
+    else:
+        entry = durable.entry_id_of(offset)
+        if entry is None:
+            raise JSONError(400, "The offset is not one this server gave.")
+        after = entry
+    reply = await request.app[REDIS].register_script(durable.READ)(keys=list(keys.all), args=[after, _READ_BYTES])
+    if reply is None:
+        raise JSONError(404, "No stream at this path.")
+    kind, tail, last = _text(reply[0]), _text(reply[2]), _text(reply[3])
+    messages: list[bytes] = [m if isinstance(m, bytes) else str(m).encode() for m in reply[4:]]
+    body = b"[" + b",".join(messages) + b"]" if kind == _JSON else b"".join(messages)
+    headers = {"Content-Type": kind, "Stream-Next-Offset": durable.offset_of(last)}
+    if last == tail:
+        headers["Stream-Up-To-Date"] = "true"
+    if after == "+":
+        headers["Cache-Control"] = "no-store"
+        return web.Response(body=body, headers=headers)
+    start = durable.offset_of(after)
+    etag = f'"{hashlib.sha256(keys.path.encode()).hexdigest()[:16]}:{start}:{durable.offset_of(last)}"'
+    headers |= {"ETag": etag, "Cache-Control": _CACHE}
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, headers=headers)
+
+
+async def head(request: web.Request) -> web.StreamResponse:
+    keys = _stream(request)
+    reply = await request.app[REDIS].register_script(durable.READ)(keys=list(keys.all), args=["+", 1])
+    if reply is None:
+        raise JSONError(404, "No stream at this path.")
+    headers = {
+        "Content-Type": _text(reply[0]),
+        "Stream-Next-Offset": durable.offset_of(_text(reply[2])),
+        "Cache-Control": "no-store",
+    }
+    return web.Response(headers=headers)
+
+
+async def delete(request: web.Request) -> web.StreamResponse:
+    keys = _stream(request)
+    request.app[GATE].take_post(request)
+    if not await request.app[REDIS].register_script(durable.DELETE)(keys=list(keys.all)):
+        raise JSONError(404, "No stream at this path.")
+    return web.Response(status=204)

@@ -1,0 +1,151 @@
+"""Durable Streams over HTTP (issue 25, first slice): create, append (idempotent producers), catch-up
+reads, HEAD and DELETE on an embedded node; every refusal a JSON 4xx; off unless configured."""
+
+import random
+from typing import Any
+
+import pytest
+
+from tests.conftest import node_settings
+from wire import durable
+
+URL = "/v1/stream/chat/room-1"
+KEY = "k" * 32
+JSON = {"Content-Type": "application/json"}
+
+
+async def open_node(client_factory: Any, mode: str = "open") -> Any:
+    return await client_factory(node_settings(durable_streams=mode, api_keys=(KEY,)))
+
+
+async def test_the_endpoints_are_off_unless_configured_and_keyed_when_asked(client_factory: Any) -> None:
+    client = await client_factory(node_settings())
+    response = await client.put(URL, headers=JSON)
+    assert response.status == 404 and (await response.json())["error"] == "not_found"
+    keyed = await open_node(client_factory, "keys")
+    for method in ("PUT", "POST", "GET", "HEAD", "DELETE"):
+        response = await keyed.request(method, URL, headers=JSON, data=b"{}")
+        assert response.status == 401, method
+    response = await keyed.put(URL, headers={**JSON, "Authorization": f"Bearer {KEY}"})
+    assert response.status == 201
+
+
+async def test_create_append_and_read_a_json_stream(client_factory: Any) -> None:
+    client = await open_node(client_factory)
+    created = await client.put(URL, headers=JSON, data=b'[{"n":1}]')
+    assert created.status == 201 and created.headers["Location"].endswith(URL)
+    assert (await client.put(URL, headers=JSON)).status == 200  # same configuration: idempotent
+    assert (await client.put(URL, headers={"Content-Type": "text/plain"})).status == 409
+    appended = await client.post(URL, headers=JSON, data=b'[{"n":2},{"n":3}]')  # one level flattened
+    assert appended.status == 204
+    tail = appended.headers["Stream-Next-Offset"]
+    everything = await client.get(URL)
+    assert await everything.json() == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert everything.headers["Stream-Next-Offset"] == tail and everything.headers["Stream-Up-To-Date"] == "true"
+    again = await client.get(URL, headers={"If-None-Match": everything.headers["ETag"]})
+    assert again.status == 304
+    first = created.headers["Stream-Next-Offset"]
+    rest = await client.get(URL, params={"offset": first})
+    assert await rest.json() == [{"n": 2}, {"n": 3}]
+    now = await client.get(URL, params={"offset": "now"})
+    assert await now.json() == [] and now.headers["Stream-Next-Offset"] == tail
+    head = await client.head(URL)
+    assert head.status == 200 and head.headers["Stream-Next-Offset"] == tail
+    assert head.headers["Cache-Control"] == "no-store"
+    assert (await client.delete(URL)).status == 204
+    assert (await client.get(URL)).status == 404
+
+
+async def test_an_idempotent_producer_over_http(client_factory: Any) -> None:
+    client = await open_node(client_factory)
+    await client.put(URL, headers={"Content-Type": "text/plain"})
+
+    async def send(epoch: int, seq: int, body: bytes) -> Any:
+        headers = {
+            "Content-Type": "text/plain",
+            "Producer-Id": "p",
+            "Producer-Epoch": str(epoch),
+            "Producer-Seq": str(seq),
+        }
+        return await client.post(URL, headers=headers, data=body)
+
+    first = await send(0, 0, b"a")
+    assert first.status == 200 and first.headers["Producer-Seq"] == "0"
+    retry = await send(0, 0, b"a")  # the reply was lost: the same append again
+    assert retry.status == 204 and retry.headers["Stream-Next-Offset"] == first.headers["Stream-Next-Offset"]
+    gap = await send(0, 2, b"c")
+    assert gap.status == 409 and gap.headers["Producer-Expected-Seq"] == "1"
+    assert (await send(1, 0, b"b")).status == 200
+    zombie = await send(0, 1, b"z")
+    assert zombie.status == 403 and zombie.headers["Producer-Epoch"] == "1"
+    assert await (await client.get(URL)).read() == b"ab"
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "body", "status"),
+    [
+        ("POST", {"Content-Type": ""}, b"x", 400),  # no Content-Type
+        ("POST", {"Content-Type": "application/json"}, b"", 400),  # empty body
+        ("POST", {"Content-Type": "application/json"}, b"[]", 400),  # an empty array appends nothing
+        ("POST", {"Content-Type": "application/json"}, b"{nope", 400),
+        ("POST", {"Content-Type": "text/plain"}, b"x", 409),  # not the stream's type
+        ("POST", {"Content-Type": "application/json", "Producer-Id": "p"}, b"{}", 400),  # not all three
+        (
+            "POST",
+            {"Content-Type": "application/json", "Producer-Id": "p", "Producer-Epoch": "01", "Producer-Seq": "0"},
+            b"{}",
+            400,
+        ),
+        ("PUT", {"Stream-TTL": "60", "Stream-Expires-At": "2030-01-01T00:00:00Z"}, b"", 400),
+        ("PUT", {"Stream-TTL": "+60"}, b"", 400),
+        ("PUT", {"Stream-Expires-At": "tomorrow"}, b"", 400),
+        ("GET", {}, b"", 200),
+    ],
+)
+async def test_every_bad_request_is_a_json_4xx(
+    client_factory: Any, method: str, headers: dict[str, str], body: bytes, status: int
+) -> None:
+    client = await open_node(client_factory)
+    await client.put(URL, headers=JSON)
+    target = URL if method != "PUT" else URL + "-new"
+    response = await client.request(method, target, headers=headers, data=body)
+    assert response.status == status
+    if status >= 400:
+        assert (await response.json())["message"]
+
+
+async def test_offsets_and_live_modes_not_served_yet_are_refused_cleanly(client_factory: Any) -> None:
+    client = await open_node(client_factory)
+    await client.put(URL, headers=JSON)
+    assert (await client.get(URL, params={"offset": "12-0"})).status == 400
+    for live in ("long-poll", "sse"):
+        response = await client.get(URL, params={"offset": durable.START_OFFSET, "live": live})
+        assert response.status == 400 and (await response.json())["error"] == "unsupported"
+    assert (await client.post("/v1/stream/nowhere", headers=JSON, data=b"{}")).status == 404
+
+
+async def test_generated_requests_never_answer_5xx(client_factory: Any) -> None:
+    """Random methods, paths, offsets, headers and bodies: every answer is below 500, errors JSON."""
+    rng = random.Random(25)
+    client = await open_node(client_factory)
+    paths = ["/v1/stream/a", "/v1/stream/a/b", "/v1/stream/%F0%9F%9A%80", "/v1/stream/" + "x" * 1100, "/v1/stream/%00"]
+    kinds = ["application/json", "text/plain", "application/octet-stream", "", "application/json; charset=utf-8"]
+    bodies = [b"", b"{}", b"[]", b"[[1]]", b"\xff\xfe", b"x" * 5000, b'{"a":', b"[1,2,3]", b"null"]
+    values = ["0", "1", "-1", "01", "9007199254740992", "x", "", "now", durable.START_OFFSET]
+    for _ in range(400):
+        method = rng.choice(["PUT", "POST", "GET", "HEAD", "DELETE"])
+        headers = {"Content-Type": rng.choice(kinds)}
+        for name in ("Stream-TTL", "Stream-Expires-At", "Stream-Seq", "Producer-Id", "Producer-Epoch", "Producer-Seq"):
+            if rng.random() < 0.3:
+                headers[name] = rng.choice(values)
+        params = {}
+        if rng.random() < 0.7:
+            params["offset"] = rng.choice(values)
+        if rng.random() < 0.2:
+            params["live"] = rng.choice(["long-poll", "sse", "x"])
+        response = await client.request(
+            method, rng.choice(paths), headers=headers, params=params, data=rng.choice(bodies)
+        )
+        assert response.status < 500, (method, headers, params, response.status, await response.text())
+        if response.status >= 400 and method != "HEAD":
+            assert (await response.json())["message"]
