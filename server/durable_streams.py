@@ -100,18 +100,29 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+async def _body(request: web.Request) -> bytes:
+    """The request's body, up to ``STREAMFAN_DURABLE_MAX_BODY_BYTES`` (a 413 past it)."""
+    limit = request.app[SETTINGS].durable_max_body_bytes
+    return await request.clone(client_max_size=limit).read()
+
+
+def _headers(**fields: str) -> dict[str, str]:
+    """Every response's own headers: Durable Streams are read by fetch (CORS), never embedded."""
+    return {"Cross-Origin-Resource-Policy": "same-origin", **{k.replace("_", "-"): v for k, v in fields.items()}}
+
+
 async def create(request: web.Request) -> web.StreamResponse:
     keys = _stream(request)
     request.app[GATE].take_post(request)
     kind = _media_type(request.headers.get("Content-Type")) or _DEFAULT_TYPE
     ttl, expires_at, expiry_ms = _expiry(request)
-    messages = _messages(kind, await request.read(), initial=True)
+    messages = _messages(kind, await _body(request), initial=True)
     script = request.app[REDIS].register_script(durable.CREATE)
     reply = await script(keys=list(keys.all), args=[kind, ttl, expires_at, expiry_ms, *messages])
     status = _text(reply[0])
     if status == "conflict":
         raise JSONError(409, "A stream with another configuration exists at this path.")
-    headers = {"Content-Type": kind, "Stream-Next-Offset": durable.offset_of(_text(reply[1]))}
+    headers = _headers(Content_Type=kind, Stream_Next_Offset=durable.offset_of(_text(reply[1])))
     if status == "created":
         headers["Location"] = str(request.url)
         return web.Response(status=201, headers=headers)
@@ -133,7 +144,7 @@ async def append(request: web.Request) -> web.StreamResponse:
         if not producer_id:
             raise JSONError(400, "Producer-Id must not be empty.")
         epoch, seq = _whole(request, "Producer-Epoch"), _whole(request, "Producer-Seq")
-    body = await request.read()
+    body = await _body(request)
     if not body:
         raise JSONError(400, "An append needs a body.")
     messages = _messages(kind, body, initial=False)
@@ -154,7 +165,7 @@ async def append(request: web.Request) -> web.StreamResponse:
     if status == "gap":
         headers = {"Producer-Expected-Seq": _text(reply[1]), "Producer-Received-Seq": str(seq)}
         raise JSONError(409, "Producer-Seq skips ahead.", headers=headers)
-    headers = {"Stream-Next-Offset": durable.offset_of(_text(reply[1]))}
+    headers = _headers(Stream_Next_Offset=durable.offset_of(_text(reply[1])))
     if status == "duplicate":
         headers |= {"Producer-Epoch": str(epoch), "Producer-Seq": _text(reply[2])}
         return web.Response(status=204, headers=headers)
@@ -187,7 +198,7 @@ async def read(request: web.Request) -> web.StreamResponse:
     kind, tail, last = _text(reply[0]), _text(reply[2]), _text(reply[3])
     messages: list[bytes] = [m if isinstance(m, bytes) else str(m).encode() for m in reply[4:]]
     body = b"[" + b",".join(messages) + b"]" if kind == _JSON else b"".join(messages)
-    headers = {"Content-Type": kind, "Stream-Next-Offset": durable.offset_of(last)}
+    headers = _headers(Content_Type=kind, Stream_Next_Offset=durable.offset_of(last))
     if last == tail:
         headers["Stream-Up-To-Date"] = "true"
     if after == "+":
@@ -203,14 +214,15 @@ async def read(request: web.Request) -> web.StreamResponse:
 
 async def head(request: web.Request) -> web.StreamResponse:
     keys = _stream(request)
-    reply = await request.app[REDIS].register_script(durable.READ)(keys=list(keys.all), args=["+", 1])
+    reply = await request.app[REDIS].register_script(durable.META)(keys=list(keys.all))
     if reply is None:
         raise JSONError(404, "No stream at this path.")
-    headers = {
-        "Content-Type": _text(reply[0]),
-        "Stream-Next-Offset": durable.offset_of(_text(reply[2])),
-        "Cache-Control": "no-store",
-    }
+    kind, tail, ttl, expires_at, left_ms = (_text(value) for value in reply)
+    headers = _headers(Content_Type=kind, Stream_Next_Offset=durable.offset_of(tail), Cache_Control="no-store")
+    if ttl and int(left_ms) > 0:
+        headers["Stream-TTL"] = str(-(-int(left_ms) // 1000))  # what is left, in whole seconds
+    if expires_at:
+        headers["Stream-Expires-At"] = expires_at
     return web.Response(headers=headers)
 
 

@@ -56,6 +56,8 @@ class Settings:
     durable_streams: str = setting("off", "STREAMFAN_DURABLE_STREAMS")
     """The Durable Streams endpoints (``/v1/stream/{path}``): 'off'; 'keys' (every request presents
     one of STREAMFAN_API_KEYS); 'open' (anyone may create, append and read: a trusted network only)."""
+    durable_max_body_bytes: int = setting(1 << 20, "STREAMFAN_DURABLE_MAX_BODY_BYTES", low=1024, high=1 << 30)
+    """Largest body one Durable Streams create or append may carry (one message, or one JSON array)."""
     model_name: str = setting("streamfan", "STREAMFAN_MODEL_NAME")
     """The model name the OpenAI-compatible endpoints list and answer with (when a request names none)."""
     allowed_hosts: tuple[str, ...] = ()

@@ -149,3 +149,21 @@ async def test_generated_requests_never_answer_5xx(client_factory: Any) -> None:
         assert response.status < 500, (method, headers, params, response.status, await response.text())
         if response.status >= 400 and method != "HEAD":
             assert (await response.json())["message"]
+
+
+async def test_bodies_are_bounded_by_their_own_limit_and_head_tells_the_ttl(client_factory: Any) -> None:
+    """A Durable Stream's message may exceed the native API's 64 KiB (the suite appends 100 KiB), up
+    to ``STREAMFAN_DURABLE_MAX_BODY_BYTES``; HEAD says the TTL left and the expiry as created."""
+    client = await client_factory(node_settings(durable_streams="open", durable_max_body_bytes=200 * 1024))
+    created = await client.put(URL, headers={"Content-Type": "application/octet-stream", "Stream-TTL": "3600"})
+    assert created.headers["Cross-Origin-Resource-Policy"] == "same-origin"
+    big = bytes(range(256)) * 400  # 100 KiB
+    assert (await client.post(URL, headers={"Content-Type": "application/octet-stream"}, data=big)).status == 204
+    assert await (await client.get(URL)).read() == big
+    too_big = await client.post(URL, headers={"Content-Type": "application/octet-stream"}, data=big * 3)
+    assert too_big.status == 413 and (await too_big.json())["error"] == "payload_too_large"
+    head = await client.head(URL)
+    assert 3590 <= int(head.headers["Stream-TTL"]) <= 3600
+    at = "2099-01-01T00:00:00Z"
+    await client.put(URL + "-at", headers={"Stream-Expires-At": at})
+    assert (await client.head(URL + "-at")).headers["Stream-Expires-At"] == at

@@ -175,6 +175,15 @@ end
 return reply
 """
 
+META: Final = r"""
+-- KEYS = DurableKeys.all. Returns false when the stream does not exist, else {content type, tail
+-- id, Stream-TTL as created, Stream-Expires-At as created, ms left before it expires (-1 never)}.
+local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'expires_at')
+if not st[1] then return false end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+return {st[1], last and last[1] or '0-0', st[2] or '', st[3] or '', redis.call('PTTL', KEYS[1])}
+"""
+
 DELETE: Final = r"""
 -- KEYS = DurableKeys.all. Returns 1 when the stream existed (its keys are gone), else 0.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
