@@ -185,8 +185,9 @@ EMBEDDED_ENV = {
 class EmbeddedNode:
     """`python -m server` (the README's command: the embedded default) as a process of the test."""
 
-    def __init__(self, port: int, log: Path) -> None:
+    def __init__(self, port: int, log: Path, env: dict[str, str] | None = None) -> None:
         self.port, self.log = port, log
+        self.env = {**EMBEDDED_ENV, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -197,7 +198,7 @@ class EmbeddedNode:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "server", "--port", str(self.port)],
-                env={**os.environ, **EMBEDDED_ENV},
+                env={**os.environ, **self.env},
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
