@@ -1,4 +1,5 @@
-"""Which conversations this node follows: reference counts, grace periods, SSUBSCRIBE/SUNSUBSCRIBE.
+"""Which channels this node follows (conversations', Durable Streams'): reference counts, grace
+periods, SSUBSCRIBE/SUNSUBSCRIBE.
 
 Invariants (this class owns them):
 - A conversation has a feed here while it has a client, or during the grace period after its last
@@ -13,10 +14,8 @@ Invariants (this class owns them):
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
-from server.feed import ChannelFeed
-from server.follower import Follower
 from server.pubsub import SUBSCRIBE, UNSUBSCRIBE, PubSubUnavailable
 from server.shards import ShardedPubSub
 from wire.keys import ConversationKeys
@@ -26,11 +25,23 @@ def channel_name(conversation_id: str) -> bytes:
     return ConversationKeys(conversation_id).channel.encode()
 
 
-class ChannelTable:
+class Feed(Protocol):
+    """What the table needs of a channel's feed (a conversation's, or a Durable Stream's)."""
+
+    name: bytes
+    followers: set[Any]
+
+    def on_lost(self) -> None: ...
+
+
+F = TypeVar("F", bound=Feed)
+
+
+class ChannelTable(Generic[F]):
     def __init__(
         self,
         connection: ShardedPubSub,
-        make_feed: Callable[[bytes], ChannelFeed],
+        make_feed: Callable[[bytes], F],
         spawn: Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"],
         *,
         grace_seconds: float,
@@ -39,33 +50,32 @@ class ChannelTable:
         self._make_feed = make_feed
         self._spawn = spawn
         self._grace_seconds = grace_seconds
-        self._feeds: dict[bytes, ChannelFeed] = {}
+        self._feeds: dict[bytes, F] = {}
         self._grace: dict[bytes, asyncio.TimerHandle] = {}
         self._locks: dict[bytes, tuple[asyncio.Lock, list[int]]] = {}
 
     def __len__(self) -> int:
         return len(self._feeds)
 
-    def __iter__(self) -> Iterator[ChannelFeed]:
+    def __iter__(self) -> Iterator[F]:
         return iter(list(self._feeds.values()))
 
     def names(self) -> list[bytes]:
         return list(self._feeds)
 
-    def get(self, name: bytes) -> ChannelFeed | None:
+    def get(self, name: bytes) -> F | None:
         return self._feeds.get(name)
 
     def idle(self) -> bool:
         """No feed, grace timer or lock left (for leak checks)."""
         return not self._feeds and not self._grace and not self._locks
 
-    async def attach(self, conversation_id: str, follower: Follower) -> ChannelFeed:
-        """Add ``follower`` (catching up) to the conversation's feed, subscribed and confirmed.
+    async def attach(self, name: bytes, follower: Any) -> F:
+        """Add ``follower`` (catching up) to the channel's feed, subscribed and confirmed.
 
         The caller must ``detach`` it when done (a plain pair, not a context manager: one less
         object and frame kept alive per connection).
         """
-        name = channel_name(conversation_id)
         feed = self._feeds.get(name)
         if feed is None:
             feed = self._feeds[name] = self._make_feed(name)
@@ -82,7 +92,7 @@ class ChannelTable:
             raise
         return feed
 
-    def detach(self, feed: ChannelFeed, follower: Follower) -> None:
+    def detach(self, feed: F, follower: Any) -> None:
         feed.followers.discard(follower)
         if not feed.followers and feed.name not in self._grace:
             loop = asyncio.get_running_loop()
@@ -93,12 +103,12 @@ class ChannelTable:
             timer.cancel()
         self._grace.clear()
 
-    def _grace_over(self, feed: ChannelFeed) -> None:
+    def _grace_over(self, feed: F) -> None:
         self._grace.pop(feed.name, None)
         if not feed.followers:
             self._spawn(self._unsubscribe(feed), f"unsubscribe-{feed.name!r}")
 
-    async def _unsubscribe(self, feed: ChannelFeed) -> None:
+    async def _unsubscribe(self, feed: F) -> None:
         async with self._lock(feed.name):
             if feed.followers:
                 return

@@ -1,23 +1,30 @@
 """Durable Streams over HTTP (issue 25, in progress): ``/v1/stream/{path}``.
 
+Longer than 300 lines: the protocol's handlers share its header, body and offset rules; the live
+reads move to their own module when SSE joins long-poll.
+
 Served: create (PUT), append (POST, with ``Stream-Seq`` and idempotent producers checked and
 written atomically by ``wire.durable.APPEND``), catch-up reads (GET, bounded in bytes, ETags),
-metadata (HEAD) and delete. Not yet: the live modes (``live=long-poll``, ``live=sse``: a 400 for now),
-per-stream read tokens, closing a stream. Off unless ``STREAMFAN_DURABLE_STREAMS`` says ``keys``
+long-poll reads (woken through the node's one subscription per stream: ``server.durable_feed``),
+metadata (HEAD) and delete. Not yet: SSE reads (a 400 for now), per-stream read tokens, closing a
+stream, forks. Off unless ``STREAMFAN_DURABLE_STREAMS`` says ``keys``
 (every request presents an API key) or ``open``.
 """
 
+import asyncio
 import hashlib
 import json
 import re
+import secrets
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from server.context import GATE, REDIS, SETTINGS
+from server.context import GATE, HUB, REDIS, SETTINGS
 from server.dialects.openai import has_key
+from server.durable_feed import DurableReader
 from server.errors import JSONError
 from wire import durable
 from wire.durable import DurableKeys
@@ -175,29 +182,109 @@ async def append(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204, headers=headers)
 
 
-async def read(request: web.Request) -> web.StreamResponse:
-    keys = _stream(request)
-    live = request.query.get("live")
-    if live in ("long-poll", "sse"):
-        raise JSONError(400, "Live reads of Durable Streams are not served yet: read by catch-up.", code="unsupported")
-    if live is not None:
-        raise JSONError(400, "live must be long-poll or sse.")
-    offset = request.query.get("offset", "-1")
-    if offset == "-1":
-        after = "0-0"
-    elif offset == "now":
-        after = "+"
-    else:
-        entry = durable.entry_id_of(offset)
-        if entry is None:
-            raise JSONError(400, "The offset is not one this server gave.")
-        after = entry
+def _after(request: web.Request, *, required: bool) -> str:
+    """The entry id a read starts after (``'+'``: the tail, for ``offset=now``)."""
+    offset = request.query.get("offset")
+    if offset is None and required:
+        raise JSONError(400, "A live read needs an offset.")
+    if offset is None or offset == "-1":
+        return "0-0"
+    if offset == "now":
+        return "+"
+    entry = durable.entry_id_of(offset)
+    if entry is None:
+        raise JSONError(400, "The offset is not one this server gave.")
+    return entry
+
+
+class _Read:
+    """One read of a stream: its content type, tail, where it ended and the messages it got."""
+
+    __slots__ = ("kind", "last", "messages", "tail")
+
+    def __init__(self, reply: list[Any]) -> None:
+        self.kind, self.tail, self.last = _text(reply[0]), _text(reply[2]), _text(reply[3])
+        self.messages: list[bytes] = [m if isinstance(m, bytes) else str(m).encode() for m in reply[4:]]
+
+    def body(self) -> bytes:
+        return b"[" + b",".join(self.messages) + b"]" if self.kind == _JSON else b"".join(self.messages)
+
+
+async def _read_after(request: web.Request, keys: DurableKeys, after: str) -> _Read:
     reply = await request.app[REDIS].register_script(durable.READ)(keys=list(keys.all), args=[after, _READ_BYTES])
     if reply is None:
         raise JSONError(404, "No stream at this path.")
-    kind, tail, last = _text(reply[0]), _text(reply[2]), _text(reply[3])
-    messages: list[bytes] = [m if isinstance(m, bytes) else str(m).encode() for m in reply[4:]]
-    body = b"[" + b",".join(messages) + b"]" if kind == _JSON else b"".join(messages)
+    return _Read(reply)
+
+
+_CURSOR_EPOCH = datetime(2024, 10, 9, tzinfo=UTC).timestamp()
+_CURSOR_SECONDS = 20
+
+
+def _cursor(request: web.Request) -> str:
+    """The protocol's collapsing cursor: the current 20 s interval, always above the client's own
+    (with 1 to 180 intervals of jitter when the client is at or past it)."""
+    interval = int((time.time() - _CURSOR_EPOCH) // _CURSOR_SECONDS)
+    given = request.query.get("cursor", "")
+    if _DECIMAL.match(given) and int(given) >= interval:
+        return str(int(given) + secrets.randbelow(180) + 1)
+    return str(interval)
+
+
+async def _long_poll(request: web.Request, keys: DurableKeys, after: str) -> web.StreamResponse:
+    """Data after ``after`` as soon as there is some, or a 204 once the wait is over."""
+    hub, settings, gate = request.app[HUB], request.app[SETTINGS], request.app[GATE]
+    address = gate.client(request)
+    limited = gate.limited(address)
+    if limited:
+        gate.streams_per_ip.enter(address)  # a waiting reader holds a connection, as a stream does
+    try:
+        return await _wait_for_data(request, keys, after, hub, settings.durable_long_poll_seconds)
+    finally:
+        if limited:
+            gate.streams_per_ip.leave(address)
+
+
+async def _wait_for_data(
+    request: web.Request, keys: DurableKeys, after: str, hub: Any, seconds: float
+) -> web.StreamResponse:
+    reader = DurableReader()
+    feed = await hub.watch_stream(keys.channel.encode(), reader)  # confirmed: no growth is missed
+    try:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while True:
+            reader.arm()
+            got = await _read_after(request, keys, after)
+            if after == "+":
+                after = got.last  # now: the tail when the wait began
+            elif got.messages:
+                headers = _headers(Content_Type=got.kind, Stream_Next_Offset=durable.offset_of(got.last))
+                headers |= {"Stream-Cursor": _cursor(request), "Cache-Control": _CACHE}
+                if got.last == got.tail:
+                    headers["Stream-Up-To-Date"] = "true"
+                return web.Response(body=got.body(), headers=headers)
+            left = deadline - asyncio.get_running_loop().time()
+            if reader.closed or left <= 0 or not await reader.wait(left):
+                headers = _headers(Stream_Next_Offset=durable.offset_of(got.tail), Stream_Up_To_Date="true")
+                headers |= {"Stream-Cursor": _cursor(request), "Cache-Control": "no-store"}
+                return web.Response(status=204, headers=headers)
+    finally:
+        hub.unwatch_stream(feed, reader)
+
+
+async def read(request: web.Request) -> web.StreamResponse:
+    keys = _stream(request)
+    live = request.query.get("live")
+    if live == "sse":
+        raise JSONError(400, "SSE reads of Durable Streams are not served yet: use long-poll.", code="unsupported")
+    if live == "long-poll":
+        return await _long_poll(request, keys, _after(request, required=True))
+    if live is not None:
+        raise JSONError(400, "live must be long-poll or sse.")
+    after = _after(request, required=False)
+    got = await _read_after(request, keys, after)
+    kind, tail, last = got.kind, got.tail, got.last
+    body = got.body()
     headers = _headers(Content_Type=kind, Stream_Next_Offset=durable.offset_of(last))
     if last == tail:
         headers["Stream-Up-To-Date"] = "true"

@@ -21,6 +21,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from server.channels import ChannelTable, channel_name
+from server.durable_feed import DurableFeed, DurableReader
 from server.feed import ChannelFeed, FeedServices
 from server.follower import Follower
 from server.metrics import NodeMetrics
@@ -53,6 +54,8 @@ class Hub:
         self.channels = ChannelTable(
             self.pubsub, lambda name: ChannelFeed(name, services), self._spawn, grace_seconds=grace_seconds
         )
+        self.durable = ChannelTable(self.pubsub, DurableFeed, self._spawn, grace_seconds=grace_seconds)
+        """Durable Streams' channels: readers waiting for a stream to grow."""
 
     # -- for the endpoints and health checks ---------------------------------------------------
 
@@ -80,20 +83,31 @@ class Hub:
         return 0 if feed is None else len(feed.followers)
 
     async def attach(self, conversation_id: str, follower: Follower) -> ChannelFeed:
-        return await self.channels.attach(conversation_id, follower)
+        return await self.channels.attach(channel_name(conversation_id), follower)
 
     def detach(self, feed: ChannelFeed, follower: Follower) -> None:
         self.channels.detach(feed, follower)
+
+    async def watch_stream(self, channel: bytes, reader: DurableReader) -> DurableFeed:
+        """Wake ``reader`` whenever the Durable Stream of ``channel`` grows (subscribed and confirmed
+        on return); ``unwatch_stream`` when done."""
+        return await self.durable.attach(channel, reader)
+
+    def unwatch_stream(self, feed: DurableFeed, reader: DurableReader) -> None:
+        self.durable.detach(feed, reader)
 
     def close_all(self) -> None:
         """End every client's stream (node shutdown): each resumes on another node with its cursor."""
         for feed in self.channels:
             for follower in list(feed.followers):
                 follower.stream.close()
+        for durable in self.durable:
+            for reader in list(durable.followers):
+                reader.close()
 
     def idle(self) -> bool:
         """No channel, lock, timer or task left (for leak checks)."""
-        return self.channels.idle() and not self._tasks
+        return self.channels.idle() and self.durable.idle() and not self._tasks
 
     async def run(self) -> None:
         """Run the connection and the heartbeat loop until cancelled; then stop every task it owns."""
@@ -104,18 +118,22 @@ class Hub:
                 tasks.create_task(self._watch(), name="hub-watch")
         finally:
             self.channels.cancel_timers()
+            self.durable.cancel_timers()
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- ChannelSink: what the shards' connections report ---------------------------------------
 
+    def _feed(self, channel: bytes) -> ChannelFeed | DurableFeed | None:
+        return self.channels.get(channel) or self.durable.get(channel)
+
     def wanted_channels(self) -> list[bytes]:
-        return self.channels.names()
+        return self.channels.names() + self.durable.names()
 
     def on_connected(self, channels: list[bytes], generation: int) -> None:
         for channel in channels:
-            feed = self.channels.get(channel)
+            feed = self._feed(channel)
             if feed is not None:
                 feed.on_connected(generation)
 
@@ -123,18 +141,18 @@ class Hub:
         self.metrics.redis_reconnects.inc()
 
     def on_subscribed(self, channel: bytes, generation: int) -> None:
-        feed = self.channels.get(channel)
+        feed = self._feed(channel)
         if feed is not None:
             feed.on_subscribed(generation)
 
     def on_message(self, channel: bytes, data: bytes) -> None:
-        feed = self.channels.get(channel)
+        feed = self._feed(channel)
         if feed is not None:
             feed.on_frame(data)
 
     def on_lost(self, channels: list[bytes]) -> None:
         for channel in channels:
-            feed = self.channels.get(channel)
+            feed = self._feed(channel)
             if feed is not None:
                 feed.on_lost()
 

@@ -58,6 +58,8 @@ class Settings:
     one of STREAMFAN_API_KEYS); 'open' (anyone may create, append and read: a trusted network only)."""
     durable_max_body_bytes: int = setting(1 << 20, "STREAMFAN_DURABLE_MAX_BODY_BYTES", low=1024, high=1 << 30)
     """Largest body one Durable Streams create or append may carry (one message, or one JSON array)."""
+    durable_long_poll_seconds: float = setting(15.0, "STREAMFAN_DURABLE_LONG_POLL_SECONDS", low=0.1, high=600)
+    """How long a Durable Streams long-poll waits for data before its 204 (clients wait 20 s)."""
     model_name: str = setting("streamfan", "STREAMFAN_MODEL_NAME")
     """The model name the OpenAI-compatible endpoints list and answer with (when a request names none)."""
     allowed_hosts: tuple[str, ...] = ()

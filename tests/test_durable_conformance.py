@@ -42,7 +42,11 @@ def test_the_official_suite_passes_what_the_node_serves(tmp_path: Path) -> None:
     node_js = shutil.which("node")
     vitest = FOLDER / "node_modules" / ".bin" / "vitest"
     assert node_js is not None and vitest.exists(), "Node.js or the suite is missing: ./scripts/test.sh installs them"
-    node = EmbeddedNode(free_port(), tmp_path / "node.log", env={"STREAMFAN_DURABLE_STREAMS": "open"})
+    node = EmbeddedNode(
+        free_port(),
+        tmp_path / "node.log",
+        env={"STREAMFAN_DURABLE_STREAMS": "open", "STREAMFAN_DURABLE_LONG_POLL_SECONDS": "2"},
+    )
     node.start()
     report = tmp_path / "report.json"
     try:

@@ -1,13 +1,16 @@
 """Durable Streams over HTTP (issue 25, first slice): create, append (idempotent producers), catch-up
 reads, HEAD and DELETE on an embedded node; every refusal a JSON 4xx; off unless configured."""
 
+import asyncio
 import random
 from typing import Any
 
 import pytest
 
+from server.context import HUB
 from tests.conftest import node_settings
 from wire import durable
+from wire.durable import DurableKeys
 
 URL = "/v1/stream/chat/room-1"
 KEY = "k" * 32
@@ -15,7 +18,7 @@ JSON = {"Content-Type": "application/json"}
 
 
 async def open_node(client_factory: Any, mode: str = "open") -> Any:
-    return await client_factory(node_settings(durable_streams=mode, api_keys=(KEY,)))
+    return await client_factory(node_settings(durable_streams=mode, api_keys=(KEY,), durable_long_poll_seconds=0.2))
 
 
 async def test_the_endpoints_are_off_unless_configured_and_keyed_when_asked(client_factory: Any) -> None:
@@ -114,13 +117,48 @@ async def test_every_bad_request_is_a_json_4xx(
         assert (await response.json())["message"]
 
 
-async def test_offsets_and_live_modes_not_served_yet_are_refused_cleanly(client_factory: Any) -> None:
+async def test_a_long_poll_answers_at_once_when_data_waits_else_when_it_comes(client_factory: Any) -> None:
+    """Long-poll readers wait on the node's one subscription to the stream and are woken by an
+    append (from any node); with nothing, they get a 204 at the tail once the wait is over."""
+    client = await client_factory(node_settings(durable_streams="open", durable_long_poll_seconds=10))
+    await client.put(URL, headers=JSON, data=b'[{"n":1}]')
+    waiting = await client.get(URL, params={"offset": durable.START_OFFSET, "live": "long-poll"})
+    assert await waiting.json() == [{"n": 1}] and waiting.headers["Stream-Cursor"].isdigit()
+    tail = waiting.headers["Stream-Next-Offset"]
+
+    async def append_soon() -> None:
+        await asyncio.sleep(0.2)
+        assert (await client.post(URL, headers=JSON, data=b'{"n":2}')).status == 204
+
+    for offset in (tail, "now"):
+        appender = asyncio.create_task(append_soon())
+        woken = await client.get(URL, params={"offset": offset, "live": "long-poll"})
+        await appender
+        assert woken.status == 200 and (await woken.json())[-1]["n"] == 2
+        assert woken.headers["Stream-Up-To-Date"] == "true"
+        tail = woken.headers["Stream-Next-Offset"]
+    hub = client.server.app[HUB]
+    assert hub.durable.get(DurableKeys(URL.removeprefix("/v1/stream/")).channel.encode()) is not None
+
+
+async def test_a_long_poll_with_nothing_new_ends_with_a_204_at_the_tail(client_factory: Any) -> None:
+    client = await client_factory(node_settings(durable_streams="open", durable_long_poll_seconds=0.3))
+    created = await client.put(URL, headers=JSON, data=b"[1]")
+    for offset in (created.headers["Stream-Next-Offset"], "now"):
+        response = await client.get(URL, params={"offset": offset, "live": "long-poll", "cursor": "99999999"})
+        assert response.status == 204 and response.headers["Stream-Up-To-Date"] == "true"
+        assert response.headers["Stream-Next-Offset"] == created.headers["Stream-Next-Offset"]
+        assert int(response.headers["Stream-Cursor"]) > 99999999  # never back, past the client's own
+
+
+async def test_live_reads_refuse_what_they_cannot_serve(client_factory: Any) -> None:
     client = await open_node(client_factory)
     await client.put(URL, headers=JSON)
     assert (await client.get(URL, params={"offset": "12-0"})).status == 400
-    for live in ("long-poll", "sse"):
-        response = await client.get(URL, params={"offset": durable.START_OFFSET, "live": live})
-        assert response.status == 400 and (await response.json())["error"] == "unsupported"
+    assert (await client.get(URL, params={"live": "long-poll"})).status == 400  # a live read needs an offset
+    response = await client.get(URL, params={"offset": durable.START_OFFSET, "live": "sse"})
+    assert response.status == 400 and (await response.json())["error"] == "unsupported"
+    assert (await client.get("/v1/stream/nowhere", params={"offset": "now", "live": "long-poll"})).status == 404
     assert (await client.post("/v1/stream/nowhere", headers=JSON, data=b"{}")).status == 404
 
 

@@ -53,7 +53,7 @@ class DurableKeys:
     producers: str = field(init=False)
     """Hash: producer id → ``<epoch>:<last seq>``."""
     channel: str = field(init=False)
-    """Shard channel for live readers (the next step)."""
+    """Shard channel: ``APPEND`` publishes the new tail id on it, ``DELETE`` that it is gone."""
 
     def __post_init__(self) -> None:
         raw = self.path.encode()
@@ -72,6 +72,11 @@ _TAIL: Final = r"""
 local function tail()
   local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
   return last and last[1] or '0-0'
+end
+
+local function notify(id)
+  -- Readers waiting on this node or any other (DurableKeys.channel) read on from their offsets.
+  redis.call('SPUBLISH', string.sub(KEYS[1], 1, -5) .. 'live', id)
 end
 
 local function same_expiry()
@@ -141,6 +146,7 @@ for i = 6, #ARGV do id = redis.call('XADD', KEYS[2], '*', 'd', ARGV[i]) end
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'seq', ARGV[2]) end
 if producer ~= '' then redis.call('HSET', KEYS[3], producer, ARGV[4] .. ':' .. ARGV[5]) end
 same_expiry()
+notify(id)
 return {'appended', id}
 """
 )
@@ -185,8 +191,10 @@ return {st[1], last and last[1] or '0-0', st[2] or '', st[3] or '', redis.call('
 """
 
 DELETE: Final = r"""
--- KEYS = DurableKeys.all. Returns 1 when the stream existed (its keys are gone), else 0.
+-- KEYS = DurableKeys.all. Returns 1 when the stream existed (its keys are gone; its waiting readers
+-- are woken to find it gone), else 0.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('SPUBLISH', string.sub(KEYS[1], 1, -5) .. 'live', 'deleted')
 return 1
 """
