@@ -8,10 +8,11 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
 
-from server import api, durable_streams, health
+from server import api, durable_http, durable_streams, health
 from server.access import Gate
-from server.context import GATE, HUB, METRICS, PATH_ERROR_SHAPES, REDIS, SETTINGS, STORE
+from server.context import DURABLE, GATE, HUB, METRICS, PATH_ERROR_SHAPES, REDIS, SETTINGS, STORE
 from server.dialects import ai_sdk, chat, openai, responses
+from server.durable_store import DurableStore
 from server.errors import ErrorShape, Handler, JSONError, guarded
 from server.http_policy import apply_headers, fallback
 from server.hub import Hub
@@ -33,6 +34,7 @@ def create_app(settings: Settings, redis: "Redis | RedisCluster") -> web.Applica
     app[GATE] = Gate.from_settings(settings)
     store = ConversationStore(redis, settings.retention, replay_page_bytes=settings.replay_page_bytes)
     app[STORE] = store
+    app[DURABLE] = DurableStore(redis)
     metrics = app[METRICS] = NodeMetrics()
     hub = app[HUB] = Hub(
         redis,
@@ -78,10 +80,14 @@ def create_app(settings: Settings, redis: "Redis | RedisCluster") -> web.Applica
     ]
     if settings.durable_streams != "off":
         routes += [
-            ("PUT", durable_streams.PATH, durable_streams.create, None),
-            ("POST", durable_streams.PATH, durable_streams.append, None),
-            ("HEAD", durable_streams.PATH, durable_streams.head, None),
-            ("DELETE", durable_streams.PATH, durable_streams.delete, None),
+            (method, durable_http.PATH, durable_http.cross_origin(handler), None)
+            for method, handler in (
+                ("PUT", durable_streams.create),
+                ("POST", durable_streams.append),
+                ("HEAD", durable_streams.head),
+                ("DELETE", durable_streams.delete),
+                ("OPTIONS", durable_http.preflight),
+            )
         ]
     if (WEB_ROOT / "index.html").exists():
         routes += [("GET", "/", _index, None), ("GET", "/c/{conversation_id}", _index, None)]
@@ -92,7 +98,8 @@ def create_app(settings: Settings, redis: "Redis | RedisCluster") -> web.Applica
         else:
             app.router.add_route(method, path, guarded(handler, shape))
     if settings.durable_streams != "off":  # its HEAD is its own (metadata), routed above
-        app.router.add_get(durable_streams.PATH, guarded(durable_streams.read), allow_head=False)
+        read = durable_http.cross_origin(durable_streams.read)
+        app.router.add_get(durable_http.PATH, guarded(read), allow_head=False)
     # The event stream goes unwrapped: it raises only JSON errors, and only before it streams.
     app.router.add_get("/api/conversations/{conversation_id}/events", stream_events)
     app.router.add_get("/api/stream", stream_many)

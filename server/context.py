@@ -4,6 +4,7 @@ from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
 
 from server.access import Gate
+from server.durable_store import DurableStore
 from server.errors import ErrorShape
 from server.hub import Hub
 from server.metrics import NodeMetrics
@@ -13,6 +14,7 @@ from server.store import ConversationStore
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey[Redis | RedisCluster]("redis")
 STORE = web.AppKey("store", ConversationStore)
+DURABLE = web.AppKey("durable", DurableStore)
 HUB = web.AppKey("hub", Hub)
 METRICS = web.AppKey("metrics", NodeMetrics)
 GATE = web.AppKey("gate", Gate)

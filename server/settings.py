@@ -60,6 +60,9 @@ class Settings:
     """Largest body one Durable Streams create or append may carry (one message, or one JSON array)."""
     durable_long_poll_seconds: float = setting(15.0, "STREAMFAN_DURABLE_LONG_POLL_SECONDS", low=0.1, high=600)
     """How long a Durable Streams long-poll waits for data before its 204 (clients wait 20 s)."""
+    durable_sse_seconds: float = setting(60.0, "STREAMFAN_DURABLE_SSE_SECONDS", low=1, high=3600)
+    """How long one Durable Streams SSE response lasts before the server ends it (the protocol's ~60 s:
+    the client reconnects from its last offset, and CDNs can collapse the reconnects)."""
     model_name: str = setting("streamfan", "STREAMFAN_MODEL_NAME")
     """The model name the OpenAI-compatible endpoints list and answer with (when a request names none)."""
     allowed_hosts: tuple[str, ...] = ()

@@ -22,9 +22,12 @@ async def redis(redis_process: RedisServer) -> AsyncIterator[Any]:
     await client.aclose()
 
 
-async def create(redis: Any, keys: DurableKeys, *messages: str, kind: str = JSON, ttl: str = "") -> list[Any]:
+async def create(
+    redis: Any, keys: DurableKeys, *messages: str, kind: str = JSON, ttl: str = "", closed: bool = False
+) -> list[Any]:
     expiry = str(int(ttl) * 1000) if ttl else ""
-    result: list[Any] = await redis.eval(durable.CREATE, 3, *keys.all, kind, ttl, "", expiry, *messages)
+    flag = "1" if closed else ""
+    result: list[Any] = await redis.eval(durable.CREATE, 3, *keys.all, kind, ttl, "", expiry, flag, *messages)
     return result
 
 
@@ -35,9 +38,11 @@ async def append(
     kind: str = JSON,
     seq: str = "",
     producer: tuple[str, int, int] | None = None,
+    close: bool = False,
 ) -> list[Any]:
     pid, epoch, pseq = producer or ("", 0, 0)
-    result: list[Any] = await redis.eval(durable.APPEND, 3, *keys.all, kind, seq, pid, epoch, pseq, *messages)
+    flag = "1" if close else ""
+    result: list[Any] = await redis.eval(durable.APPEND, 3, *keys.all, kind, seq, pid, epoch, pseq, flag, *messages)
     return result
 
 
@@ -54,9 +59,9 @@ def test_offsets_sort_as_strings_in_the_order_of_the_entries() -> None:
 
 async def test_create_is_idempotent_for_the_same_configuration_only(redis: Any) -> None:
     keys = DurableKeys("/chat/room-1")
-    status, tail = await create(redis, keys, '{"a":1}', '{"b":2}')
-    assert status == "created" and tail != "0-0"
-    assert await create(redis, keys) == ["exists", tail]
+    status, tail, closed = await create(redis, keys, '{"a":1}', '{"b":2}')
+    assert status == "created" and tail != "0-0" and closed == ""
+    assert await create(redis, keys) == ["exists", tail, ""]
     assert await create(redis, keys, kind="text/plain") == ["conflict"]
     assert await create(redis, keys, ttl="60") == ["conflict"]
     assert (await create(redis, DurableKeys("/chat/room-2")))[1] == "0-0"  # empty: the start
@@ -67,11 +72,11 @@ async def test_an_append_is_refused_whole_when_the_stream_says_no(redis: Any) ->
     assert await append(redis, keys, "{}") == ["missing"]
     await create(redis, keys)
     assert await append(redis, keys, "x", kind="text/plain") == ["type"]
-    status, first = await append(redis, keys, "{}", seq="b")
+    status, first, _ = await append(redis, keys, "{}", seq="b")
     assert status == "appended"
     assert await append(redis, keys, "{}", seq="a") == ["seq", "b"]  # byte-wise, not above the last
     assert await append(redis, keys, "{}", seq="b") == ["seq", "b"]
-    status, second = await append(redis, keys, "{}", "{}", seq="c")
+    status, second, _ = await append(redis, keys, "{}", "{}", seq="c")
     assert status == "appended" and durable.offset_of(second) > durable.offset_of(first)
     assert await redis.xlen(keys.log) == 3
 
@@ -79,9 +84,9 @@ async def test_an_append_is_refused_whole_when_the_stream_says_no(redis: Any) ->
 async def test_an_idempotent_producer_appends_once_and_a_zombie_is_fenced(redis: Any) -> None:
     keys = DurableKeys("/events")
     await create(redis, keys)
-    status, tail = await append(redis, keys, "1", producer=("p", 0, 0))
+    status, tail, _ = await append(redis, keys, "1", producer=("p", 0, 0))
     assert status == "appended"
-    assert await append(redis, keys, "1", producer=("p", 0, 0)) == ["duplicate", tail, 0]  # a retry
+    assert await append(redis, keys, "1", producer=("p", 0, 0)) == ["duplicate", tail, 0, ""]  # a retry
     assert await append(redis, keys, "3", producer=("p", 0, 2)) == ["gap", 1]
     assert (await append(redis, keys, "2", producer=("p", 0, 1)))[0] == "appended"
     assert await append(redis, keys, "x", producer=("p", 1, 3)) == ["epoch_seq"]
@@ -95,15 +100,15 @@ async def test_an_idempotent_producer_appends_once_and_a_zombie_is_fenced(redis:
 async def test_reads_are_bounded_in_bytes_and_resume_from_an_offset(redis: Any) -> None:
     keys = DurableKeys("/big")
     await create(redis, keys, *[f"m{i:03d}" + "x" * 96 for i in range(200)], kind="text/plain")
-    kind, first, tail, last, *messages = await redis.eval(durable.READ, 3, *keys.all, "0-0", 1000)
-    assert kind == "text/plain" and len(messages) == 10 and messages[0].startswith("m000")
+    kind, first, tail, last, closed, *messages = await redis.eval(durable.READ, 3, *keys.all, "0-0", 1000)
+    assert kind == "text/plain" and closed == "" and len(messages) == 10 and messages[0].startswith("m000")
     [(oldest, _)] = await redis.xrange(keys.log, count=1)
     assert first == oldest  # the first retained: a cursor before it is gone (410)
-    _, _, _, after, *rest = await redis.eval(durable.READ, 3, *keys.all, last, 1000)
+    _, _, _, after, _, *rest = await redis.eval(durable.READ, 3, *keys.all, last, 1000)
     assert rest[0].startswith("m010") and durable.offset_of(after) > durable.offset_of(last)
-    _, _, _, at_tail, *none = await redis.eval(durable.READ, 3, *keys.all, "+", 1000)
+    _, _, _, at_tail, _, *none = await redis.eval(durable.READ, 3, *keys.all, "+", 1000)
     assert at_tail == tail and none == []
-    _, _, _, _, *one = await redis.eval(durable.READ, 3, *keys.all, "0-0", 1)
+    _, _, _, _, _, *one = await redis.eval(durable.READ, 3, *keys.all, "0-0", 1)
     assert len(one) == 1  # at least one message, whatever the bound
     assert await redis.eval(durable.READ, 3, *DurableKeys("/none").all, "0-0", 1000) is None
 
@@ -117,6 +122,35 @@ async def test_a_stream_expires_whole_and_deletes_whole(redis: Any) -> None:
     assert await redis.eval(durable.DELETE, 3, *keys.all) == 1
     assert await redis.exists(*keys.all) == 0
     assert await redis.eval(durable.DELETE, 3, *keys.all) == 0
+
+
+async def test_a_closed_stream_takes_nothing_more_and_says_so_in_every_read(redis: Any) -> None:
+    keys = DurableKeys("/closing")
+    await create(redis, keys, kind="text/plain")
+    status, tail, _ = await append(redis, keys, "last", kind="text/plain", producer=("p", 0, 0), close=True)
+    assert status == "appended"  # the final message and the close in one call: a reader sees both
+    _, _, _, last, closed, *messages = await redis.eval(durable.READ, 3, *keys.all, "0-0", 1000)
+    assert (last, closed, messages) == (tail, "1", ["last"])
+    assert await append(redis, keys, "more", kind="text/plain") == ["closed", tail]
+    assert await append(redis, keys, kind="", close=True) == ["appended", tail, "1"]  # closing again
+    assert await append(redis, keys, "x", kind="text/plain", producer=("p", 0, 0)) == ["duplicate", tail, 0, "1"]
+    assert await append(redis, keys, "x", kind="text/plain", producer=("p", 0, 1)) == ["closed", tail]
+    assert await append(redis, keys, "x", kind="text/plain", producer=("p", 1, 0), close=True) == ["closed", tail]
+    assert (await create(redis, DurableKeys("/born-closed"), "only", kind="text/plain", closed=True))[2] == "1"
+
+
+async def test_a_stream_ttl_slides_with_reads_and_writes_but_not_metadata(redis: Any) -> None:
+    keys = DurableKeys("/sliding")
+    await create(redis, keys, "{}", ttl="60")
+    await redis.pexpire(keys.meta, 5000)
+    await redis.eval(durable.META, 3, *keys.all)
+    assert await redis.pttl(keys.meta) <= 5000
+    await redis.eval(durable.READ, 3, *keys.all, "0-0", 1000)
+    assert await redis.pttl(keys.meta) > 50_000
+    for key in keys.all:
+        await redis.pexpire(key, 5000)
+    await append(redis, keys, "{}", producer=("p", 0, 0))
+    assert all([await redis.pttl(key) > 50_000 for key in keys.all])
 
 
 def test_a_stream_lives_in_one_slot_and_its_path_never_reaches_a_key_name() -> None:

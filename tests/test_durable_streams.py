@@ -1,7 +1,10 @@
-"""Durable Streams over HTTP (issue 25, first slice): create, append (idempotent producers), catch-up
-reads, HEAD and DELETE on an embedded node; every refusal a JSON 4xx; off unless configured."""
+"""Durable Streams over HTTP (issue 25): create, append (idempotent producers), close, catch-up,
+long-poll and SSE reads, HEAD and DELETE on an embedded node; every refusal a JSON 4xx, readable
+cross-origin; off unless configured."""
 
 import asyncio
+import base64
+import json
 import random
 from typing import Any
 
@@ -18,7 +21,10 @@ JSON = {"Content-Type": "application/json"}
 
 
 async def open_node(client_factory: Any, mode: str = "open") -> Any:
-    return await client_factory(node_settings(durable_streams=mode, api_keys=(KEY,), durable_long_poll_seconds=0.2))
+    settings = node_settings(
+        durable_streams=mode, api_keys=(KEY,), durable_long_poll_seconds=0.2, durable_sse_seconds=1
+    )
+    return await client_factory(settings)
 
 
 async def test_the_endpoints_are_off_unless_configured_and_keyed_when_asked(client_factory: Any) -> None:
@@ -156,8 +162,8 @@ async def test_live_reads_refuse_what_they_cannot_serve(client_factory: Any) -> 
     await client.put(URL, headers=JSON)
     assert (await client.get(URL, params={"offset": "12-0"})).status == 400
     assert (await client.get(URL, params={"live": "long-poll"})).status == 400  # a live read needs an offset
-    response = await client.get(URL, params={"offset": durable.START_OFFSET, "live": "sse"})
-    assert response.status == 400 and (await response.json())["error"] == "unsupported"
+    assert (await client.get(URL, params={"live": "sse"})).status == 400
+    assert (await client.get("/v1/stream/nowhere", params={"offset": "-1", "live": "sse"})).status == 404
     assert (await client.get("/v1/stream/nowhere", params={"offset": "now", "live": "long-poll"})).status == 404
     assert (await client.post("/v1/stream/nowhere", headers=JSON, data=b"{}")).status == 404
 
@@ -194,7 +200,7 @@ async def test_bodies_are_bounded_by_their_own_limit_and_head_tells_the_ttl(clie
     to ``STREAMFAN_DURABLE_MAX_BODY_BYTES``; HEAD says the TTL left and the expiry as created."""
     client = await client_factory(node_settings(durable_streams="open", durable_max_body_bytes=200 * 1024))
     created = await client.put(URL, headers={"Content-Type": "application/octet-stream", "Stream-TTL": "3600"})
-    assert created.headers["Cross-Origin-Resource-Policy"] == "same-origin"
+    assert created.headers["Cross-Origin-Resource-Policy"] == "cross-origin"
     big = bytes(range(256)) * 400  # 100 KiB
     assert (await client.post(URL, headers={"Content-Type": "application/octet-stream"}, data=big)).status == 204
     assert await (await client.get(URL)).read() == big
@@ -205,3 +211,99 @@ async def test_bodies_are_bounded_by_their_own_limit_and_head_tells_the_ttl(clie
     at = "2099-01-01T00:00:00Z"
     await client.put(URL + "-at", headers={"Stream-Expires-At": at})
     assert (await client.head(URL + "-at")).headers["Stream-Expires-At"] == at
+
+
+def sse_events(text: str) -> list[tuple[str, str]]:
+    """``(event, data)`` pairs of an SSE body, data lines joined with LF as EventSource does."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        lines = [line for line in block.split("\n") if line and not line.startswith(":")]
+        kind = next((line[6:].strip() for line in lines if line.startswith("event:")), "")
+        if kind:
+            events.append((kind, "\n".join(line[5:] for line in lines if line.startswith("data:"))))
+    return events
+
+
+async def test_sse_sends_each_read_as_a_data_event_and_its_control_event(client_factory: Any) -> None:
+    """Text line by line (a CR, LF or CRLF in a message cannot forge an event), JSON as one array per
+    read, any other type in base64; then the live tail, woken by an append."""
+    client = await open_node(client_factory)
+    text = {"Content-Type": "text/plain"}
+    forged = "one\r\n\r\nevent: control\rdata: {}\n\nend"
+    await client.put(URL, headers=text, data=forged.encode())
+    response = await client.get(URL, params={"offset": "-1", "live": "sse"})
+    assert response.headers["Content-Type"] == "text/event-stream" and "Content-Length" not in response.headers
+    first = await response.content.readuntil(b"\n\n")
+    control = await response.content.readuntil(b"\n\n")
+    [(kind, data)] = sse_events(first.decode())
+    assert kind == "data" and data == forged.replace("\r\n", "\n").replace("\r", "\n")
+    [(kind, data)] = sse_events(control.decode())
+    state = json.loads(data)
+    assert kind == "control" and state["upToDate"] is True and state["streamCursor"].isdigit()
+    appended = await client.post(URL, headers=text, data=b"two")
+    live = (await response.content.readuntil(b"\n\n")) + await response.content.readuntil(b"\n\n")
+    (_, data), (_, control_data) = sse_events(live.decode())
+    assert data == "two" and json.loads(control_data)["streamNextOffset"] == appended.headers["Stream-Next-Offset"]
+    response.close()
+
+    await client.put("/v1/stream/j", headers=JSON, data=b'[{"n":1}]')
+    await client.post("/v1/stream/j", headers=JSON, data=b'[{"n":2}]')
+    body = await (await client.get("/v1/stream/j", params={"offset": "-1", "live": "sse"})).text()
+    events = sse_events(body)  # the response ends after STREAMFAN_DURABLE_SSE_SECONDS
+    assert [kind for kind, _ in events] == ["data", "control"] and json.loads(events[0][1]) == [{"n": 1}, {"n": 2}]
+
+    binary = {"Content-Type": "application/octet-stream"}
+    await client.put("/v1/stream/b", headers=binary, data=b"\x00\n\r\xff")
+    response = await client.get("/v1/stream/b", params={"offset": "now", "live": "sse"})
+    assert response.headers["Stream-SSE-Data-Encoding"] == "base64"
+    [(kind, data)] = sse_events((await response.content.readuntil(b"\n\n")).decode())
+    assert kind == "control" and json.loads(data)["upToDate"] is True  # now: no history
+    await client.post("/v1/stream/b", headers=binary, data=b"\x01\x02")
+    [(kind, data)] = sse_events((await response.content.readuntil(b"\n\n")).decode())
+    assert kind == "data" and base64.b64decode(data) == b"\x01\x02"
+    response.close()
+
+
+async def test_a_closed_stream_refuses_appends_and_every_reader_sees_its_end(client_factory: Any) -> None:
+    client = await open_node(client_factory)
+    text = {"Content-Type": "text/plain"}
+    await client.put(URL, headers=text, data=b"a")
+    sse = await client.get(URL, params={"offset": "-1", "live": "sse"})
+    producer = {"Producer-Id": "p", "Producer-Epoch": "0", "Producer-Seq": "0"}
+    closed = await client.post(URL, headers={**text, **producer, "Stream-Closed": "true"}, data=b"b")
+    assert closed.status == 200 and closed.headers["Stream-Closed"] == "true"
+    tail = closed.headers["Stream-Next-Offset"]
+    events = sse_events(await sse.text())  # the stream's end ends the response
+    assert "".join(data for kind, data in events if kind == "data") == "ab"
+    assert json.loads(events[-1][1]) == {"streamNextOffset": tail, "streamClosed": True, "upToDate": True}
+    refused = await client.post(URL, headers=text, data=b"c")
+    assert refused.status == 409 and refused.headers["Stream-Closed"] == "true"
+    assert refused.headers["Stream-Next-Offset"] == tail and (await refused.json())["error"] == "stream_closed"
+    again = await client.post(URL, headers={**text, **producer, "Stream-Closed": "true"}, data=b"b")
+    assert again.status == 204  # the same close, retried: a duplicate
+    assert (await client.post(URL, headers={"Stream-Closed": "true"})).status == 204  # closing again
+    poll = await client.get(URL, params={"offset": tail, "live": "long-poll"})
+    assert poll.status == 204 and poll.headers["Stream-Closed"] == "true"  # at once: nothing will come
+    read = await client.get(URL)
+    assert await read.text() == "ab" and read.headers["Stream-Closed"] == "true"
+    assert (await client.head(URL)).headers["Stream-Closed"] == "true"
+    assert (await client.post(URL, headers=text)).status == 400  # no body and no close: nothing to do
+
+
+async def test_any_origin_may_call_and_read_every_answer_but_without_credentials(client_factory: Any) -> None:
+    client = await open_node(client_factory)
+    preflight = await client.options(
+        URL,
+        headers={
+            "Origin": "https://elsewhere.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "if-none-match",
+        },
+    )
+    assert preflight.status == 204 and "If-None-Match" in preflight.headers["Access-Control-Allow-Headers"]
+    missing = await client.get(URL, headers={"Origin": "https://elsewhere.example"})
+    assert missing.status == 404 and missing.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in missing.headers
+    await client.put(URL, headers=JSON)
+    read = await client.get(URL, headers={"Origin": "https://elsewhere.example"})
+    assert "Stream-Next-Offset" in read.headers["Access-Control-Expose-Headers"]

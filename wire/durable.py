@@ -79,8 +79,14 @@ local function notify(id)
   redis.call('SPUBLISH', string.sub(KEYS[1], 1, -5) .. 'live', id)
 end
 
-local function same_expiry()
-  -- Keys made after the stream take its expiry (a stream created with a TTL expires whole).
+local function refresh_expiry(ttl)
+  -- Stream-TTL slides: each read or write starts it again. Stream-Expires-At does not move, and the
+  -- keys made after the stream take its expiry (a stream with either expires whole).
+  if ttl and ttl ~= '' then
+    local ms = math.max(1, tonumber(ttl) * 1000)
+    for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ms) end
+    return
+  end
   local left = redis.call('PTTL', KEYS[1])
   if left > 0 then
     redis.call('PEXPIRE', KEYS[2], left)
@@ -93,20 +99,21 @@ CREATE: Final = (
     _TAIL
     + r"""
 -- KEYS = DurableKeys.all. ARGV: 1 content type, 2 TTL seconds ('' none), 3 expires-at as given
--- ('' none), 4 expiry in ms from now ('' none), then the initial messages.
--- Returns {'created', tail}, {'exists', tail} (same configuration: idempotent) or {'conflict'}.
-local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'expires_at')
+-- ('' none), 4 expiry in ms from now ('' none), 5 '1' to create it closed, then the initial messages.
+-- Returns {'created', tail, closed}, {'exists', tail, closed} (same configuration: idempotent) or
+-- {'conflict'}.
+local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'expires_at', 'closed')
 if st[1] then
   if st[1] == ARGV[1] and (st[2] or '') == ARGV[2] and (st[3] or '') == ARGV[3] then
-    return {'exists', tail()}
+    return {'exists', tail(), st[4] or ''}
   end
   return {'conflict'}
 end
-redis.call('HSET', KEYS[1], 'type', ARGV[1], 'ttl', ARGV[2], 'expires_at', ARGV[3])
-for i = 5, #ARGV do redis.call('XADD', KEYS[2], '*', 'd', ARGV[i]) end
+redis.call('HSET', KEYS[1], 'type', ARGV[1], 'ttl', ARGV[2], 'expires_at', ARGV[3], 'closed', ARGV[5])
+for i = 6, #ARGV do redis.call('XADD', KEYS[2], '*', 'd', ARGV[i]) end
 if ARGV[4] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
-same_expiry()
-return {'created', tail()}
+refresh_expiry(nil)
+return {'created', tail(), ARGV[5]}
 """
 )
 
@@ -114,15 +121,17 @@ APPEND: Final = (
     _TAIL
     + r"""
 -- KEYS = DurableKeys.all. ARGV: 1 content type, 2 Stream-Seq ('' none), 3 producer id ('' none),
--- 4 producer epoch, 5 producer seq, then the messages (at least one).
--- Returns, nothing written unless said: {'appended', tail} (with a producer: its new state is
--- stored in the same call); {'missing'}; {'type'} (another content type); {'seq', last} (Stream-Seq
--- not above the last); {'stale', epoch} (a zombie: an older epoch); {'epoch_seq'} (a new epoch
--- must start at seq 0); {'gap', expected}; {'duplicate', tail, last seq} (a retry: already here).
-local st = redis.call('HMGET', KEYS[1], 'type', 'seq')
+-- 4 producer epoch, 5 producer seq, 6 '1' to close the stream after these messages, then the
+-- messages (none: a close alone).
+-- Returns, nothing written unless said: {'appended', tail, closed} (with a producer: its new state
+-- is stored in the same call); {'missing'}; {'type'} (another content type); {'seq', last}
+-- (Stream-Seq not above the last); {'stale', epoch} (a zombie: an older epoch); {'epoch_seq'} (a
+-- new epoch must start at seq 0); {'gap', expected}; {'duplicate', tail, last seq, closed} (a
+-- retry: already here); {'closed', tail} (the stream is closed: nothing more may be appended).
+local st = redis.call('HMGET', KEYS[1], 'type', 'seq', 'ttl', 'closed')
 if not st[1] then return {'missing'} end
-if st[1] ~= ARGV[1] then return {'type'} end
 local producer, epoch, seq = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local closed = st[4] == '1'
 if producer ~= '' then
   local state = redis.call('HGET', KEYS[3], producer)
   if state then
@@ -130,7 +139,7 @@ if producer ~= '' then
     e, s = tonumber(e), tonumber(s)
     if epoch < e then return {'stale', e} end
     if epoch == e then
-      if seq <= s then return {'duplicate', tail(), s} end
+      if seq <= s then return {'duplicate', tail(), s, st[4] or ''} end
       if seq > s + 1 then return {'gap', s + 1} end
     elseif seq ~= 0 then
       return {'epoch_seq'}
@@ -139,15 +148,21 @@ if producer ~= '' then
     return {'gap', 0}
   end
 end
+if closed then
+  if #ARGV == 6 and ARGV[6] == '1' then return {'appended', tail(), '1'} end  -- closing again
+  return {'closed', tail()}
+end
+if #ARGV > 6 and st[1] ~= ARGV[1] then return {'type'} end
 -- Byte-wise comparison: Redis runs Lua in the C locale.
 if ARGV[2] ~= '' and st[2] and st[2] ~= '' and ARGV[2] <= st[2] then return {'seq', st[2]} end
-local id
-for i = 6, #ARGV do id = redis.call('XADD', KEYS[2], '*', 'd', ARGV[i]) end
+for i = 7, #ARGV do redis.call('XADD', KEYS[2], '*', 'd', ARGV[i]) end
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'seq', ARGV[2]) end
+if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'closed', '1') end
 if producer ~= '' then redis.call('HSET', KEYS[3], producer, ARGV[4] .. ':' .. ARGV[5]) end
-same_expiry()
+refresh_expiry(st[3])
+local id = tail()
 notify(id)
-return {'appended', id}
+return {'appended', id, ARGV[6]}
 """
 )
 
@@ -155,13 +170,19 @@ READ: Final = r"""
 -- KEYS = DurableKeys.all. ARGV: 1 the entry id to read after ('0-0' = from the start, '+' = the
 -- tail: nothing), 2 most bytes (at least one message is returned).
 -- Returns false when the stream does not exist, else {content type, first retained id, tail id,
--- id of the last message returned (or ARGV[1]), message, message, ...}.
-local kind = redis.call('HGET', KEYS[1], 'type')
+-- id of the last message returned (or ARGV[1]), '1' when the stream is closed, message, ...}. A read
+-- starts a sliding Stream-TTL again.
+local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'closed')
+local kind = st[1]
 if not kind then return false end
+if st[2] and st[2] ~= '' then
+  local ms = math.max(1, tonumber(st[2]) * 1000)
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ms) end
+end
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
 local tail = last and last[1] or '0-0'
-local reply = {kind, first and first[1] or '0-0', tail, ARGV[1]}
+local reply = {kind, first and first[1] or '0-0', tail, ARGV[1], st[3] or ''}
 if ARGV[1] == '+' then reply[4] = tail; return reply end
 local budget = tonumber(ARGV[2])
 local after = ARGV[1]
@@ -170,7 +191,7 @@ while budget > 0 do
   if #page == 0 then break end
   for _, entry in ipairs(page) do
     local data = entry[2][2]
-    if #reply > 4 and #data > budget then budget = 0; break end
+    if #reply > 5 and #data > budget then budget = 0; break end
     reply[#reply + 1] = data
     reply[4] = entry[1]
     after = entry[1]
@@ -183,11 +204,12 @@ return reply
 
 META: Final = r"""
 -- KEYS = DurableKeys.all. Returns false when the stream does not exist, else {content type, tail
--- id, Stream-TTL as created, Stream-Expires-At as created, ms left before it expires (-1 never)}.
-local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'expires_at')
+-- id, Stream-TTL as created, Stream-Expires-At as created, ms left before it expires (-1 never),
+-- '1' when closed}. Metadata does not start a sliding TTL again.
+local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'expires_at', 'closed')
 if not st[1] then return false end
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
-return {st[1], last and last[1] or '0-0', st[2] or '', st[3] or '', redis.call('PTTL', KEYS[1])}
+return {st[1], last and last[1] or '0-0', st[2] or '', st[3] or '', redis.call('PTTL', KEYS[1]), st[4] or ''}
 """
 
 DELETE: Final = r"""

@@ -1,0 +1,113 @@
+"""What every Durable Streams response shares: the stream a request names, offsets, the protocol's
+headers (its own, CORS, caching) and its collapsing cursor.
+
+Durable Streams are read by ``fetch`` from any origin (their clients run in other sites' pages), so
+their responses allow every origin, without credentials: access is by a bearer token the page must
+already hold (``Authorization``), never by a cookie the browser would attach on its own, so a
+foreign page can read nothing it could not read anyway.
+"""
+
+import functools
+import re
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Final
+
+from aiohttp import web
+
+from server.context import SETTINGS
+from server.dialects.openai import has_key
+from server.errors import Handler, JSONError
+from wire import durable
+from wire.durable import DurableKeys
+
+PATH: Final = "/v1/stream/{path:.+}"
+DECIMAL: Final = re.compile(r"\A(0|[1-9][0-9]*)\Z")
+READ_BYTES: Final = 256 * 1024
+"""Most bytes one read carries (at least one message): a catch-up client reads on from its
+``Stream-Next-Offset``; an SSE reader gets one data event per read."""
+CACHE: Final = "private, max-age=60, stale-while-revalidate=300"
+"""Streams may hold what only their readers may see: cacheable by the browser, not by shared caches."""
+
+_EXPOSED = (
+    "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, Stream-TTL, Stream-Expires-At, "
+    "Stream-SSE-Data-Encoding, Producer-Epoch, Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq, "
+    "ETag, Location, Content-Type"
+)
+_ALLOWED = (
+    "Authorization, Content-Type, If-None-Match, Stream-TTL, Stream-Expires-At, Stream-Seq, Stream-Closed, "
+    "Producer-Id, Producer-Epoch, Producer-Seq"
+)
+_CURSOR_EPOCH: Final = datetime(2024, 10, 9, tzinfo=UTC).timestamp()
+_CURSOR_SECONDS: Final = 20
+
+
+def stream_keys(request: web.Request) -> DurableKeys:
+    """The stream the request names, once the request may touch Durable Streams at all."""
+    mode = request.app[SETTINGS].durable_streams
+    if mode == "keys" and not has_key(request):
+        raise JSONError(401, "Durable Streams need one of the server's API keys (Authorization: Bearer).")
+    path = request.match_info["path"]
+    if len(path.encode()) > durable.MAX_PATH_BYTES or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+        raise JSONError(400, "The stream path is too long or holds control characters.")
+    return DurableKeys(path)
+
+
+_CROSS_ORIGIN: Final = {
+    "Cross-Origin-Resource-Policy": "cross-origin",
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": _EXPOSED,
+}
+
+
+def headers(**fields: str) -> dict[str, str]:
+    """Every response's own headers (``Stream_Next_Offset`` → ``Stream-Next-Offset``)."""
+    return _CROSS_ORIGIN | {name.replace("_", "-"): value for name, value in fields.items()}
+
+
+def cross_origin(handler: Handler) -> Handler:
+    """The handler, with its refusals readable cross-origin too (a client must see its 409)."""
+
+    @functools.wraps(handler)
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as error:
+            for name, value in _CROSS_ORIGIN.items():
+                error.headers.setdefault(name, value)
+            raise
+
+    return handle
+
+
+async def preflight(request: web.Request) -> web.StreamResponse:
+    """``OPTIONS``: any origin may send the protocol's requests (see the module's docstring)."""
+    allow = headers(Access_Control_Allow_Methods="GET, HEAD, POST, PUT, DELETE, OPTIONS")
+    allow |= {"Access-Control-Allow-Headers": _ALLOWED, "Access-Control-Max-Age": "600"}
+    return web.Response(status=204, headers=allow)
+
+
+def read_start(request: web.Request, *, live: bool) -> str:
+    """The entry id a read starts after (``'+'``: the tail, for ``offset=now``)."""
+    offset = request.query.get("offset")
+    if offset is None and live:
+        raise JSONError(400, "A live read needs an offset.")
+    if offset is None or offset == "-1":
+        return "0-0"
+    if offset == "now":
+        return "+"
+    entry = durable.entry_id_of(offset)
+    if entry is None:
+        raise JSONError(400, "The offset is not one this server gave.")
+    return entry
+
+
+def cursor(request: web.Request) -> str:
+    """The protocol's collapsing cursor: the current 20 s interval, always above the client's own
+    (with 1 to 180 intervals of jitter when the client is at or past it)."""
+    interval = int((time.time() - _CURSOR_EPOCH) // _CURSOR_SECONDS)
+    given = request.query.get("cursor", "")
+    if DECIMAL.match(given) and int(given) >= interval:
+        return str(int(given) + secrets.randbelow(180) + 1)
+    return str(interval)

@@ -1,0 +1,190 @@
+"""Live reads of Durable Streams: long-poll and SSE, each woken through the node's one subscription
+per stream (``Hub.watch_stream``).
+
+A reader is watching before its first read, and re-arms before every read, so growth published
+between a read and the wait still wakes it; a woken reader reads on from its own offset in the
+stream itself, so a lost notification or a pub/sub reconnect costs nothing. An SSE reader holds at
+most one read (``READ_BYTES``) while its client is slow: the next read waits for the write before it.
+"""
+
+import asyncio
+import base64
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final
+
+from aiohttp import web
+
+from server.context import DURABLE, GATE, HUB, SETTINGS
+from server.durable_feed import DurableReader
+from server.durable_http import CACHE, READ_BYTES, cursor, headers
+from server.durable_store import JSON, StreamRead
+from server.errors import JSONError
+from wire import durable
+from wire.durable import DurableKeys
+
+_LINES: Final = re.compile(rb"\r\n|\r|\n")
+_KEEPALIVE_SECONDS: Final = 15.0
+"""A comment line this often while an SSE stream is quiet, so proxies do not time it out."""
+
+
+@asynccontextmanager
+async def _watching(request: web.Request, keys: DurableKeys) -> AsyncIterator[DurableReader]:
+    """A reader woken when the stream may have grown, counted against the address' streams."""
+    gate, hub = request.app[GATE], request.app[HUB]
+    address = gate.client(request)
+    limited = gate.limited(address)
+    if limited:
+        gate.streams_per_ip.enter(address)  # a waiting reader holds a connection, as a stream does
+    try:
+        reader = DurableReader()
+        feed = await hub.watch_stream(keys.channel.encode(), reader)  # confirmed: no growth is missed
+        try:
+            yield reader
+        finally:
+            hub.unwatch_stream(feed, reader)
+    finally:
+        if limited:
+            gate.streams_per_ip.leave(address)
+
+
+async def _read(request: web.Request, keys: DurableKeys, after: str) -> StreamRead:
+    got = await request.app[DURABLE].read(keys, after, READ_BYTES)
+    if got is None:
+        raise JSONError(404, "No stream at this path.")
+    return got
+
+
+async def long_poll(request: web.Request, keys: DurableKeys, after: str) -> web.StreamResponse:
+    """Data after ``after`` as soon as there is some, or a 204 once the wait is over (at once at the
+    end of a closed stream)."""
+    seconds = request.app[SETTINGS].durable_long_poll_seconds
+    async with _watching(request, keys) as reader:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while True:
+            reader.arm()
+            got = await _read(request, keys, after)
+            if after == "+":
+                after = got.last  # now: the tail when the wait began
+            elif got.messages:
+                fields = headers(Content_Type=got.kind, Stream_Next_Offset=durable.offset_of(got.last))
+                fields |= {"Stream-Cursor": cursor(request), "Cache-Control": CACHE}
+                if got.up_to_date:
+                    fields["Stream-Up-To-Date"] = "true"
+                if got.ended:
+                    fields["Stream-Closed"] = "true"
+                return web.Response(body=got.body(), headers=fields)
+            left = deadline - asyncio.get_running_loop().time()
+            if got.ended or reader.closed or left <= 0 or not await reader.wait(left):
+                fields = headers(Stream_Next_Offset=durable.offset_of(got.tail), Stream_Up_To_Date="true")
+                fields |= {"Stream-Cursor": cursor(request), "Cache-Control": "no-store"}
+                if got.ended:
+                    fields["Stream-Closed"] = "true"
+                return web.Response(status=204, headers=fields)
+
+
+def _event(kind: bytes, payload: bytes) -> bytes:
+    """One SSE event; every line of the payload its own ``data:`` line, so no byte of a message can
+    end the event or start another (CR, LF and CRLF all split)."""
+    lines = _LINES.split(payload)
+    return b"event: " + kind + b"\n" + b"".join(b"data:" + line + b"\n" for line in lines) + b"\n"
+
+
+def _data(got: StreamRead, encode: bool) -> bytes:
+    if encode:
+        return base64.b64encode(b"".join(got.messages))
+    if got.kind == JSON:
+        return got.body()
+    return b"".join(got.messages).decode("utf-8", "replace").encode()
+
+
+def _control(request: web.Request, got: StreamRead, offset: str) -> bytes:
+    """The control event after each data event (or alone): where to resume, whether caught up,
+    and at the end of a closed stream that it is closed (then without a cursor: nothing to poll)."""
+    control: dict[str, object] = {"streamNextOffset": offset}
+    if got.ended:
+        control["streamClosed"] = True
+    else:
+        control["streamCursor"] = cursor(request)
+    if got.up_to_date:
+        control["upToDate"] = True
+    return _event(b"control", json.dumps(control, separators=(",", ":")).encode())
+
+
+def sse_encoded(kind: str) -> bool:
+    """Whether a stream's data events carry base64: every type but text and JSON (SSE is text)."""
+    return not (kind.startswith("text/") or kind == JSON)
+
+
+async def sse(request: web.Request, keys: DurableKeys, after: str) -> web.StreamResponse:
+    """The stream from ``after`` as SSE: a data event per read, each followed by its control event,
+    until the end of a closed stream, its deletion, the node's shutdown or ``STREAMFAN_DURABLE_SSE_SECONDS``."""
+    deadline = asyncio.get_running_loop().time() + request.app[SETTINGS].durable_sse_seconds
+    async with _watching(request, keys) as reader:
+        reader.arm()
+        got = await _read(request, keys, after)  # a missing stream is still a JSON 404 here
+        encode = sse_encoded(got.kind)
+        fields = headers(Content_Type="text/event-stream", Cache_Control="no-cache", X_Accel_Buffering="no")
+        if encode:
+            fields["Stream-SSE-Data-Encoding"] = "base64"
+        response = web.StreamResponse(headers=fields)
+        await response.prepare(request)
+        try:
+            await _tail(request, response, reader, keys, got, encode, deadline)
+        except ConnectionResetError:
+            pass  # the client left: nothing more to send
+        return response
+
+
+async def _tail(
+    request: web.Request,
+    response: web.StreamResponse,
+    reader: DurableReader,
+    keys: DurableKeys,
+    got: StreamRead,
+    encode: bool,
+    deadline: float,
+) -> None:
+    """Send ``got``, then every read after it, until the stream's end or the response's."""
+    loop = asyncio.get_running_loop()
+    after = got.last  # where the read ended (offset=now: the tail)
+    await response.write(_batch(request, got, encode, after, first=True))
+    while not (got.ended or reader.closed):
+        if got.up_to_date and not await _quiet_until_woken(response, reader, deadline):
+            break
+        if reader.closed or loop.time() >= deadline:
+            break
+        reader.arm()
+        next_read = await request.app[DURABLE].read(keys, after, READ_BYTES)
+        if next_read is None:
+            break  # deleted: the client's reconnect finds the 404
+        got = next_read
+        after = got.last
+        await response.write(_batch(request, got, encode, after, first=False))
+    await response.write_eof()
+
+
+def _batch(request: web.Request, got: StreamRead, encode: bool, after: str, *, first: bool) -> bytes:
+    """What one read sends: its data and control events; the first read, or the end of a closed
+    stream, sends a control event even with no data (where to resume, that it is caught up)."""
+    offset = durable.offset_of(after)
+    if got.messages:
+        return _event(b"data", _data(got, encode)) + _control(request, got, offset)
+    if first or got.ended:
+        return _control(request, got, offset)
+    return b""
+
+
+async def _quiet_until_woken(response: web.StreamResponse, reader: DurableReader, deadline: float) -> bool:
+    """Wait for the stream to grow (True), with a comment line every ``_KEEPALIVE_SECONDS``; False
+    once the response's lifetime is over."""
+    loop = asyncio.get_running_loop()
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            return False
+        if await reader.wait(min(left, _KEEPALIVE_SECONDS)):
+            return True
+        await response.write(b":\n\n")
