@@ -18,6 +18,7 @@ from aiohttp import web
 
 from server.context import SETTINGS
 from server.dialects.openai import has_key
+from server.durable_store import ForkRefused, StreamGone
 from server.errors import Handler, JSONError
 from wire import durable
 from wire.durable import DurableKeys
@@ -48,10 +49,13 @@ def stream_keys(request: web.Request) -> DurableKeys:
     mode = request.app[SETTINGS].durable_streams
     if mode == "keys" and not has_key(request):
         raise JSONError(401, "Durable Streams need one of the server's API keys (Authorization: Bearer).")
-    path = request.match_info["path"]
+    return DurableKeys(valid_path(request.match_info["path"]))
+
+
+def valid_path(path: str) -> str:
     if len(path.encode()) > durable.MAX_PATH_BYTES or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
         raise JSONError(400, "The stream path is too long or holds control characters.")
-    return DurableKeys(path)
+    return path
 
 
 _CROSS_ORIGIN: Final = {
@@ -66,13 +70,28 @@ def headers(**fields: str) -> dict[str, str]:
     return _CROSS_ORIGIN | {name.replace("_", "-"): value for name, value in fields.items()}
 
 
+_FORK_REFUSALS: Final = {
+    "missing": (404, "No stream to fork at Stream-Forked-From."),
+    "gone": (409, "The stream to fork was deleted."),
+    "type": (409, "A fork has its source's Content-Type."),
+    "beyond": (400, "Stream-Fork-Offset is past the source's tail."),
+    "sub": (400, "Stream-Fork-Sub-Offset is past what follows Stream-Fork-Offset."),
+}
+
+
 def cross_origin(handler: Handler) -> Handler:
-    """The handler, with its refusals readable cross-origin too (a client must see its 409)."""
+    """The handler, with its refusals readable cross-origin too (a client must see its 409), and
+    the store's refusals as their statuses (a deleted stream its forks keep is a 410)."""
 
     @functools.wraps(handler)
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(request)
+            try:
+                return await handler(request)
+            except StreamGone:
+                raise JSONError(410, "This stream was deleted.", code="gone") from None
+            except ForkRefused as refused:
+                raise JSONError(*_FORK_REFUSALS[refused.reason]) from None
         except web.HTTPException as error:
             for name, value in _CROSS_ORIGIN.items():
                 error.headers.setdefault(name, value)

@@ -20,7 +20,7 @@ from aiohttp import web
 from server.context import DURABLE, GATE, HUB, SETTINGS
 from server.durable_feed import DurableReader
 from server.durable_http import CACHE, READ_BYTES, cursor, headers
-from server.durable_store import JSON, StreamRead
+from server.durable_store import JSON, StreamGone, StreamRead
 from server.errors import JSONError
 from wire import durable
 from wire.durable import DurableKeys
@@ -135,6 +135,8 @@ async def sse(request: web.Request, keys: DurableKeys, after: str) -> web.Stream
             await _tail(request, response, reader, keys, got, encode, deadline)
         except ConnectionResetError:
             pass  # the client left: nothing more to send
+        except StreamGone:
+            pass  # deleted while forks of it live: the client's reconnect finds the 410
         return response
 
 

@@ -7,17 +7,19 @@ per-stream read tokens, forks. Off unless ``STREAMFAN_DURABLE_STREAMS`` says ``k
 request presents an API key) or ``open``.
 """
 
+import functools
 import hashlib
 import json
 import time
+import urllib.parse
 from datetime import datetime
 
 from aiohttp import web
 
 from server import durable_live
 from server.context import DURABLE, GATE, SETTINGS
-from server.durable_http import CACHE, DECIMAL, READ_BYTES, headers, read_start, stream_keys
-from server.durable_store import JSON
+from server.durable_http import CACHE, DECIMAL, READ_BYTES, headers, read_start, stream_keys, valid_path
+from server.durable_store import JSON, Fork
 from server.errors import JSONError
 from wire import durable
 
@@ -104,20 +106,60 @@ async def _body(request: web.Request) -> bytes:
     return await request.clone(client_max_size=limit).read()
 
 
+_STREAMS = "/v1/stream/"
+
+
+def _fork(request: web.Request, kind: str | None) -> Fork | None:
+    """The fork the request asks for (``Stream-Forked-From``, ``Stream-Fork-Offset`` and
+    ``Stream-Fork-Sub-Offset``), or None for a stream of its own."""
+    source = request.headers.get("Stream-Forked-From")
+    offset = request.headers.get("Stream-Fork-Offset")
+    sub = request.headers.get("Stream-Fork-Sub-Offset")
+    if source is None:
+        if offset is not None or sub is not None:
+            raise JSONError(400, "Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From.")
+        return None
+    path = urllib.parse.unquote(urllib.parse.urlsplit(source).path)
+    if not path.startswith(_STREAMS) or len(path) == len(_STREAMS):
+        raise JSONError(400, f"Stream-Forked-From must name a stream under {_STREAMS}.")
+    at = ""
+    if offset == "-1":
+        at = "0-0"
+    elif offset is not None and offset != "now":
+        at = durable.entry_id_of(offset) or ""
+        if not at:
+            raise JSONError(400, "Stream-Fork-Offset is not an offset this server gave.")
+    if sub is not None and not DECIMAL.match(sub):
+        raise JSONError(400, "Stream-Fork-Sub-Offset must be a whole number.")
+    sub_offset = int(sub or "0")
+    if sub_offset and offset is None:
+        raise JSONError(400, "Stream-Fork-Sub-Offset needs Stream-Fork-Offset.")
+    ttl = request.headers.get("Stream-TTL", "")
+    expires_at = request.headers.get("Stream-Expires-At", "")
+    return Fork(valid_path(path[len(_STREAMS) :]), at, sub_offset, kind or "", ttl, expires_at)
+
+
 async def create(request: web.Request) -> web.StreamResponse:
+    """Create a stream, or a fork of one (its source's messages up to an offset, then its own)."""
     keys = stream_keys(request)
     request.app[GATE].take_post(request)
-    kind = _media_type(request.headers.get("Content-Type")) or _DEFAULT_TYPE
+    given = _media_type(request.headers.get("Content-Type"))
     expiry = _expiry(request)
     closed = _closing(request)
-    messages = _messages(kind, await _body(request), initial=True)
-    status, tail, is_closed = await request.app[DURABLE].create(keys, kind, expiry, closed, messages)
-    if status == "conflict":
+    fork = _fork(request, given)
+    body = await _body(request)
+    kind = given or _DEFAULT_TYPE
+    if fork is not None:
+        initial = functools.partial(_messages, body=body, initial=True)
+        made = await request.app[DURABLE].fork(keys, fork, expiry, initial, closed)
+    else:
+        made = await request.app[DURABLE].create(keys, kind, expiry, closed, _messages(kind, body, initial=True))
+    if made.status == "conflict":
         raise JSONError(409, "A stream with another configuration exists at this path.")
-    fields = headers(Content_Type=kind, Stream_Next_Offset=durable.offset_of(tail))
-    if is_closed:
+    fields = headers(Content_Type=made.kind, Stream_Next_Offset=durable.offset_of(made.tail))
+    if made.closed:
         fields["Stream-Closed"] = "true"
-    if status == "created":
+    if made.status == "created":
         fields["Location"] = str(request.url)
         return web.Response(status=201, headers=fields)
     return web.Response(status=200, headers=fields)
@@ -206,8 +248,8 @@ async def head(request: web.Request) -> web.StreamResponse:
     if meta is None:
         raise JSONError(404, "No stream at this path.")
     fields = headers(Content_Type=meta.kind, Stream_Next_Offset=durable.offset_of(meta.tail), Cache_Control="no-store")
-    if meta.ttl and meta.left_ms > 0:
-        fields["Stream-TTL"] = str(-(-meta.left_ms // 1000))  # what is left, in whole seconds
+    if meta.ttl:
+        fields["Stream-TTL"] = meta.ttl  # sliding: what is left after the last read or write
     if meta.expires_at:
         fields["Stream-Expires-At"] = meta.expires_at
     if meta.closed:

@@ -27,7 +27,8 @@ async def create(
 ) -> list[Any]:
     expiry = str(int(ttl) * 1000) if ttl else ""
     flag = "1" if closed else ""
-    result: list[Any] = await redis.eval(durable.CREATE, 3, *keys.all, kind, ttl, "", expiry, flag, *messages)
+    args = (kind, ttl, "", expiry, flag, "", "", *messages)  # not a fork: no origin, no source
+    result: list[Any] = await redis.eval(durable.CREATE, 4, *keys.all, keys.staging("none"), *args)
     return result
 
 
@@ -48,11 +49,12 @@ async def append(
 
 def test_offsets_sort_as_strings_in_the_order_of_the_entries() -> None:
     ids = ["0-0", "0-1", "9-0", "10-0", "10-2", "1733388000000-0", "1733388000000-11", "1733388000001-0"]
+    ids.append(f"{2**64 - 1}-{2**64 - 1}")  # the largest id Redis has
     offsets = [durable.offset_of(entry_id) for entry_id in ids]
     assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)  # as strings: "10-0" < "9-0"
     assert offsets[0] == durable.START_OFFSET
     assert [durable.entry_id_of(offset) for offset in offsets] == ids
-    for bad in ("-1", "now", "", "0-0", "000000000000_000000000000000g", f"{durable.START_OFFSET}x"):
+    for bad in ("-1", "now", "", "0-0", "0000000000000000_000000000000000g", f"{durable.START_OFFSET}x"):
         assert durable.entry_id_of(bad) is None
     assert all(not set(offset) & set(",&=?/") for offset in offsets)
 
@@ -119,9 +121,9 @@ async def test_a_stream_expires_whole_and_deletes_whole(redis: Any) -> None:
     await append(redis, keys, "{}", producer=("p", 0, 0))
     for key in keys.all:
         assert 0 < await redis.ttl(key) <= 60
-    assert await redis.eval(durable.DELETE, 3, *keys.all) == 1
+    assert await redis.eval(durable.DELETE, 3, *keys.all) == ["deleted", ""]
     assert await redis.exists(*keys.all) == 0
-    assert await redis.eval(durable.DELETE, 3, *keys.all) == 0
+    assert await redis.eval(durable.DELETE, 3, *keys.all) == ["missing"]
 
 
 async def test_a_closed_stream_takes_nothing_more_and_says_so_in_every_read(redis: Any) -> None:

@@ -182,6 +182,9 @@ async def test_generated_requests_never_answer_5xx(client_factory: Any) -> None:
         for name in ("Stream-TTL", "Stream-Expires-At", "Stream-Seq", "Producer-Id", "Producer-Epoch", "Producer-Seq"):
             if rng.random() < 0.3:
                 headers[name] = rng.choice(values)
+        for name in ("Stream-Closed", "Stream-Forked-From", "Stream-Fork-Offset", "Stream-Fork-Sub-Offset"):
+            if rng.random() < 0.15:
+                headers[name] = rng.choice([*values, "true", "/v1/stream/a", "/v1/stream/", "http://x/v1/stream/a/b"])
         params = {}
         if rng.random() < 0.7:
             params["offset"] = rng.choice(values)
@@ -307,3 +310,45 @@ async def test_any_origin_may_call_and_read_every_answer_but_without_credentials
     await client.put(URL, headers=JSON)
     read = await client.get(URL, headers={"Origin": "https://elsewhere.example"})
     assert "Stream-Next-Offset" in read.headers["Access-Control-Expose-Headers"]
+
+
+async def test_a_fork_inherits_up_to_its_offset_and_keeps_a_deleted_source_until_it_goes(client_factory: Any) -> None:
+    """A fork copies its source's messages (offsets and all) up to the fork offset, cut at a
+    sub-offset, then lives on its own; a source deleted while forks of it live is gone (410) and
+    collected with its last fork."""
+    client = await open_node(client_factory)
+    text = {"Content-Type": "text/plain"}
+    first = await client.put("/v1/stream/src", headers=text, data=b"hello")
+    await client.post("/v1/stream/src", headers=text, data=b" world")
+    fork = {"Stream-Forked-From": "/v1/stream/src", "Stream-Fork-Offset": first.headers["Stream-Next-Offset"]}
+    untyped = {"skip_auto_headers": ["Content-Type"]}  # no Content-Type: the fork inherits its source's
+    made = await client.put("/v1/stream/fork", headers={**fork, "Stream-Fork-Sub-Offset": "3"}, **untyped)
+    assert made.status == 201 and made.headers["Content-Type"] == "text/plain"
+    assert (await client.post("/v1/stream/fork", headers=text, data=b"!")).status == 204
+    assert await (await client.get("/v1/stream/fork")).text() == "hello wo!"
+    again = await client.put("/v1/stream/fork", headers={**fork, "Stream-Fork-Sub-Offset": "3"}, **untyped)
+    assert again.status == 200  # the same fork again
+    other = await client.put("/v1/stream/fork", headers={**fork, "Stream-Fork-Sub-Offset": "2"}, **untyped)
+    assert other.status == 409
+    rest = await client.get("/v1/stream/fork", params={"offset": first.headers["Stream-Next-Offset"]})
+    assert await rest.text() == " wo!"  # the source's offset means the same place in the fork
+    await client.post("/v1/stream/src", headers=text, data=b"?")
+    assert await (await client.get("/v1/stream/fork")).text() == "hello wo!"  # the source's later appends stay there
+
+    assert (
+        await client.put("/v1/stream/f2", headers={"Stream-Forked-From": "/v1/stream/none"}, **untyped)
+    ).status == 404
+    mismatch = await client.put("/v1/stream/f2", headers={"Stream-Forked-From": "/v1/stream/src", **JSON})
+    assert mismatch.status == 409
+    beyond = {"Stream-Forked-From": "/v1/stream/src", "Stream-Fork-Offset": "ffffffffffffffff_ffffffffffffffff"}
+    assert (await client.put("/v1/stream/f2", headers=beyond, **untyped)).status == 400
+    assert (await client.put("/v1/stream/f2", headers={"Stream-Fork-Sub-Offset": "0"})).status == 400
+
+    assert (await client.delete("/v1/stream/src")).status == 204
+    assert (await client.get("/v1/stream/src")).status == 410  # kept for its fork, but gone
+    assert (await client.put("/v1/stream/src", headers=text)).status == 409
+    assert (
+        await client.put("/v1/stream/f3", headers={"Stream-Forked-From": "/v1/stream/src"}, **untyped)
+    ).status == 409
+    assert (await client.delete("/v1/stream/fork")).status == 204
+    assert (await client.head("/v1/stream/src")).status == 404  # collected with its last fork

@@ -1,11 +1,14 @@
 """Durable Streams (issue 25) on Redis: names, offsets and the scripts that change a stream.
 
-The storage core the ``/v1/stream/{path}`` endpoints are built on (the HTTP layer is the next
-step). A Durable Stream is three keys in one partition's slot, so a Redis Cluster serves it: its
-configuration (a hash), its messages (a Redis Stream, one entry per message: a POST's body, or each
-element of a JSON array) and its idempotent producers' state (a hash). Offsets are the entries' ids
+Longer than 300 lines: the scripts share their helpers (tail, expiry, notification), and every one
+of them must agree on the configuration hash's fields; split, that agreement would be in no place.
+
+The storage core of the ``/v1/stream/{path}`` endpoints. A Durable Stream is three keys in one
+partition's slot, so a Redis Cluster serves it: its configuration (a hash), its messages (a Redis
+Stream, one entry per message: a POST's body, or each element of a JSON array) and its idempotent
+producers' state (a hash). Offsets are the entries' ids
 re-encoded: ``<ms>-<seq>`` does not sort as a string, the protocol's offsets must, so each is
-``<ms:12 hex>_<seq:16 hex>``, fixed width, URL-safe, and never ``-1`` or ``now``.
+``<ms:16 hex>_<seq:16 hex>``, fixed width, URL-safe, and never ``-1`` or ``now``.
 
 Appending is one script: the content type, ``Stream-Seq`` and the producer's epoch and sequence
 are checked and the messages and the producer's new state are written in the same atomic call, the
@@ -20,16 +23,16 @@ from typing import Final
 
 from wire.keys import PARTITIONS, PREFIX, partition_tag
 
-START_OFFSET: Final = "000000000000_0000000000000000"
+START_OFFSET: Final = "0000000000000000_0000000000000000"
 """The tail offset of a stream with no message (before every real offset)."""
-_OFFSET_RE: Final = re.compile(r"\A([0-9a-f]{12})_([0-9a-f]{16})\Z")
+_OFFSET_RE: Final = re.compile(r"\A([0-9a-f]{16})_([0-9a-f]{16})\Z")
 MAX_PATH_BYTES: Final = 1024
 
 
 def offset_of(entry_id: str) -> str:
     """The protocol offset of a Redis Stream entry id."""
     ms, seq = entry_id.split("-")
-    return f"{int(ms):012x}_{int(seq):016x}"
+    return f"{int(ms):016x}_{int(seq):016x}"
 
 
 def entry_id_of(offset: str) -> str | None:
@@ -47,7 +50,10 @@ class DurableKeys:
     path: str
     partition: int = field(init=False)
     meta: str = field(init=False)
-    """Hash: ``type`` (content type), ``ttl``, ``expires_at`` as created, ``seq`` (last Stream-Seq)."""
+    """Hash: ``type`` (content type), ``ttl``, ``expires_at`` as created, ``seq`` (last Stream-Seq),
+    ``closed``, and for forks ``origin`` (the fork's request, to tell a repeat from a conflict) and
+    ``source`` (the path forked); ``forks`` counts the forks made of it, and ``deleted`` marks a
+    stream deleted while forks of it lived (gone, kept until the last fork goes)."""
     log: str = field(init=False)
     """Redis Stream: one entry per message, its bytes in field ``d``."""
     producers: str = field(init=False)
@@ -66,6 +72,10 @@ class DurableKeys:
     @property
     def all(self) -> tuple[str, str, str]:
         return (self.meta, self.log, self.producers)
+
+    def staging(self, token: str) -> str:
+        """Where a fork's inherited messages are copied before it exists (``CREATE`` renames it)."""
+        return f"{self.meta[: -len(':meta')]}:staging:{token}"
 
 
 _TAIL: Final = r"""
@@ -93,29 +103,96 @@ local function refresh_expiry(ttl)
     redis.call('PEXPIRE', KEYS[3], left)
   end
 end
+
+local function id_le(a, b)
+  -- Stream ids compared as numbers (their parts may exceed what a Lua number holds exactly).
+  local function less(x, y) return #x < #y or (#x == #y and x < y) end
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  if ams ~= bms then return less(ams, bms) end
+  return aseq == bseq or less(aseq, bseq)
+end
 """
 
 CREATE: Final = (
     _TAIL
     + r"""
--- KEYS = DurableKeys.all. ARGV: 1 content type, 2 TTL seconds ('' none), 3 expires-at as given
--- ('' none), 4 expiry in ms from now ('' none), 5 '1' to create it closed, then the initial messages.
--- Returns {'created', tail, closed}, {'exists', tail, closed} (same configuration: idempotent) or
--- {'conflict'}.
-local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'expires_at', 'closed')
+-- KEYS = DurableKeys.all + a staging key (a fork's inherited messages, renamed into the log). ARGV:
+-- 1 content type, 2 TTL seconds ('' none), 3 expires-at ('' none), 4 expiry in ms from now ('' none),
+-- 5 '1' to create it closed, 6 a fork's origin ('' not a fork), 7 the path it forks, then the
+-- initial messages. Returns {'created', tail, closed}, {'exists', tail, closed} (the same request
+-- again: idempotent) or {'conflict'} (another configuration, or a deleted stream its forks keep).
+local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'expires_at', 'closed', 'deleted', 'origin')
 if st[1] then
-  if st[1] == ARGV[1] and (st[2] or '') == ARGV[2] and (st[3] or '') == ARGV[3] then
+  redis.call('DEL', KEYS[4])
+  local same = st[5] ~= '1' and st[1] == ARGV[1] and (st[6] or '') == ARGV[6]
+  if same and (ARGV[6] ~= '' or ((st[2] or '') == ARGV[2] and (st[3] or '') == ARGV[3])) then
     return {'exists', tail(), st[4] or ''}
   end
   return {'conflict'}
 end
+redis.call('DEL', KEYS[2], KEYS[3])
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('RENAME', KEYS[4], KEYS[2])
+  redis.call('PERSIST', KEYS[2])
+end
 redis.call('HSET', KEYS[1], 'type', ARGV[1], 'ttl', ARGV[2], 'expires_at', ARGV[3], 'closed', ARGV[5])
-for i = 6, #ARGV do redis.call('XADD', KEYS[2], '*', 'd', ARGV[i]) end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'origin', ARGV[6], 'source', ARGV[7]) end
+for i = 8, #ARGV do redis.call('XADD', KEYS[2], '*', 'd', ARGV[i]) end
 if ARGV[4] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 refresh_expiry(nil)
 return {'created', tail(), ARGV[5]}
 """
 )
+
+FORK_SOURCE: Final = (
+    _TAIL
+    + r"""
+-- KEYS = the source's DurableKeys.all. ARGV: 1 the fork's content type ('' the source's), 2 the
+-- entry id to fork at ('' the tail), 3 the sub-offset (bytes into the next message; for JSON,
+-- messages after the offset). Counts one more fork of the source (``RELEASE`` counts it back)
+-- and returns {'ok', content type, ttl, expires_at, ms left (-1 never), the last entry id to copy,
+-- the id of a message cut short ('' none), its first sub-offset bytes}, or {'missing'}, {'gone'}
+-- (deleted), {'type'} (the fork names another content type), {'beyond'} (past the tail), {'sub'}
+-- (a sub-offset past the message, or the messages, that follow).
+local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'expires_at', 'deleted')
+if not st[1] then return {'missing'} end
+if st[4] == '1' then return {'gone'} end
+if ARGV[1] ~= '' and ARGV[1] ~= st[1] then return {'type'} end
+local last = tail()
+local at = ARGV[2] == '' and last or ARGV[2]
+if not id_le(at, last) then return {'beyond'} end
+local sub = tonumber(ARGV[3])
+local upto, cut_id, cut = at, '', ''
+if sub > 0 then
+  local json = st[1] == 'application/json'
+  local after = redis.call('XRANGE', KEYS[2], '(' .. at, '+', 'COUNT', json and sub or 1)
+  if json then
+    if #after < sub then return {'sub'} end
+    upto = after[sub][1]
+  else
+    if #after == 0 or #after[1][2][2] < sub then return {'sub'} end
+    cut_id, cut = after[1][1], string.sub(after[1][2][2], 1, sub)
+  end
+end
+redis.call('HINCRBY', KEYS[1], 'forks', 1)
+return {'ok', st[1], st[2] or '', st[3] or '', redis.call('PTTL', KEYS[1]), upto, cut_id, cut}
+"""
+)
+
+RELEASE: Final = r"""
+-- KEYS = DurableKeys.all of a stream a fork was made of, once that fork is gone (or was never
+-- made). Returns {'collected', the path it forked ('' none)} when it was deleted and this was its
+-- last fork (its keys are gone now), else {'kept'}.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'kept'} end
+local forks = redis.call('HINCRBY', KEYS[1], 'forks', -1)
+local st = redis.call('HMGET', KEYS[1], 'deleted', 'source')
+if st[1] == '1' and forks <= 0 then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  return {'collected', st[2] or ''}
+end
+return {'kept'}
+"""
 
 APPEND: Final = (
     _TAIL
@@ -124,12 +201,14 @@ APPEND: Final = (
 -- 4 producer epoch, 5 producer seq, 6 '1' to close the stream after these messages, then the
 -- messages (none: a close alone).
 -- Returns, nothing written unless said: {'appended', tail, closed} (with a producer: its new state
--- is stored in the same call); {'missing'}; {'type'} (another content type); {'seq', last}
--- (Stream-Seq not above the last); {'stale', epoch} (a zombie: an older epoch); {'epoch_seq'} (a
--- new epoch must start at seq 0); {'gap', expected}; {'duplicate', tail, last seq, closed} (a
--- retry: already here); {'closed', tail} (the stream is closed: nothing more may be appended).
-local st = redis.call('HMGET', KEYS[1], 'type', 'seq', 'ttl', 'closed')
+-- is stored in the same call); {'missing'}; {'gone'} (deleted, kept for its forks); {'type'}
+-- (another content type); {'seq', last} (Stream-Seq not above the last); {'stale', epoch} (a
+-- zombie: an older epoch); {'epoch_seq'} (a new epoch must start at seq 0); {'gap', expected};
+-- {'duplicate', tail, last seq, closed} (a retry: already here); {'closed', tail} (the stream is
+-- closed: nothing more may be appended).
+local st = redis.call('HMGET', KEYS[1], 'type', 'seq', 'ttl', 'closed', 'deleted')
 if not st[1] then return {'missing'} end
+if st[5] == '1' then return {'gone'} end
 local producer, epoch, seq = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local closed = st[4] == '1'
 if producer ~= '' then
@@ -169,12 +248,13 @@ return {'appended', id, ARGV[6]}
 READ: Final = r"""
 -- KEYS = DurableKeys.all. ARGV: 1 the entry id to read after ('0-0' = from the start, '+' = the
 -- tail: nothing), 2 most bytes (at least one message is returned).
--- Returns false when the stream does not exist, else {content type, first retained id, tail id,
--- id of the last message returned (or ARGV[1]), '1' when the stream is closed, message, ...}. A read
--- starts a sliding Stream-TTL again.
-local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'closed')
+-- Returns false when the stream does not exist, 410 when it was deleted (kept for its forks), else
+-- {content type, first retained id, tail id, id of the last message returned (or ARGV[1]), '1' when
+-- the stream is closed, message, ...}. A read starts a sliding Stream-TTL again.
+local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'closed', 'deleted')
 local kind = st[1]
 if not kind then return false end
+if st[4] == '1' then return 410 end
 if st[2] and st[2] ~= '' then
   local ms = math.max(1, tonumber(st[2]) * 1000)
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ms) end
@@ -203,20 +283,30 @@ return reply
 """
 
 META: Final = r"""
--- KEYS = DurableKeys.all. Returns false when the stream does not exist, else {content type, tail
--- id, Stream-TTL as created, Stream-Expires-At as created, ms left before it expires (-1 never),
--- '1' when closed}. Metadata does not start a sliding TTL again.
-local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'expires_at', 'closed')
+-- KEYS = DurableKeys.all. Returns false when the stream does not exist, 410 when it was deleted
+-- (kept for its forks), else {content type, tail id, Stream-TTL as created, Stream-Expires-At as
+-- created, ms left before it expires (-1 never), '1' when closed}. Metadata does not start a
+-- sliding TTL again.
+local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'expires_at', 'closed', 'deleted')
 if not st[1] then return false end
+if st[5] == '1' then return 410 end
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
 return {st[1], last and last[1] or '0-0', st[2] or '', st[3] or '', redis.call('PTTL', KEYS[1]), st[4] or ''}
 """
 
 DELETE: Final = r"""
--- KEYS = DurableKeys.all. Returns 1 when the stream existed (its keys are gone; its waiting readers
--- are woken to find it gone), else 0.
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+-- KEYS = DurableKeys.all. Returns {'missing'}, {'gone'} (deleted already, kept for its forks),
+-- {'kept'} (deleted now, but its forks keep it: it answers 410 until the last of them goes) or
+-- {'deleted', the path it forked ('' none)}: its keys are gone. Waiting readers are woken to find it
+-- gone.
+local st = redis.call('HMGET', KEYS[1], 'type', 'deleted', 'forks', 'source')
+if not st[1] then return {'missing'} end
+if st[2] == '1' then return {'gone'} end
 redis.call('SPUBLISH', string.sub(KEYS[1], 1, -5) .. 'live', 'deleted')
-return 1
+if tonumber(st[3] or '0') > 0 then
+  redis.call('HSET', KEYS[1], 'deleted', '1')
+  return {'kept'}
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return {'deleted', st[4] or ''}
 """
