@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from server.auth import SESSION_COOKIE, Access, Sessions, Tokens, authorize, set_token_cookie
+from server.auth import SESSION_COOKIE, Access, Sessions, StreamReadTokens, Tokens, authorize, set_token_cookie
 from server.errors import JSONError
 from server.limits import RateLimit, StreamCount
 from server.peers import client_ip, client_scheme, within
@@ -27,6 +27,7 @@ class Gate:
     creates: RateLimit
     posts: RateLimit
     streams_per_ip: StreamCount
+    stream_reads: StreamReadTokens
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Gate":
@@ -37,6 +38,7 @@ class Gate:
             RateLimit("new conversations", settings.creates_per_minute / 60, max(1, settings.creates_per_minute // 3)),
             RateLimit("messages", settings.posts_per_minute / 60, max(1, settings.posts_per_minute // 3)),
             StreamCount("from this address", settings.streams_per_ip),
+            StreamReadTokens([*settings.previous_secrets, settings.secret]),
         )
 
     def client(self, request: web.BaseRequest) -> str:

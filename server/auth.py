@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
-from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
+from itsdangerous import BadSignature, SignatureExpired, Signer, TimestampSigner
 
 from server.errors import JSONError
 from wire.keys import ID_RE
@@ -147,3 +147,21 @@ def _check_same_origin(request: web.Request, own_origin: str, allowed_origins: t
         raise JSONError(403, "cross-site request refused", code="forbidden")
     if request.content_type != "application/json":
         raise JSONError(415, "a cookie-authenticated request must send application/json", code="unsupported_media")
+
+
+class StreamReadTokens:
+    """A Durable Stream's read token: its path signed (itsdangerous ``Signer``, HMAC-SHA256), so any
+    node checks it without a lookup. It lasts as long as the stream (a stream's URL is its identity,
+    and the protocol asks that a deleted stream's URL not be reused); rotating the secret retires it."""
+
+    def __init__(self, secrets: Sequence[bytes]) -> None:
+        self._signer = Signer(list(secrets), salt="streamfan.durable-read.v1", digest_method=hashlib.sha256)
+
+    def issue(self, path: str) -> str:
+        return self._signer.get_signature(path.encode()).decode("ascii")
+
+    def opens(self, token: str, path: str) -> bool:
+        try:
+            return self._signer.verify_signature(path.encode(), token.encode("ascii"))
+        except UnicodeError:
+            return False

@@ -1,5 +1,10 @@
-"""What every Durable Streams response shares: the stream a request names, offsets, the protocol's
-headers (its own, CORS, caching) and its collapsing cursor.
+"""What every Durable Streams request shares: the stream it names and who may touch it, offsets,
+the protocol's headers (its own, CORS, caching) and its collapsing cursor.
+
+Access (``STREAMFAN_DURABLE_STREAMS``): ``open`` lets anyone do anything (a trusted network). With
+``keys``, creating, appending, closing and deleting present one of ``STREAMFAN_API_KEYS``; reading
+(GET, HEAD) presents an API key or the stream's own read token (``Stream-Read-Token``, answered to
+its creation), unless the stream was created with ``Stream-Public: true``.
 
 Durable Streams are read by ``fetch`` from any origin (their clients run in other sites' pages), so
 their responses allow every origin, without credentials: access is by a bearer token the page must
@@ -16,7 +21,7 @@ from typing import Final
 
 from aiohttp import web
 
-from server.context import SETTINGS
+from server.context import GATE, SETTINGS
 from server.dialects.openai import has_key
 from server.durable_store import ForkRefused, StreamGone
 from server.errors import Handler, JSONError
@@ -34,22 +39,55 @@ CACHE: Final = "private, max-age=60, stale-while-revalidate=300"
 _EXPOSED = (
     "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, Stream-TTL, Stream-Expires-At, "
     "Stream-SSE-Data-Encoding, Producer-Epoch, Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq, "
-    "ETag, Location, Content-Type"
+    "Stream-Read-Token, ETag, Location, Content-Type"
 )
 _ALLOWED = (
     "Authorization, Content-Type, If-None-Match, Stream-TTL, Stream-Expires-At, Stream-Seq, Stream-Closed, "
+    "Stream-Public, Stream-Forked-From, Stream-Fork-Offset, Stream-Fork-Sub-Offset, "
     "Producer-Id, Producer-Epoch, Producer-Seq"
 )
 _CURSOR_EPOCH: Final = datetime(2024, 10, 9, tzinfo=UTC).timestamp()
 _CURSOR_SECONDS: Final = 20
 
 
-def stream_keys(request: web.Request) -> DurableKeys:
-    """The stream the request names, once the request may touch Durable Streams at all."""
-    mode = request.app[SETTINGS].durable_streams
-    if mode == "keys" and not has_key(request):
-        raise JSONError(401, "Durable Streams need one of the server's API keys (Authorization: Bearer).")
+def stream_keys(request: web.Request, *, write: bool = True) -> DurableKeys:
+    """The stream the request names, once the request may write to it (``write``) or may try to
+    read it (``may_read`` then says whether it may without the stream being public)."""
+    if write and not writer(request):
+        raise JSONError(
+            401,
+            "Writing Durable Streams needs one of the server's API keys (Authorization: Bearer).",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return DurableKeys(valid_path(request.match_info["path"]))
+
+
+def writer(request: web.Request) -> bool:
+    return request.app[SETTINGS].durable_streams == "open" or has_key(request)
+
+
+def read_token(request: web.Request, keys: DurableKeys) -> str:
+    return request.app[GATE].stream_reads.issue(keys.path)
+
+
+def missing(request: web.Request, keys: DurableKeys) -> JSONError:
+    """No stream at this path: a 404 to whoever could read it, a 401 to anyone else (which paths
+    exist is not told to those who may not read them)."""
+    may_read(request, keys, public=False)
+    return JSONError(404, "No stream at this path.")
+
+
+def may_read(request: web.Request, keys: DurableKeys, public: bool) -> None:
+    """A 401 unless the request may read the stream: it is public, or the request presents an API
+    key or the stream's read token."""
+    if public or writer(request):
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and request.app[GATE].stream_reads.opens(token.strip(), keys.path):
+        return
+    raise JSONError(
+        401, "Reading this stream needs its read token (Authorization: Bearer).", headers={"WWW-Authenticate": "Bearer"}
+    )
 
 
 def valid_path(path: str) -> str:

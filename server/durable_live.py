@@ -19,9 +19,8 @@ from aiohttp import web
 
 from server.context import DURABLE, GATE, HUB, SETTINGS
 from server.durable_feed import DurableReader
-from server.durable_http import CACHE, READ_BYTES, cursor, headers
+from server.durable_http import CACHE, READ_BYTES, cursor, headers, may_read, missing
 from server.durable_store import JSON, StreamGone, StreamRead
-from server.errors import JSONError
 from wire import durable
 from wire.durable import DurableKeys
 
@@ -53,7 +52,8 @@ async def _watching(request: web.Request, keys: DurableKeys) -> AsyncIterator[Du
 async def _read(request: web.Request, keys: DurableKeys, after: str) -> StreamRead:
     got = await request.app[DURABLE].read(keys, after, READ_BYTES)
     if got is None:
-        raise JSONError(404, "No stream at this path.")
+        raise missing(request, keys)
+    may_read(request, keys, got.public)
     return got
 
 

@@ -55,6 +55,8 @@ class StreamRead:
     last: str
     """The entry id the read ended at: the next read starts after it."""
     closed: bool
+    public: bool
+    """Anyone may read it (created with ``Stream-Public: true``)."""
     messages: list[bytes]
 
     @property
@@ -82,6 +84,7 @@ class StreamMeta:
     left_ms: int
     """Milliseconds before the stream expires (-1: never)."""
     closed: bool
+    public: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +144,17 @@ class DurableStore:
         self._delete = redis.register_script(durable.DELETE)
 
     async def create(
-        self, keys: DurableKeys, kind: str, expiry: tuple[str, str, str], closed: bool, messages: list[bytes]
+        self,
+        keys: DurableKeys,
+        kind: str,
+        expiry: tuple[str, str, str],
+        messages: list[bytes],
+        *,
+        closed: bool = False,
+        public: bool = False,
     ) -> Created:
         """``expiry`` is ``(Stream-TTL, Stream-Expires-At, ms from now)``, '' where not given."""
-        return await self._make(keys, keys.staging("none"), kind, expiry, closed, messages, None)
+        return await self._make(keys, keys.staging("none"), kind, expiry, messages, (closed, public), None)
 
     async def _make(
         self,
@@ -152,13 +162,14 @@ class DurableStore:
         staging: str,
         kind: str,
         expiry: tuple[str, str, str],
-        closed: bool,
         messages: list[bytes],
+        flags: tuple[bool, bool],
         fork: Fork | None,
     ) -> Created:
         ttl, expires_at, expiry_ms = expiry
+        closed, public = ("1" if flag else "" for flag in flags)
         origin = (fork.origin, fork.source) if fork else ("", "")
-        args = [kind, ttl, expires_at, expiry_ms, "1" if closed else "", *origin, *messages]
+        args: list[str | bytes] = [kind, ttl, expires_at, expiry_ms, closed, *origin, public, *messages]
         reply = await self._create(keys=[*keys.all, staging], args=args)
         status = _text(reply[0])
         if status == "conflict":
@@ -171,7 +182,9 @@ class DurableStore:
         fork: Fork,
         expiry: tuple[str, str, str],
         messages: Callable[[str], list[bytes]],
+        *,
         closed: bool = False,
+        public: bool = False,
     ) -> Created:
         """Create ``keys`` as a fork: as ``create``, but first with the source's messages up to
         the fork's offset (the last of them cut at its sub-offset); ``messages`` makes the initial
@@ -191,7 +204,8 @@ class DurableStore:
             if not any(expiry):  # the fork inherits the source's TTL or expiry
                 inherited_ms = str(int(ttl) * 1000) if ttl else (left_ms.decode() if int(left_ms) > 0 else "")
                 expiry = (ttl.decode(), expires_at.decode(), inherited_ms)
-            result = await self._make(keys, staging, kind.decode(), expiry, closed, messages(kind.decode()), fork)
+            initial = messages(kind.decode())
+            result = await self._make(keys, staging, kind.decode(), expiry, initial, (closed, public), fork)
             made = result.status == "created"
             return result
         finally:
@@ -259,8 +273,8 @@ class DurableStore:
             return None
         if reply == 410:
             raise StreamGone
-        kind, _first, tail, last, closed = (_text(part) for part in reply[:5])
-        return StreamRead(kind, tail, last, closed == "1", [_bytes(m) for m in reply[5:]])
+        kind, _first, tail, last, closed, public = (_text(part) for part in reply[:6])
+        return StreamRead(kind, tail, last, closed == "1", public == "1", [_bytes(m) for m in reply[6:]])
 
     async def meta(self, keys: DurableKeys) -> StreamMeta | None:
         reply = await self._meta(keys=list(keys.all))
@@ -268,8 +282,8 @@ class DurableStore:
             return None
         if reply == 410:
             raise StreamGone
-        kind, tail, ttl, expires_at, left_ms, closed = (_text(part) for part in reply)
-        return StreamMeta(kind, tail, ttl, expires_at, int(left_ms), closed == "1")
+        kind, tail, ttl, expires_at, left_ms, closed, public = (_text(part) for part in reply)
+        return StreamMeta(kind, tail, ttl, expires_at, int(left_ms), closed == "1", public == "1")
 
     async def delete(self, keys: DurableKeys) -> bool:
         """False when there is no such stream; a stream with forks alive is kept for them (gone)."""

@@ -18,7 +18,18 @@ from aiohttp import web
 
 from server import durable_live
 from server.context import DURABLE, GATE, SETTINGS
-from server.durable_http import CACHE, DECIMAL, READ_BYTES, headers, read_start, stream_keys, valid_path
+from server.durable_http import (
+    CACHE,
+    DECIMAL,
+    READ_BYTES,
+    headers,
+    may_read,
+    missing,
+    read_start,
+    read_token,
+    stream_keys,
+    valid_path,
+)
 from server.durable_store import JSON, Fork
 from server.errors import JSONError
 from wire import durable
@@ -79,12 +90,12 @@ def _whole(request: web.Request, name: str) -> int:
     return int(value)
 
 
-def _closing(request: web.Request) -> bool:
-    value = request.headers.get("Stream-Closed")
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.headers.get(name)
     if value is None or value.lower() == "false":
         return False
     if value.lower() != "true":
-        raise JSONError(400, "Stream-Closed must be true or false.")
+        raise JSONError(400, f"{name} must be true or false.")
     return True
 
 
@@ -145,18 +156,20 @@ async def create(request: web.Request) -> web.StreamResponse:
     request.app[GATE].take_post(request)
     given = _media_type(request.headers.get("Content-Type"))
     expiry = _expiry(request)
-    closed = _closing(request)
+    closed, public = _flag(request, "Stream-Closed"), _flag(request, "Stream-Public")
     fork = _fork(request, given)
     body = await _body(request)
     kind = given or _DEFAULT_TYPE
+    store = request.app[DURABLE]
     if fork is not None:
         initial = functools.partial(_messages, body=body, initial=True)
-        made = await request.app[DURABLE].fork(keys, fork, expiry, initial, closed)
+        made = await store.fork(keys, fork, expiry, initial, closed=closed, public=public)
     else:
-        made = await request.app[DURABLE].create(keys, kind, expiry, closed, _messages(kind, body, initial=True))
+        made = await store.create(keys, kind, expiry, _messages(kind, body, initial=True), closed=closed, public=public)
     if made.status == "conflict":
         raise JSONError(409, "A stream with another configuration exists at this path.")
     fields = headers(Content_Type=made.kind, Stream_Next_Offset=durable.offset_of(made.tail))
+    fields["Stream-Read-Token"] = read_token(request, keys)
     if made.closed:
         fields["Stream-Closed"] = "true"
     if made.status == "created":
@@ -169,7 +182,7 @@ async def append(request: web.Request) -> web.StreamResponse:
     """Append the body (and with ``Stream-Closed: true``, close the stream after it, or alone)."""
     keys = stream_keys(request)
     request.app[GATE].take_post(request)
-    close = _closing(request)
+    close = _flag(request, "Stream-Closed")
     producer = _producer(request)
     body = await _body(request)
     kind = _media_type(request.headers.get("Content-Type"))
@@ -212,7 +225,7 @@ async def append(request: web.Request) -> web.StreamResponse:
 
 
 async def read(request: web.Request) -> web.StreamResponse:
-    keys = stream_keys(request)
+    keys = stream_keys(request, write=False)
     live = request.query.get("live")
     if live == "sse":
         return await durable_live.sse(request, keys, read_start(request, live=True))
@@ -223,7 +236,8 @@ async def read(request: web.Request) -> web.StreamResponse:
     after = read_start(request, live=False)
     got = await request.app[DURABLE].read(keys, after, READ_BYTES)
     if got is None:
-        raise JSONError(404, "No stream at this path.")
+        raise missing(request, keys)
+    may_read(request, keys, got.public)
     fields = headers(Content_Type=got.kind, Stream_Next_Offset=durable.offset_of(got.last))
     if got.up_to_date:
         fields["Stream-Up-To-Date"] = "true"
@@ -243,10 +257,11 @@ async def read(request: web.Request) -> web.StreamResponse:
 
 
 async def head(request: web.Request) -> web.StreamResponse:
-    keys = stream_keys(request)
+    keys = stream_keys(request, write=False)
     meta = await request.app[DURABLE].meta(keys)
     if meta is None:
-        raise JSONError(404, "No stream at this path.")
+        raise missing(request, keys)
+    may_read(request, keys, meta.public)
     fields = headers(Content_Type=meta.kind, Stream_Next_Offset=durable.offset_of(meta.tail), Cache_Control="no-store")
     if meta.ttl:
         fields["Stream-TTL"] = meta.ttl  # sliding: what is left after the last read or write

@@ -27,7 +27,7 @@ async def create(
 ) -> list[Any]:
     expiry = str(int(ttl) * 1000) if ttl else ""
     flag = "1" if closed else ""
-    args = (kind, ttl, "", expiry, flag, "", "", *messages)  # not a fork: no origin, no source
+    args = (kind, ttl, "", expiry, flag, "", "", "", *messages)  # not a fork, not public
     result: list[Any] = await redis.eval(durable.CREATE, 4, *keys.all, keys.staging("none"), *args)
     return result
 
@@ -102,15 +102,15 @@ async def test_an_idempotent_producer_appends_once_and_a_zombie_is_fenced(redis:
 async def test_reads_are_bounded_in_bytes_and_resume_from_an_offset(redis: Any) -> None:
     keys = DurableKeys("/big")
     await create(redis, keys, *[f"m{i:03d}" + "x" * 96 for i in range(200)], kind="text/plain")
-    kind, first, tail, last, closed, *messages = await redis.eval(durable.READ, 3, *keys.all, "0-0", 1000)
+    kind, first, tail, last, closed, _, *messages = await redis.eval(durable.READ, 3, *keys.all, "0-0", 1000)
     assert kind == "text/plain" and closed == "" and len(messages) == 10 and messages[0].startswith("m000")
     [(oldest, _)] = await redis.xrange(keys.log, count=1)
     assert first == oldest  # the first retained: a cursor before it is gone (410)
-    _, _, _, after, _, *rest = await redis.eval(durable.READ, 3, *keys.all, last, 1000)
+    _, _, _, after, _, _, *rest = await redis.eval(durable.READ, 3, *keys.all, last, 1000)
     assert rest[0].startswith("m010") and durable.offset_of(after) > durable.offset_of(last)
-    _, _, _, at_tail, _, *none = await redis.eval(durable.READ, 3, *keys.all, "+", 1000)
+    _, _, _, at_tail, _, _, *none = await redis.eval(durable.READ, 3, *keys.all, "+", 1000)
     assert at_tail == tail and none == []
-    _, _, _, _, _, *one = await redis.eval(durable.READ, 3, *keys.all, "0-0", 1)
+    _, _, _, _, _, _, *one = await redis.eval(durable.READ, 3, *keys.all, "0-0", 1)
     assert len(one) == 1  # at least one message, whatever the bound
     assert await redis.eval(durable.READ, 3, *DurableKeys("/none").all, "0-0", 1000) is None
 
@@ -131,7 +131,7 @@ async def test_a_closed_stream_takes_nothing_more_and_says_so_in_every_read(redi
     await create(redis, keys, kind="text/plain")
     status, tail, _ = await append(redis, keys, "last", kind="text/plain", producer=("p", 0, 0), close=True)
     assert status == "appended"  # the final message and the close in one call: a reader sees both
-    _, _, _, last, closed, *messages = await redis.eval(durable.READ, 3, *keys.all, "0-0", 1000)
+    _, _, _, last, closed, _, *messages = await redis.eval(durable.READ, 3, *keys.all, "0-0", 1000)
     assert (last, closed, messages) == (tail, "1", ["last"])
     assert await append(redis, keys, "more", kind="text/plain") == ["closed", tail]
     assert await append(redis, keys, kind="", close=True) == ["appended", tail, "1"]  # closing again

@@ -352,3 +352,33 @@ async def test_a_fork_inherits_up_to_its_offset_and_keeps_a_deleted_source_until
     ).status == 409
     assert (await client.delete("/v1/stream/fork")).status == 204
     assert (await client.head("/v1/stream/src")).status == 404  # collected with its last fork
+
+
+async def test_with_keys_writers_need_a_key_and_readers_the_stream_s_token_unless_it_is_public(
+    client_factory: Any,
+) -> None:
+    client = await open_node(client_factory, "keys")
+    key = {"Authorization": f"Bearer {KEY}"}
+    created = await client.put(URL, headers={**JSON, **key}, data=b'[{"n":1}]')
+    token = created.headers["Stream-Read-Token"]
+    reader = {"Authorization": f"Bearer {token}"}
+    assert (await client.get(URL)).status == 401
+    assert (await client.get(URL, headers={"Authorization": "Bearer forged"})).status == 401
+    assert await (await client.get(URL, headers=reader)).json() == [{"n": 1}]
+    assert (await client.head(URL, headers=reader)).status == 200
+    live = await client.get(URL, headers=reader, params={"offset": "-1", "live": "long-poll"})
+    assert await live.json() == [{"n": 1}]
+    assert (await client.post(URL, headers={**JSON, **reader}, data=b"{}")).status == 401  # reads only
+    assert (await client.delete(URL, headers=reader)).status == 401
+    other = await client.put(URL + "-other", headers={**JSON, **key})
+    assert other.headers["Stream-Read-Token"] != token
+    assert (await client.get(URL + "-other", headers=reader)).status == 401  # one stream's token
+    assert (await client.get("/v1/stream/nowhere")).status == 401  # which paths exist is not told
+    assert (await client.get("/v1/stream/nowhere", headers=key)).status == 404
+
+    await client.put("/v1/stream/public", headers={**JSON, **key, "Stream-Public": "true"}, data=b"[1]")
+    assert await (await client.get("/v1/stream/public")).json() == [1]
+    sse = await client.get("/v1/stream/public", params={"offset": "-1", "live": "sse"})
+    assert sse.status == 200
+    sse.close()
+    assert (await client.post("/v1/stream/public", headers=JSON, data=b"2")).status == 401

@@ -51,9 +51,10 @@ class DurableKeys:
     partition: int = field(init=False)
     meta: str = field(init=False)
     """Hash: ``type`` (content type), ``ttl``, ``expires_at`` as created, ``seq`` (last Stream-Seq),
-    ``closed``, and for forks ``origin`` (the fork's request, to tell a repeat from a conflict) and
-    ``source`` (the path forked); ``forks`` counts the forks made of it, and ``deleted`` marks a
-    stream deleted while forks of it lived (gone, kept until the last fork goes)."""
+    ``closed``, ``public`` (anyone may read it), and for forks ``origin`` (the fork's request, to
+    tell a repeat from a conflict) and ``source`` (the path forked); ``forks`` counts the forks made
+    of it, and ``deleted`` marks a stream deleted while forks of it lived (gone, kept until the
+    last fork goes)."""
     log: str = field(init=False)
     """Redis Stream: one entry per message, its bytes in field ``d``."""
     producers: str = field(init=False)
@@ -119,9 +120,10 @@ CREATE: Final = (
     + r"""
 -- KEYS = DurableKeys.all + a staging key (a fork's inherited messages, renamed into the log). ARGV:
 -- 1 content type, 2 TTL seconds ('' none), 3 expires-at ('' none), 4 expiry in ms from now ('' none),
--- 5 '1' to create it closed, 6 a fork's origin ('' not a fork), 7 the path it forks, then the
--- initial messages. Returns {'created', tail, closed}, {'exists', tail, closed} (the same request
--- again: idempotent) or {'conflict'} (another configuration, or a deleted stream its forks keep).
+-- 5 '1' to create it closed, 6 a fork's origin ('' not a fork), 7 the path it forks, 8 '1' when
+-- anyone may read it (public), then the initial messages. Returns {'created', tail, closed},
+-- {'exists', tail, closed} (the same request again: idempotent) or {'conflict'} (another
+-- configuration, or a deleted stream its forks keep).
 local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'expires_at', 'closed', 'deleted', 'origin')
 if st[1] then
   redis.call('DEL', KEYS[4])
@@ -136,9 +138,10 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('RENAME', KEYS[4], KEYS[2])
   redis.call('PERSIST', KEYS[2])
 end
-redis.call('HSET', KEYS[1], 'type', ARGV[1], 'ttl', ARGV[2], 'expires_at', ARGV[3], 'closed', ARGV[5])
+redis.call('HSET', KEYS[1], 'type', ARGV[1], 'ttl', ARGV[2], 'expires_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'closed', ARGV[5], 'public', ARGV[8])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'origin', ARGV[6], 'source', ARGV[7]) end
-for i = 8, #ARGV do redis.call('XADD', KEYS[2], '*', 'd', ARGV[i]) end
+for i = 9, #ARGV do redis.call('XADD', KEYS[2], '*', 'd', ARGV[i]) end
 if ARGV[4] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 refresh_expiry(nil)
 return {'created', tail(), ARGV[5]}
@@ -250,8 +253,8 @@ READ: Final = r"""
 -- tail: nothing), 2 most bytes (at least one message is returned).
 -- Returns false when the stream does not exist, 410 when it was deleted (kept for its forks), else
 -- {content type, first retained id, tail id, id of the last message returned (or ARGV[1]), '1' when
--- the stream is closed, message, ...}. A read starts a sliding Stream-TTL again.
-local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'closed', 'deleted')
+-- the stream is closed, '1' when it is public, message, ...}. A read starts a sliding Stream-TTL again.
+local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'closed', 'deleted', 'public')
 local kind = st[1]
 if not kind then return false end
 if st[4] == '1' then return 410 end
@@ -262,7 +265,7 @@ end
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
 local tail = last and last[1] or '0-0'
-local reply = {kind, first and first[1] or '0-0', tail, ARGV[1], st[3] or ''}
+local reply = {kind, first and first[1] or '0-0', tail, ARGV[1], st[3] or '', st[5] or ''}
 if ARGV[1] == '+' then reply[4] = tail; return reply end
 local budget = tonumber(ARGV[2])
 local after = ARGV[1]
@@ -271,7 +274,7 @@ while budget > 0 do
   if #page == 0 then break end
   for _, entry in ipairs(page) do
     local data = entry[2][2]
-    if #reply > 5 and #data > budget then budget = 0; break end
+    if #reply > 6 and #data > budget then budget = 0; break end
     reply[#reply + 1] = data
     reply[4] = entry[1]
     after = entry[1]
@@ -285,13 +288,14 @@ return reply
 META: Final = r"""
 -- KEYS = DurableKeys.all. Returns false when the stream does not exist, 410 when it was deleted
 -- (kept for its forks), else {content type, tail id, Stream-TTL as created, Stream-Expires-At as
--- created, ms left before it expires (-1 never), '1' when closed}. Metadata does not start a
--- sliding TTL again.
-local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'expires_at', 'closed', 'deleted')
+-- created, ms left before it expires (-1 never), '1' when closed, '1' when public}. Metadata does
+-- not start a sliding TTL again.
+local st = redis.call('HMGET', KEYS[1], 'type', 'ttl', 'expires_at', 'closed', 'deleted', 'public')
 if not st[1] then return false end
 if st[5] == '1' then return 410 end
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
-return {st[1], last and last[1] or '0-0', st[2] or '', st[3] or '', redis.call('PTTL', KEYS[1]), st[4] or ''}
+local left = redis.call('PTTL', KEYS[1])
+return {st[1], last and last[1] or '0-0', st[2] or '', st[3] or '', left, st[4] or '', st[6] or ''}
 """
 
 DELETE: Final = r"""
