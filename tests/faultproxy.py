@@ -56,10 +56,12 @@ class FaultProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        self.kill_all()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.kill_all()  # every connection's loops end on their own (a cancelled one logs an error)
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=2)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -93,6 +95,7 @@ class FaultProxy:
                     return
                 client_writer.write(data)
                 await client_writer.drain()
+            client_writer.close()  # the server ended the connection: so does the proxy, to the client
 
         try:
             async with asyncio.TaskGroup() as group:
