@@ -4,7 +4,9 @@ per stream (``Hub.watch_stream``).
 A reader is watching before its first read, and re-arms before every read, so growth published
 between a read and the wait still wakes it; a woken reader reads on from its own offset in the
 stream itself, so a lost notification or a pub/sub reconnect costs nothing. An SSE reader holds at
-most one read (``READ_BYTES``) while its client is slow: the next read waits for the write before it.
+most one read (``READ_BYTES``) while its client is slow: the next read waits for the write before it,
+and a client that takes nothing for ``STREAMFAN_SEND_TIMEOUT_SECONDS`` is cut off (it resumes from
+its last offset), as the native event stream does.
 """
 
 import asyncio
@@ -131,18 +133,36 @@ async def sse(request: web.Request, keys: DurableKeys, after: str) -> web.Stream
             fields["Stream-SSE-Data-Encoding"] = "base64"
         response = web.StreamResponse(headers=fields)
         await response.prepare(request)
+        send = _Sender(response, request.app[SETTINGS].send_timeout_seconds)
         try:
-            await _tail(request, response, reader, keys, got, encode, deadline)
+            await _tail(request, send, reader, keys, got, encode, deadline)
         except ConnectionResetError:
             pass  # the client left: nothing more to send
+        except TimeoutError:
+            if request.transport is not None:  # takes nothing: cut off (it resumes from its offset)
+                request.transport.abort()
         except StreamGone:
             pass  # deleted while forks of it live: the client's reconnect finds the 410
         return response
 
 
+class _Sender:
+    """Writes to an SSE response, each within the send timeout (a ``TimeoutError`` past it)."""
+
+    __slots__ = ("_response", "_seconds")
+
+    def __init__(self, response: web.StreamResponse, seconds: float) -> None:
+        self._response, self._seconds = response, seconds
+
+    async def __call__(self, data: bytes) -> None:
+        if data:
+            async with asyncio.timeout(self._seconds):
+                await self._response.write(data)
+
+
 async def _tail(
     request: web.Request,
-    response: web.StreamResponse,
+    send: _Sender,
     reader: DurableReader,
     keys: DurableKeys,
     got: StreamRead,
@@ -152,9 +172,9 @@ async def _tail(
     """Send ``got``, then every read after it, until the stream's end or the response's."""
     loop = asyncio.get_running_loop()
     after = got.last  # where the read ended (offset=now: the tail)
-    await response.write(_batch(request, got, encode, after, first=True))
+    await send(_batch(request, got, encode, after, first=True))
     while not (got.ended or reader.closed):
-        if got.up_to_date and not await _quiet_until_woken(response, reader, deadline):
+        if got.up_to_date and not await _quiet_until_woken(send, reader, deadline):
             break
         if reader.closed or loop.time() >= deadline:
             break
@@ -164,8 +184,7 @@ async def _tail(
             break  # deleted: the client's reconnect finds the 404
         got = next_read
         after = got.last
-        await response.write(_batch(request, got, encode, after, first=False))
-    await response.write_eof()
+        await send(_batch(request, got, encode, after, first=False))
 
 
 def _batch(request: web.Request, got: StreamRead, encode: bool, after: str, *, first: bool) -> bytes:
@@ -179,7 +198,7 @@ def _batch(request: web.Request, got: StreamRead, encode: bool, after: str, *, f
     return b""
 
 
-async def _quiet_until_woken(response: web.StreamResponse, reader: DurableReader, deadline: float) -> bool:
+async def _quiet_until_woken(send: _Sender, reader: DurableReader, deadline: float) -> bool:
     """Wait for the stream to grow (True), with a comment line every ``_KEEPALIVE_SECONDS``; False
     once the response's lifetime is over."""
     loop = asyncio.get_running_loop()
@@ -189,4 +208,4 @@ async def _quiet_until_woken(response: web.StreamResponse, reader: DurableReader
             return False
         if await reader.wait(min(left, _KEEPALIVE_SECONDS)):
             return True
-        await response.write(b":\n\n")
+        await send(b":\n\n")

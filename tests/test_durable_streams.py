@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import random
+import socket
 from typing import Any
 
 import pytest
@@ -382,3 +383,33 @@ async def test_with_keys_writers_need_a_key_and_readers_the_stream_s_token_unles
     assert sse.status == 200
     sse.close()
     assert (await client.post("/v1/stream/public", headers=JSON, data=b"2")).status == 401
+
+
+async def test_an_sse_reader_that_takes_nothing_pins_one_read_and_is_cut_off(client_factory: Any) -> None:
+    """A reader that never reads holds at most one read's bytes in the node (the next read waits for
+    the socket) and is dropped after STREAMFAN_SEND_TIMEOUT_SECONDS; it would resume by offset."""
+    settings = node_settings(durable_streams="open", send_timeout_seconds=1, durable_sse_seconds=30)
+    client = await client_factory(settings)
+    text = {"Content-Type": "text/plain"}
+    await client.put(URL, headers=text)
+    chunk = b"x" * 250_000
+    for _ in range(48):  # 12 MB: far more than the socket buffers hold
+        await client.post(URL, headers=text, data=chunk)
+    host, port = client.server.host, client.server.port
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    request = f"GET {URL}?offset=-1&live=sse HTTP/1.1\r\nHost: {host}\r\n\r\n"
+    writer.write(request.encode())
+    await writer.drain()
+    writer.transport.pause_reading()  # a client that takes nothing
+    await asyncio.sleep(2.5)
+    writer.transport.resume_reading()
+    received = 0
+    async with asyncio.timeout(10):
+        while data := await reader.read(1 << 16):
+            received += len(data)
+    assert received < 48 * len(chunk) // 2  # cut off long before the stream's end
+    writer.close()
