@@ -8,7 +8,7 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
 
-from server import api, durable_http, durable_streams, health
+from server import api, durable_conversation, durable_http, durable_streams, health
 from server.access import Gate
 from server.context import DURABLE, GATE, HUB, METRICS, PATH_ERROR_SHAPES, REDIS, SETTINGS, STORE
 from server.dialects import ai_sdk, chat, openai, responses
@@ -100,6 +100,9 @@ def create_app(settings: Settings, redis: "Redis | RedisCluster") -> web.Applica
     if settings.durable_streams != "off":  # its HEAD is its own (metadata), routed above
         read = durable_http.cross_origin(durable_streams.read)
         app.router.add_get(durable_http.PATH, guarded(read), allow_head=False)
+    # A conversation read as a Durable Stream (its own credential: the conversation's token).
+    app.router.add_get(durable_conversation.PATH, guarded(durable_conversation.read), allow_head=False)
+    app.router.add_route("HEAD", durable_conversation.PATH, guarded(durable_conversation.head))
     # The event stream goes unwrapped: it raises only JSON errors, and only before it streams.
     app.router.add_get("/api/conversations/{conversation_id}/events", stream_events)
     app.router.add_get("/api/stream", stream_many)

@@ -1,5 +1,5 @@
 """Live reads of Durable Streams: long-poll and SSE, each woken through the node's one subscription
-per stream (``Hub.watch_stream``).
+per stream (``Hub.watch_stream``, or for a conversation read as a stream its channel's feed).
 
 A reader is watching before its first read, and re-arms before every read, so growth published
 between a read and the wait still wakes it; a woken reader reads on from its own offset in the
@@ -14,8 +14,8 @@ import base64
 import json
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Final
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Final, Protocol
 
 from aiohttp import web
 
@@ -23,6 +23,7 @@ from server.context import DURABLE, GATE, HUB, SETTINGS
 from server.durable_feed import DurableReader
 from server.durable_http import CACHE, READ_BYTES, cursor, headers, may_read, missing
 from server.durable_store import JSON, StreamGone, StreamRead
+from server.errors import JSONError
 from wire import durable
 from wire.durable import DurableKeys
 
@@ -31,43 +32,71 @@ _KEEPALIVE_SECONDS: Final = 15.0
 """A comment line this often while an SSE stream is quiet, so proxies do not time it out."""
 
 
-@asynccontextmanager
-async def _watching(request: web.Request, keys: DurableKeys) -> AsyncIterator[DurableReader]:
-    """A reader woken when the stream may have grown, counted against the address' streams."""
-    gate, hub = request.app[GATE], request.app[HUB]
-    address = gate.client(request)
-    limited = gate.limited(address)
-    if limited:
-        gate.streams_per_ip.enter(address)  # a waiting reader holds a connection, as a stream does
-    try:
+class LiveSource(Protocol):
+    """What a live read reads: a Durable Stream, or a conversation read as one."""
+
+    def watch(self) -> AbstractAsyncContextManager[DurableReader]:
+        """A reader woken whenever the source may have grown (subscribed and confirmed on entry)."""
+        ...
+
+    async def read(self, after: str) -> StreamRead:
+        """What follows entry id ``after`` (``'+'``: the tail); a JSON 4xx, or ``StreamGone``,
+        when it cannot be read."""
+        ...
+
+
+class StreamSource:
+    """A Durable Stream, read as its request may read it."""
+
+    __slots__ = ("_keys", "_request")
+
+    def __init__(self, request: web.Request, keys: DurableKeys) -> None:
+        self._request, self._keys = request, keys
+
+    @asynccontextmanager
+    async def watch(self) -> AsyncIterator[DurableReader]:
+        hub = self._request.app[HUB]
         reader = DurableReader()
-        feed = await hub.watch_stream(keys.channel.encode(), reader)  # confirmed: no growth is missed
+        feed = await hub.watch_stream(self._keys.channel.encode(), reader)
         try:
             yield reader
         finally:
             hub.unwatch_stream(feed, reader)
+
+    async def read(self, after: str) -> StreamRead:
+        got = await self._request.app[DURABLE].read(self._keys, after, READ_BYTES)
+        if got is None:
+            raise missing(self._request, self._keys)
+        may_read(self._request, self._keys, got.public)
+        return got
+
+
+@asynccontextmanager
+async def _watching(request: web.Request, source: LiveSource) -> AsyncIterator[DurableReader]:
+    """The source's reader, counted against the address' streams (a waiting reader holds a
+    connection, as a stream does)."""
+    gate = request.app[GATE]
+    address = gate.client(request)
+    limited = gate.limited(address)
+    if limited:
+        gate.streams_per_ip.enter(address)
+    try:
+        async with source.watch() as reader:
+            yield reader
     finally:
         if limited:
             gate.streams_per_ip.leave(address)
 
 
-async def _read(request: web.Request, keys: DurableKeys, after: str) -> StreamRead:
-    got = await request.app[DURABLE].read(keys, after, READ_BYTES)
-    if got is None:
-        raise missing(request, keys)
-    may_read(request, keys, got.public)
-    return got
-
-
-async def long_poll(request: web.Request, keys: DurableKeys, after: str) -> web.StreamResponse:
+async def long_poll(request: web.Request, source: LiveSource, after: str) -> web.StreamResponse:
     """Data after ``after`` as soon as there is some, or a 204 once the wait is over (at once at the
     end of a closed stream)."""
     seconds = request.app[SETTINGS].durable_long_poll_seconds
-    async with _watching(request, keys) as reader:
+    async with _watching(request, source) as reader:
         deadline = asyncio.get_running_loop().time() + seconds
         while True:
             reader.arm()
-            got = await _read(request, keys, after)
+            got = await source.read(after)
             if after == "+":
                 after = got.last  # now: the tail when the wait began
             elif got.messages:
@@ -120,13 +149,13 @@ def sse_encoded(kind: str) -> bool:
     return not (kind.startswith("text/") or kind == JSON)
 
 
-async def sse(request: web.Request, keys: DurableKeys, after: str) -> web.StreamResponse:
+async def sse(request: web.Request, source: LiveSource, after: str) -> web.StreamResponse:
     """The stream from ``after`` as SSE: a data event per read, each followed by its control event,
     until the end of a closed stream, its deletion, the node's shutdown or ``STREAMFAN_DURABLE_SSE_SECONDS``."""
     deadline = asyncio.get_running_loop().time() + request.app[SETTINGS].durable_sse_seconds
-    async with _watching(request, keys) as reader:
+    async with _watching(request, source) as reader:
         reader.arm()
-        got = await _read(request, keys, after)  # a missing stream is still a JSON 404 here
+        got = await source.read(after)  # a missing stream is still a JSON 404 here
         encode = sse_encoded(got.kind)
         fields = headers(Content_Type="text/event-stream", Cache_Control="no-cache", X_Accel_Buffering="no")
         if encode:
@@ -135,14 +164,14 @@ async def sse(request: web.Request, keys: DurableKeys, after: str) -> web.Stream
         await response.prepare(request)
         send = _Sender(response, request.app[SETTINGS].send_timeout_seconds)
         try:
-            await _tail(request, send, reader, keys, got, encode, deadline)
+            await _tail(request, send, reader, source, got, encode, deadline)
         except ConnectionResetError:
             pass  # the client left: nothing more to send
         except TimeoutError:
             if request.transport is not None:  # takes nothing: cut off (it resumes from its offset)
                 request.transport.abort()
-        except StreamGone:
-            pass  # deleted while forks of it live: the client's reconnect finds the 410
+        except (StreamGone, JSONError):
+            pass  # deleted (or no longer readable): the client's reconnect is told why
         return response
 
 
@@ -164,7 +193,7 @@ async def _tail(
     request: web.Request,
     send: _Sender,
     reader: DurableReader,
-    keys: DurableKeys,
+    source: LiveSource,
     got: StreamRead,
     encode: bool,
     deadline: float,
@@ -179,10 +208,7 @@ async def _tail(
         if reader.closed or loop.time() >= deadline:
             break
         reader.arm()
-        next_read = await request.app[DURABLE].read(keys, after, READ_BYTES)
-        if next_read is None:
-            break  # deleted: the client's reconnect finds the 404
-        got = next_read
+        got = await source.read(after)
         after = got.last
         await send(_batch(request, got, encode, after, first=False))
 

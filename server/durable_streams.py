@@ -228,9 +228,10 @@ async def read(request: web.Request) -> web.StreamResponse:
     keys = stream_keys(request, write=False)
     live = request.query.get("live")
     if live == "sse":
-        return await durable_live.sse(request, keys, read_start(request, live=True))
+        return await durable_live.sse(request, durable_live.StreamSource(request, keys), read_start(request, live=True))
     if live == "long-poll":
-        return await durable_live.long_poll(request, keys, read_start(request, live=True))
+        source = durable_live.StreamSource(request, keys)
+        return await durable_live.long_poll(request, source, read_start(request, live=True))
     if live is not None:
         raise JSONError(400, "live must be long-poll or sse.")
     after = read_start(request, live=False)

@@ -90,6 +90,8 @@ class Page:
     frames: list[tuple[EventId, bytes]]
     more: bool = False
     """The byte bound cut this page short: more history follows it."""
+    head: EventId = (0, 0)
+    """The newest event's id when the page was read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +229,7 @@ class ConversationStore:
         for event_id, fields in body:
             values = dict(zip(fields[::2], fields[1::2], strict=True))
             frames.append((parse_event_id(event_id.decode()), frame_from_entry(event_id, values[b"t"], values[b"d"])))
-        return Page(frames, more=status == b"more")
+        return Page(frames, more=status == b"more", head=parse_event_id(_text(head)))
 
     async def snapshot(self, conversation_id: str, limit: int, before: int | None = None) -> dict[str, Any]:
         """The history API's body: at most ``limit`` finished messages ending before position
