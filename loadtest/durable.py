@@ -20,6 +20,7 @@ import aiohttp
 from loadtest.config import check_target
 from loadtest.sse_parser import SSEParser
 from loadtest.stats import Series
+from loadtest.tabs import raise_open_files_limit
 
 MODES = ("sse", "long-poll")
 
@@ -143,6 +144,7 @@ class Run:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     check_target(args.url, args.allow_remote)
+    raise_open_files_limit()
     timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
         load = Run(args, session)

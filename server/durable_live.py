@@ -20,7 +20,7 @@ from typing import Final, Protocol
 from aiohttp import web
 
 from server.context import DURABLE, GATE, HUB, SETTINGS
-from server.durable_feed import DurableReader
+from server.durable_feed import DurableFeed, DurableReader
 from server.durable_http import CACHE, READ_BYTES, cursor, headers, may_read, missing
 from server.durable_store import JSON, StreamGone, StreamRead
 from server.errors import JSONError
@@ -48,23 +48,31 @@ class LiveSource(Protocol):
 class StreamSource:
     """A Durable Stream, read as its request may read it."""
 
-    __slots__ = ("_keys", "_request")
+    __slots__ = ("_feed", "_keys", "_request")
 
     def __init__(self, request: web.Request, keys: DurableKeys) -> None:
         self._request, self._keys = request, keys
+        self._feed: DurableFeed | None = None
 
     @asynccontextmanager
     async def watch(self) -> AsyncIterator[DurableReader]:
         hub = self._request.app[HUB]
         reader = DurableReader()
-        feed = await hub.watch_stream(self._keys.channel.encode(), reader)
+        feed = self._feed = await hub.watch_stream(self._keys.channel.encode(), reader)
         try:
             yield reader
         finally:
+            self._feed = None
             hub.unwatch_stream(feed, reader)
 
+    async def _fetch(self, after: str) -> StreamRead | None:
+        store, feed = self._request.app[DURABLE], self._feed
+        if feed is None:
+            return await store.read(self._keys, after, READ_BYTES)
+        return await feed.shared_read(after, lambda: store.read(self._keys, after, READ_BYTES))
+
     async def read(self, after: str) -> StreamRead:
-        got = await self._request.app[DURABLE].read(self._keys, after, READ_BYTES)
+        got = await self._fetch(after)
         if got is None:
             raise missing(self._request, self._keys)
         may_read(self._request, self._keys, got.public)

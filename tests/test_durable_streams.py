@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from server.context import HUB
+from server.durable_store import DurableStore
 from tests.conftest import node_settings
 from wire import durable
 from wire.durable import DurableKeys
@@ -411,3 +412,31 @@ async def test_an_sse_reader_that_takes_nothing_pins_one_read_and_is_cut_off(cli
             received += len(data)
     assert received < 48 * len(chunk) // 2  # cut off long before the stream's end
     writer.close()
+
+
+async def test_readers_woken_together_share_one_read(client_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broadcast: 20 SSE readers at a stream's tail cost one read of the stream per append, not
+    one each (each reader still gets every message)."""
+    client = await open_node(client_factory)
+    reads = 0
+    original = DurableStore.read
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(DurableStore, "read", counted)
+    text = {"Content-Type": "text/plain"}
+    await client.put(URL, headers=text)
+    readers = [await client.get(URL, params={"offset": "now", "live": "sse"}) for _ in range(20)]
+    for reader in readers:
+        await reader.content.readuntil(b"\n\n")  # the first control event: at the tail
+    before = reads
+    await client.post(URL, headers=text, data=b"to everyone")
+    for reader in readers:
+        data = await reader.content.readuntil(b"\n\n")
+        assert sse_events(data.decode()) == [("data", "to everyone")]
+    assert reads - before <= 2  # one shared read (two if a wake-up raced the first)
+    for reader in readers:
+        reader.close()
