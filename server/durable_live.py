@@ -28,6 +28,8 @@ from wire import durable
 from wire.durable import DurableKeys
 
 _LINES: Final = re.compile(rb"\r\n|\r|\n")
+_UNBLOCKED_BYTES: Final = 60 * 1024
+"""Below aiohttp's 64 KiB, a write returns without waiting on the socket (StreamWriter's drain)."""
 _KEEPALIVE_SECONDS: Final = 15.0
 """A comment line this often while an SSE stream is quiet, so proxies do not time it out."""
 
@@ -139,14 +141,14 @@ def _data(got: StreamRead, encode: bool) -> bytes:
     return b"".join(got.messages).decode("utf-8", "replace").encode()
 
 
-def _control(request: web.Request, got: StreamRead, offset: str) -> bytes:
+def _control(got: StreamRead, offset: str, stream_cursor: str) -> bytes:
     """The control event after each data event (or alone): where to resume, whether caught up,
     and at the end of a closed stream that it is closed (then without a cursor: nothing to poll)."""
     control: dict[str, object] = {"streamNextOffset": offset}
     if got.ended:
         control["streamClosed"] = True
     else:
-        control["streamCursor"] = cursor(request)
+        control["streamCursor"] = stream_cursor
     if got.up_to_date:
         control["upToDate"] = True
     return _event(b"control", json.dumps(control, separators=(",", ":")).encode())
@@ -170,7 +172,7 @@ async def sse(request: web.Request, source: LiveSource, after: str) -> web.Strea
             fields["Stream-SSE-Data-Encoding"] = "base64"
         response = web.StreamResponse(headers=fields)
         await response.prepare(request)
-        send = _Sender(response, request.app[SETTINGS].send_timeout_seconds)
+        send = _Sender(response, request.app[SETTINGS].send_timeout_seconds, request.transport)
         try:
             await _tail(request, send, reader, source, got, encode, deadline)
         except ConnectionResetError:
@@ -186,15 +188,20 @@ async def sse(request: web.Request, source: LiveSource, after: str) -> web.Strea
 class _Sender:
     """Writes to an SSE response, each within the send timeout (a ``TimeoutError`` past it)."""
 
-    __slots__ = ("_response", "_seconds")
+    __slots__ = ("_response", "_seconds", "_transport")
 
-    def __init__(self, response: web.StreamResponse, seconds: float) -> None:
-        self._response, self._seconds = response, seconds
+    def __init__(self, response: web.StreamResponse, seconds: float, transport: asyncio.Transport | None) -> None:
+        self._response, self._seconds, self._transport = response, seconds, transport
 
     async def __call__(self, data: bytes) -> None:
-        if data:
-            async with asyncio.timeout(self._seconds):
-                await self._response.write(data)
+        if not data:
+            return
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size() + len(data) < _UNBLOCKED_BYTES:
+            await self._response.write(data)  # cannot wait on the socket: no timer needed
+            return
+        async with asyncio.timeout(self._seconds):
+            await self._response.write(data)
 
 
 async def _tail(
@@ -223,13 +230,16 @@ async def _tail(
 
 def _batch(request: web.Request, got: StreamRead, encode: bool, after: str, *, first: bool) -> bytes:
     """What one read sends: its data and control events; the first read, or the end of a closed
-    stream, sends a control event even with no data (where to resume, that it is caught up)."""
-    offset = durable.offset_of(after)
-    if got.messages:
-        return _event(b"data", _data(got, encode)) + _control(request, got, offset)
-    if first or got.ended:
-        return _control(request, got, offset)
-    return b""
+    stream, sends a control event even with no data (where to resume, that it is caught up).
+    Built once per read and cursor: a broadcast's readers share the read, and so its bytes."""
+    if not (got.messages or first or got.ended):
+        return b""
+    key = (encode, first, cursor(request), after)
+    frame = got.frames.get(key)
+    if frame is None:
+        control = _control(got, durable.offset_of(after), key[2])
+        frame = got.frames[key] = _event(b"data", _data(got, encode)) + control if got.messages else control
+    return frame
 
 
 async def _quiet_until_woken(send: _Sender, reader: DurableReader, deadline: float) -> bool:

@@ -11,7 +11,7 @@ while they live leaves it gone (410) but kept until the last of them is deleted.
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from redis.asyncio import Redis, RedisCluster
@@ -58,6 +58,8 @@ class StreamRead:
     public: bool
     """Anyone may read it (created with ``Stream-Public: true``)."""
     messages: list[bytes]
+    frames: dict[Any, bytes] = field(default_factory=dict, compare=False, repr=False)
+    """The read as sent, per way of sending it: readers sharing the read share its bytes too."""
 
     @property
     def up_to_date(self) -> bool:
