@@ -54,8 +54,9 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     """STREAMFAN_API_KEYS: comma-separated keys of the OpenAI-compatible endpoints (none: they are off)."""
     durable_streams: str = setting("off", "STREAMFAN_DURABLE_STREAMS")
-    """The Durable Streams endpoints (``/v1/stream/{path}``): 'off'; 'keys' (every request presents
-    one of STREAMFAN_API_KEYS); 'open' (anyone may create, append and read: a trusted network only)."""
+    """The Durable Streams endpoints (``/v1/stream/{path}``): 'off'; 'keys' (writes present one of
+    STREAMFAN_API_KEYS, reads a key or the stream's read token unless it is public); 'open' (anyone
+    may create, append and read: a trusted network only)."""
     durable_max_body_bytes: int = setting(1 << 20, "STREAMFAN_DURABLE_MAX_BODY_BYTES", low=1024, high=1 << 30)
     """Largest body one Durable Streams create or append may carry (one message, or one JSON array)."""
     durable_long_poll_seconds: float = setting(15.0, "STREAMFAN_DURABLE_LONG_POLL_SECONDS", low=0.1, high=600)

@@ -11,10 +11,12 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from launch.processes import RedisServer
 from tests.conftest import API_KEY, ROOT, Proc
 
 pytestmark = pytest.mark.timeout(120)
@@ -79,3 +81,26 @@ def test_the_browser_use_chat_snippet(keyed_nodes: list[Proc], tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"status": "ready", "role": "assistant", "text": text, "error": None}
+
+
+@pytest.fixture
+def durable_node(redis_process: RedisServer, spawn: Callable[..., Proc]) -> Proc:
+    """A node serving Durable Streams to key holders (STREAMFAN_DURABLE_STREAMS=keys) on real Redis."""
+    return spawn(
+        "server", {"REDIS_URL": redis_process.url, "STREAMFAN_API_KEYS": API_KEY, "STREAMFAN_DURABLE_STREAMS": "keys"}
+    )
+
+
+def test_the_durable_streams_python_snippet(durable_node: Proc) -> None:
+    code = snippet("python", "# Durable Streams with the official Python client").replace(README_URL, durable_node.url)
+    done = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[{'n': 1}, {'n': 2}]"
+
+
+def test_the_durable_streams_typescript_snippet(durable_node: Proc, tmp_path: Path) -> None:
+    code = snippet("js", "// Durable Streams with the official TypeScript client").replace(README_URL, durable_node.url)
+    path = beside_the_packages(tmp_path, "durable.mjs", code)
+    done = subprocess.run([node_js(), str(path)], env=env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{"n": 1}, {"n": 2}]
