@@ -1,6 +1,11 @@
 """Durable Streams over HTTP (issue 25): create, append (idempotent producers), close, catch-up,
-long-poll and SSE reads, HEAD and DELETE on an embedded node; every refusal a JSON 4xx, readable
-cross-origin; off unless configured."""
+long-poll and SSE reads, forks, access, HEAD and DELETE on an embedded node; every refusal a JSON
+4xx, readable cross-origin; off unless configured.
+
+Longer than 300 lines: one test per rule of the protocol as the node serves it, sharing the
+in-process node and its SSE parsing; the official suite (``test_durable_conformance``) covers the
+protocol's letter, these the node's own choices (access, bounds, shared reads).
+"""
 
 import asyncio
 import base64
