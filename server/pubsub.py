@@ -200,8 +200,12 @@ class PubSubConnection:
         finally:
             self._conn = None
             self._connected.clear()
+            # Bounded: a connect cut short by a cancel (a SIGTERM right after a worker started) can
+            # leave redis-py's disconnect waiting for a close that never comes, and the cancel has
+            # been spent already: the worker then outlived its supervisor (tests/test_cluster.py).
             with contextlib.suppress(Exception):
-                await conn.disconnect()
+                async with asyncio.timeout(self._timeout):
+                    await conn.disconnect()
 
     def by_slot(self, channels: list[bytes]) -> list[list[bytes]]:
         if self._slot_of is None or not channels:
