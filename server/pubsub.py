@@ -16,7 +16,6 @@ Invariants (this class owns them):
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import logging
 import math
@@ -25,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 
@@ -79,24 +79,34 @@ class _Request:
     channels: list[bytes] = field(default_factory=list)
 
 
-def _reader(conn: AbstractConnection) -> Callable[[], Awaitable[Any]]:
-    """The next pub/sub message of ``conn``.
+def _batches(conn: AbstractConnection) -> Callable[[], Awaitable[list[Any]]]:
+    """The pub/sub messages of ``conn`` that have arrived: at least one, in order.
 
-    Straight from redis-py's parser when ``conn`` is redis-py's own connection: its
-    ``read_response`` wraps every message in a timeout context and formats an error label, once per
-    message on the node's busiest path (docs/measurements.md, pubsub-reader). Dead links are the
-    watchdog's job, so no timeout is lost. Other connection classes go the documented way, which
-    raises an error reply where the parser returns it: both hand it back.
+    From hiredis when ``conn`` is redis-py's own, all a socket read brought at once: its
+    ``read_response`` costs per message a coroutine, a timeout and a RESP3 push dispatch
+    (docs/measurements.md, pubsub-batches). Dead links are the watchdog's job. Error replies are
+    values; other connection classes go the documented way.
     """
-    if native(type(conn)):
-        parser: Any = conn._parser
-        return functools.partial(parser.read_response, push_request=True)
+    parser: Any = getattr(conn, "_parser", None)
+    if native(type(conn)) and isinstance(parser, _AsyncHiredisParser) and parser._reader is not None:
+        gets, fill = parser._reader.gets, parser.read_from_socket
 
-    async def documented() -> Any:
+        async def drained() -> list[Any]:
+            messages: list[Any] = []
+            while (message := gets()) is not NOT_ENOUGH_DATA or not messages:
+                if message is NOT_ENOUGH_DATA:
+                    await fill()
+                else:
+                    messages.append(message)
+            return messages
+
+        return drained
+
+    async def documented() -> list[Any]:
         try:
-            return await conn.read_response(timeout=math.inf, push_request=True)
+            return [await conn.read_response(timeout=math.inf, push_request=True)]
         except ResponseError as exc:
-            return exc
+            return [exc]
 
     return documented
 
@@ -175,14 +185,12 @@ class PubSubConnection:
     async def _connect_and_read(self) -> None:
         # Commands go out with check_health=False: redis-py's health check would read the reply
         # itself, racing this loop for the confirmations (the watchdog does that job).
-        # push_request=True: under RESP3 pub/sub traffic arrives as push messages.
         conn = self._make_connection()
         try:
             await conn.connect()  # type: ignore[no-untyped-call]
             self.generation = next(self._generations)
             self._made += 1
-            if self._made > 1:
-                self.reconnects += 1
+            self.reconnects += self._made > 1
             channels = self._sink.wanted_channels()
             self._sink.on_connected(channels, self.generation)
             for group in self.by_slot(channels):
@@ -192,17 +200,17 @@ class PubSubConnection:
                 log.info("pub/sub connected; subscribing %d channels", len(channels))
             self._conn = conn
             self._connected.set()
-            read = _reader(conn)
+            read = _batches(conn)
             while True:
-                message = await read()
-                self._received += 1
-                self._dispatch(message)
+                messages = await read()
+                self._received += len(messages)
+                for message in messages:
+                    self._dispatch(message)
         finally:
             self._conn = None
             self._connected.clear()
-            # Bounded: a connect cut short by a cancel (a SIGTERM right after a worker started) can
-            # leave redis-py's disconnect waiting for a close that never comes, and the cancel has
-            # been spent already: the worker then outlived its supervisor (tests/test_cluster.py).
+            # Bounded: after a cancel spent in connect (SIGTERM at start) redis-py's disconnect can
+            # wait forever for a close; the worker outlived its supervisor (test_pubsub_stop.py).
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self._timeout):
                     await conn.disconnect()
