@@ -26,7 +26,7 @@ BASE = deltas.DELTAS
 FENCE = "    local v = redis.call('INCRBY', fence, n == 1 and '1' or n)  -- a Lua number is formatted per call"
 FENCE_FAKE = "    local v = B + first + n"
 XADD = "  local id = redis.call('XADD', events, 'MAXLEN', '~', keep, '*', 't', 'delta', 'd', data)"
-SPUBLISH = "  redis.call('SPUBLISH', channel, 'id: ' .. id .. '\\nevent: delta\\ndata: ' .. data .. '\\n\\n')"
+SPUBLISH = "  redis.call('SPUBLISH', events, 'id: ' .. id .. '\\nevent: delta\\ndata: ' .. data .. '\\n\\n')"
 
 
 def variants(chunks_per_call: int) -> dict[str, str]:

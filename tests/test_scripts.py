@@ -49,6 +49,30 @@ async def test_a_chunk_costs_redis_an_xadd_an_spublish_and_one_counter_step(redi
         await redis.aclose()
 
 
+async def test_a_chunk_is_published_on_its_history_streams_name(redis_process: RedisServer) -> None:
+    """Issue 26: ``DELTAS`` built each chunk's channel name in Lua from its events key (two strings
+    made and hashed per chunk); the channel is now the events key's own name, which the node
+    subscribes to (``ConversationKeys.channel``)."""
+    keys = ConversationKeys("conversation-0000000000000001")
+    assert keys.channel == keys.events
+    redis: Any = aioredis.Redis(port=redis_process.port)
+    pubsub = redis.pubsub()
+    try:
+        await start_answer(redis, keys)
+        for command in scripts.setup_commands():
+            await redis.execute_command(*command)
+        await pubsub.execute_command("SSUBSCRIBE", keys.events)
+        assert (await pubsub.parse_response(timeout=5))[0] == b"ssubscribe"
+        [(argv, _)] = scripts.delta_commands([(keys, "r", "p", 0, "tok")], Retention())
+        await redis.execute_command(*argv)
+        message = await pubsub.parse_response(timeout=5)
+        assert message[:2] == [b"smessage", keys.events.encode()]
+        assert message[2].endswith(b"\nevent: delta\ndata: tok\n\n")
+    finally:
+        await pubsub.aclose()
+        await redis.aclose()
+
+
 async def test_one_call_checks_every_chunk_against_its_own_answer(fake_redis: FakeRedis) -> None:
     """Batching changes the cost, never the guarantee: in one call, each chunk is appended once, in
     order, by its answer's owner only; what is refused writes nothing."""

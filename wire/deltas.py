@@ -50,15 +50,16 @@ local G = #KEYS / 2
 local APPENDED, DUPLICATE, NOT_OURS, CANCELLED, HOLDS_CR = {1}, {0}, {-1}, {-2}, {-4}
 local replies, r = {}, 0
 
-local function append(events, channel, index, text)
-  -- SSE data lines: every LF starts another 'data: ' line, so no text can forge a field.
+local function append(events, index, text)
+  -- SSE data lines: every LF starts another 'data: ' line, so no text can forge a field. The
+  -- channel is the events key's name (ConversationKeys.channel).
   local data = text
   if string.find(text, '\n', 1, true) then data = string.gsub(text, '\n', '\ndata: ') end
   -- The answer being written is never trimmed, however long: its text is read from its events.
   local keep = ARGV[1]  -- as it came: a Lua number is formatted again for every call
   if index + 2 > MAXLEN then keep = index + 2 end
   local id = redis.call('XADD', events, 'MAXLEN', '~', keep, '*', 't', 'delta', 'd', data)
-  redis.call('SPUBLISH', channel, 'id: ' .. id .. '\nevent: delta\ndata: ' .. data .. '\n\n')
+  redis.call('SPUBLISH', events, 'id: ' .. id .. '\nevent: delta\ndata: ' .. data .. '\n\n')
 end
 
 local counts = {}
@@ -69,7 +70,6 @@ local t = 3 + G
 for g = 1, G do
   local fence, events = KEYS[2 * g - 1], KEYS[2 * g]
   local first, n = tonumber(ARGV[2 + g]), counts[g] or 1
-  local channel = string.sub(events, 1, -7) .. 'live'  -- ConversationKeys.channel
   local clean = true
   for i = t, t + n - 1 do
     if string.find(ARGV[i], '\r', 1, true) then clean = false; break end
@@ -80,7 +80,7 @@ for g = 1, G do
     local v = redis.call('INCRBY', fence, n == 1 and '1' or n)  -- a Lua number is formatted per call
     if v == B + first + n then
       for i = 0, n - 1 do
-        append(events, channel, first + i, ARGV[t + i])
+        append(events, first + i, ARGV[t + i])
         r = r + 1; replies[r] = APPENDED
       end
     else
@@ -100,7 +100,7 @@ for g = 1, G do
       elseif index > nxt then reply = {-3, nxt}
       elseif string.find(text, '\r', 1, true) then reply = HOLDS_CR
       else
-        append(events, channel, index, text)
+        append(events, index, text)
         nxt = nxt + 1
         reply = APPENDED
       end

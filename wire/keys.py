@@ -54,7 +54,9 @@ class ConversationKeys:
     events: str = field(init=False)
     """Capped, expiring Redis Stream holding every event: the replayable history."""
     channel: str = field(init=False)
-    """Shard channel (SPUBLISH/SSUBSCRIBE) carrying each event's SSE frame, live."""
+    """Shard channel (SPUBLISH/SSUBSCRIBE) carrying each event's SSE frame, live. Named as the
+    history stream (channels and keys are separate namespaces): ``DELTAS`` publishes on the key it
+    appends to, with no name built in Lua per chunk (docs/measurements.md, channel-name)."""
     state: str = field(init=False)
     """Hash: the active response (id, phase, owner, its start, cancel flag), first event id."""
     messages: str = field(init=False)
@@ -74,7 +76,7 @@ class ConversationKeys:
             "partition": partition,
             "jobs": jobs_stream(partition),
             "events": f"{base}:events",
-            "channel": f"{base}:live",
+            "channel": f"{base}:events",
             "state": f"{base}:state",
             "messages": f"{base}:messages",
             "draft": f"{base}:draft",
@@ -104,6 +106,6 @@ class SessionKeys:
 
 
 def conversation_id_from_channel(channel: bytes) -> str:
-    """Inverse of ``ConversationKeys.channel``: ``sf:{p17}:<id>:live``."""
+    """Inverse of ``ConversationKeys.channel``: ``sf:{p17}:<id>:events``."""
     text = channel.decode("ascii")
     return text[text.index("}:") + 2 : text.rindex(":")]
