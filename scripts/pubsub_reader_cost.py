@@ -39,7 +39,7 @@ class _Counter:
         """Set when every message has arrived."""
 
     def wanted_channels(self) -> list[bytes]:
-        return [b"sf:{p0}:c%012d:live" % i for i in range(CHANNELS)]  # as redis-benchmark names them
+        return [b"sf:{p0}:c%012d:events" % i for i in range(CHANNELS)]  # as redis-benchmark names them
 
     def on_connected(self, channels: list[bytes], generation: int) -> None:
         pass
@@ -81,7 +81,7 @@ async def measure(port: int, messages: int) -> float:
         "-r",
         str(CHANNELS),
         "SPUBLISH",
-        "sf:{p0}:c__rand_int__:live",
+        "sf:{p0}:c__rand_int__:events",
         "x" * 160,
         stdout=asyncio.subprocess.DEVNULL,
     )

@@ -1,7 +1,7 @@
 """The node reads pub/sub messages in batches straight from hiredis, on a real redis-server.
 
 redis-py's per-message ``read_response`` (a coroutine, a timeout context, and under RESP3 a push
-dispatch of two more coroutines and a logger lookup) was a tenth of a node's CPU in S2's shape
+dispatch of two more coroutines and a logger lookup) was 8 % of a node's CPU in S2's shape
 (docs/measurements.md, pubsub-batches). A burst is now parsed in one go, in order, and error
 replies still come back as values.
 """
@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 from launch.processes import RedisServer
 from server.pubsub import PubSubConnection
 
-CHANNEL = b"sf:{p0}:batches:live"
+CHANNEL = b"sf:{p0}:batches:events"
 
 
 class _Sink:
@@ -27,7 +27,6 @@ class _Sink:
         self.want = 0
         self.arrived = asyncio.Event()
         """Set once ``want`` messages have arrived."""
-        self.moved: list[bytes] = []
 
     def wanted_channels(self) -> list[bytes]:
         return [CHANNEL]
@@ -53,7 +52,7 @@ class _Sink:
         pass
 
     def on_moved(self, channels: list[bytes]) -> None:
-        self.moved += channels
+        pass
 
 
 async def _publish(port: int, messages: list[bytes]) -> None:
