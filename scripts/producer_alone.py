@@ -7,7 +7,10 @@ garbage collector settings, then prints this process's CPU time (``time.process_
 published chunk. Redis runs in its own process and is not counted. Steadier than
 ``producer_cost.py``, which shares the cores with a whole cluster.
 It also runs the simulated model alone (the same answers, paced the same, published nowhere): the
-difference is the producer's own cost per chunk, the model's pacing set aside.
+difference is the producer's own cost per chunk, the model's pacing set aside. And, in the same run,
+the floor: the same chunks at the same pace and send interval written as plain pipelined XADD +
+SPUBLISH commands on a bare asyncio protocol (no fence, no futures, no objects per chunk; replies
+only counted): what any Python producer on this loop pays for the sockets and the encoding.
 
     .venv/bin/python scripts/producer_alone.py [conversations] [rounds]
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import hiredis
 import uvloop
 
 from launch.gc_tuning import tune_gc
@@ -30,6 +34,7 @@ from producer.generator import Pacing, SimulatedLLM
 from producer.metrics import ProducerMetrics
 from producer.publisher import Publisher
 from producer.settings import ProducerSettings
+from redisio.pipe import pack
 from wire.env import Retention
 from wire.events import Job
 from wire.keys import ConversationKeys
@@ -83,6 +88,69 @@ async def model_alone(conversations: int) -> float:
     return 1e6 * (time.process_time() - cpu) / chunks
 
 
+class _Counted(asyncio.Protocol):
+    """The floor's connection: replies are parsed (hiredis) and counted, nothing else."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.replies = 0
+        self.expected = -1
+        """Set once the chunks are all queued: the replies to wait for."""
+        self.all_replied = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while self.reader.gets() is not False:
+            self.replies += 1
+        if self.replies == self.expected and not self.all_replied.done():
+            self.all_replied.set_result(None)
+
+
+async def floor(port: int, conversations: int, round_: int) -> float:
+    """CPU per chunk of the plainest publisher: each interval's chunks as XADD + SPUBLISH, one write."""
+    loop = asyncio.get_running_loop()
+    transport, conn = await loop.create_connection(_Counted, "127.0.0.1", port)
+    interval = ProducerSettings.from_env().publish_interval_ms / 1000
+    model = SimulatedLLM(Pacing(ttft_seconds=0.1, tokens_per_second=20, jitter=0.1))
+    queued: list[tuple[ConversationKeys, str]] = []
+    maxlen = str(Retention.from_env().max_events)
+
+    def send() -> None:
+        if queued:
+            transport.write(
+                b"".join(
+                    pack([b"XADD", keys.events, b"MAXLEN", b"~", maxlen, b"*", b"d", text])
+                    + pack([b"SPUBLISH", keys.channel, text])
+                    for keys, text in queued
+                )
+            )
+            queued.clear()
+        if sending:
+            loop.call_later(interval, send)
+
+    async def one(i: int) -> int:
+        keys = ConversationKeys(f"floor{round_}c{i:06d}")
+        count = 0
+        async for text in model.generate(f"tell me about topic {i}", TOKENS):
+            queued.append((keys, text))
+            count += 1
+            if count == TOKENS:
+                break
+        return count
+
+    sending = True
+    loop.call_soon(send)
+    cpu = time.process_time()
+    chunks = sum(await asyncio.gather(*(one(i) for i in range(conversations))))
+    sending = False
+    conn.expected = 2 * chunks
+    if conn.replies < conn.expected:
+        await conn.all_replied
+    used = time.process_time() - cpu
+    transport.close()
+    return 1e6 * used / chunks
+
+
 def main() -> None:
     conversations = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
@@ -90,17 +158,23 @@ def main() -> None:
     server = RedisServer()
     server.start()
     try:
-        own = []
+        own, floors, ratios = [], [], []
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             for r in range(rounds):
                 cost = runner.run(measure(server.port, conversations, r))
                 pacing = runner.run(model_alone(conversations))
+                plain = runner.run(floor(server.port, conversations, r))
                 own.append(cost - pacing)
+                floors.append(plain - pacing)
+                ratios.append((cost - pacing) / (plain - pacing))
                 print(
                     f"round {r}: {cost:.1f} µs of producer CPU per chunk, of which the simulated model's "
-                    f"pacing {pacing:.1f}: {cost - pacing:.1f} µs of its own"
+                    f"pacing {pacing:.1f}: {cost - pacing:.1f} µs of its own; the floor {plain - pacing:.1f}"
                 )
-        print(f"median of its own: {statistics.median(own):.1f} µs per chunk over {rounds} rounds")
+        print(
+            f"median of its own: {statistics.median(own):.1f} µs per chunk over {rounds} rounds; "
+            f"the floor {statistics.median(floors):.1f}; {statistics.median(ratios):.2f} times the floor"
+        )
     finally:
         server.remove()
 

@@ -21,7 +21,7 @@ id's milliseconds.
 
 import hashlib
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from wire.env import Retention
@@ -152,20 +152,6 @@ class DeltaCall:
         return len(self.positions)
 
 
-@dataclass(slots=True)
-class _Batch:
-    """One call's groups (runs of one answer's consecutive chunks) as they are built."""
-
-    keys: list[str] = field(default_factory=list)
-    firsts: list[int] = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    touch: list[int] = field(default_factory=list)
-    last: tuple[str, str, str, int] | None = None
-    """The last group's conversation, response, owner and the index its next chunk would have."""
-
-
 def delta_calls(
     items: Iterable[DeltaItem], retention: Retention, *, by_slot: bool, touch: Collection[str] = ()
 ) -> list[DeltaCall]:
@@ -175,35 +161,44 @@ def delta_calls(
     slot); otherwise one call for them all (a standalone Redis). ``touch``: the conversations whose
     TTLs the calls refresh. The producer and the side-by-side harness (through ``delta_commands``)
     both publish through here."""
-    batches: dict[int, _Batch] = {}
-    for position, (keys, response_id, owner, index, text) in enumerate(items):
-        slot = keys.partition if by_slot else 0
-        batch = batches.get(slot)
-        if batch is None:
-            batch = batches[slot] = _Batch()
-        conversation_id = keys.conversation_id
-        # A chunk joins the group before it when it is the next of the same run, so the replies
-        # (group by group) stay in the items' order.
-        if batch.last != (conversation_id, response_id, owner, index):
-            batch.keys += (keys.fence(response_id, owner), keys.events)
-            batch.firsts.append(index)
-            batch.counts.append(1)
+    if not by_slot:
+        return [_delta_call(list(enumerate(items)), retention, touch)]
+    by_partition: dict[int, list[tuple[int, DeltaItem]]] = {}
+    for position, item in enumerate(items):
+        by_partition.setdefault(item[0].partition, []).append((position, item))
+    return [_delta_call(batch, retention, touch) for batch in by_partition.values()]
+
+
+def _delta_call(items: list[tuple[int, DeltaItem]], retention: Retention, touch: Collection[str]) -> DeltaCall:
+    """One call for ``items`` (with their positions), grouped into runs of one answer's
+    consecutive chunks: a chunk joins the group before it when it is the next of the same run, so
+    the replies (group by group) stay in the items' order. Run per chunk: kept to local lists."""
+    keys: list[str] = []
+    firsts: list[int | str] = []
+    counts: list[int] = []
+    texts: list[str] = []
+    positions: list[int] = []
+    touched: list[int] = []
+    last: tuple[str, str, str, int] | None = None
+    """The last group's conversation, response, owner and the index its next chunk would have."""
+    for position, (conversation, response_id, owner, index, text) in items:
+        conversation_id = conversation.conversation_id
+        if last != (conversation_id, response_id, owner, index):
+            keys += (conversation.fence(response_id, owner), conversation.events)
+            firsts.append(index)
+            counts.append(1)
             if conversation_id in touch:
-                batch.touch.append(len(batch.firsts))
+                touched.append(len(firsts))
         else:
-            batch.counts[-1] += 1
-        batch.last = (conversation_id, response_id, owner, index + 1)
-        batch.texts.append(text)
-        batch.positions.append(position)
-    calls = []
-    for batch in batches.values():
-        counts = batch.counts
-        runs = ",".join(map(str, counts)) if len(counts) != len(batch.texts) else ""
-        args: list[str | int] = [retention.max_events, runs, *batch.firsts, *batch.texts]
-        if batch.touch:
-            args += (retention.ttl_seconds, *batch.touch)
-        calls.append(DeltaCall(batch.keys, args, batch.positions))
-    return calls
+            counts[-1] += 1
+        last = (conversation_id, response_id, owner, index + 1)
+        texts.append(text)
+        positions.append(position)
+    runs = ",".join(map(str, counts)) if len(counts) != len(texts) else ""
+    args: list[str | int] = [retention.max_events, runs, *firsts, *texts]
+    if touched:
+        args += (retention.ttl_seconds, *touched)
+    return DeltaCall(keys, args, positions)
 
 
 def delta_replies(reply: Sequence[object], chunks: int) -> Sequence[object]:

@@ -68,6 +68,8 @@ class ConversationKeys:
     nodes, expiring ``STREAMFAN_ORPHAN_SECONDS`` after the last one left): orphaned answers."""
     all: tuple[str, str, str, str] = field(init=False)
     """The keys that expire together (the events stream expires with them)."""
+    fences: str = field(init=False)
+    """What every answer's fence name (``fence``) starts with."""
 
     def __post_init__(self) -> None:
         partition = partition_of(self.conversation_id)
@@ -81,6 +83,7 @@ class ConversationKeys:
             "messages": f"{base}:messages",
             "draft": f"{base}:draft",
             "watched": f"{base}:watched",
+            "fences": f"{base}:fence:",
         }
         for name, value in names.items():
             object.__setattr__(self, name, value)
@@ -90,7 +93,7 @@ class ConversationKeys:
         """The chunk counter of ``owner``'s run of the answer (``wire.deltas``): it exists only while
         that owner may append, so the name is the fence. The scripts build the same name in Lua
         (``wire.scripts``' ``fence_key``; a test holds them equal)."""
-        return f"{self.state[: -len('state')]}fence:{response_id}:{owner}"
+        return f"{self.fences}{response_id}:{owner}"
 
 
 @dataclass(frozen=True, slots=True)
