@@ -26,6 +26,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from server.client_stream import http_chunk
 from server.follower import Follower, mux_frame, mux_prefix
 from server.history import history_after
 from server.metrics import NodeMetrics
@@ -132,15 +133,20 @@ class ChannelFeed:
         if forwarded is not None and event_id <= forwarded:
             return  # forwarded already, from the history while a gap was filled
         self.forwarded = event_id
+        # Each form of the frame is made once per frame, not once per client: an HTTP/1.1 stream
+        # writes it as a chunk (docs/benchmarks.md, once per frame).
+        chunk = http_chunk(frame)
         muxed: bytes | None = None
+        muxed_chunk = b""
         followers = self.followers
         for follower in followers:
             if follower.muxed:
-                if muxed is None:  # once per frame, for every multiplexed follower of the node
+                if muxed is None:  # for every multiplexed follower of the node
                     muxed = mux_frame(self.mux_prefix, frame)
-                follower.deliver(event_id, muxed)
+                    muxed_chunk = http_chunk(muxed)
+                follower.deliver(event_id, muxed, muxed_chunk)
             else:
-                follower.deliver(event_id, frame)
+                follower.deliver(event_id, frame, chunk)
         metrics = self._services.metrics
         metrics.delivered.value += len(followers)
         metrics.bytes_written.value += len(followers) * len(frame)

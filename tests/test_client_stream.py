@@ -1,9 +1,14 @@
 """The one write path per client: order across replay, live, heartbeat and reset; its bounds."""
 
 import asyncio
+from typing import cast
 
 from server.client_stream import http_chunk
+from server.feed import ChannelFeed, FeedServices, Spawn
+from server.metrics import NodeMetrics
+from server.store import ConversationStore
 from tests.fakes import FakeTransport, make_follower, sent_ids
+from wire.keys import ConversationKeys
 from wire.sse import encode_event
 
 
@@ -86,3 +91,36 @@ async def test_a_muxed_follower_names_its_conversation_once_for_frames_buffered_
     await follower.replay([((1, 0), frame("1-0", "from history"))])
     follower.go_live()
     assert sent_ids(transport) == ["conversation-aaaaaaaaa/1-0", "conversation-aaaaaaaaa/2-0"]
+
+
+def test_a_frame_is_framed_once_for_all_its_followers_not_once_per_client() -> None:
+    """Issue 26, S3's shape (2,000 tabs on one conversation): every follower built the same HTTP
+    chunk of the same frame for itself, one allocation and one format per client per event. The
+    feed makes each form once per frame; the followers write that one object."""
+    services = FeedServices(
+        store=cast(ConversationStore, None),
+        page_size=10,
+        timeout_seconds=1,
+        metrics=NodeMetrics(),
+        spawn=cast(Spawn, None),
+    )
+    feed = ChannelFeed(ConversationKeys("c1").channel.encode(), services)
+    written: list[bytes] = []
+
+    class Recording(FakeTransport):
+        def write(self, data: bytes) -> None:
+            written.append(data)
+            super().write(data)
+
+    followers = [make_follower(Recording()) for _ in range(3)]
+    muxed = [make_follower(Recording(), conversation_id="c1") for _ in range(2)]
+    for follower in followers + muxed:
+        follower.go_live()
+        feed.followers.add(follower)
+    feed.on_frame(frame("5-0", "hello"))
+    assert len(written) == 5
+    plain = [data for data in written if data.endswith(frame("5-0", "hello") + b"\r\n")]
+    mux = [data for data in written if data not in plain]
+    assert plain[0] == http_chunk(frame("5-0", "hello")) and len(mux) == 2
+    assert len({id(data) for data in plain}) == 1  # one object for the three plain followers
+    assert len({id(data) for data in mux}) == 1  # and one for the two multiplexed ones
