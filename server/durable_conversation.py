@@ -75,6 +75,9 @@ class ConversationWatcher(Follower):
     def deliver(self, event_id: EventId, frame: bytes, chunk: bytes | None = None) -> None:
         self.reader.wake()
 
+    def deliver_run(self, events: list[tuple[EventId, bytes]], data: bytes, chunk: bytes) -> None:
+        self.reader.wake()
+
     def reset(self, head: EventId, frame: bytes) -> None:
         self.reader.wake()
 

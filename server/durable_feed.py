@@ -74,7 +74,7 @@ class DurableFeed:
         for reader in self.followers:
             reader.wake()
 
-    def on_frame(self, data: bytes) -> None:
+    def on_frames(self, frames: list[bytes]) -> None:
         self._wake_all()
 
     def on_connected(self, generation: int) -> None:

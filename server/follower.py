@@ -93,6 +93,27 @@ class Follower:
         if transport.get_write_buffer_size() - len(data) > stream.max_buffer:
             stream.too_slow()
 
+    def deliver_run(self, events: list[tuple[EventId, bytes]], data: bytes, chunk: bytes) -> None:
+        """Live events in order: ``data`` their frames joined in this follower's form, ``chunk``
+        the same as one HTTP chunk, built once per node. One write for them all, unless the
+        follower is catching up or has some of them already (then one by one, as ``deliver``)."""
+        skip = self.skip_until
+        if self.pending is not None or (skip is not None and events[0][0] <= skip):
+            for event_id, frame in events:
+                self.deliver(event_id, mux_frame(self.prefix, frame) if self.muxed else frame)
+            return
+        self.skip_until = None
+        self.position = events[-1][0]
+        stream = self.stream
+        transport = stream.transport
+        if stream.closed or transport.is_closing():
+            stream.close()
+            return
+        out = chunk if stream.chunked else data
+        transport.write(out)
+        if transport.get_write_buffer_size() - len(out) > stream.max_buffer:
+            stream.too_slow()
+
     def _hold(self, pending: list[tuple[EventId, bytes]], event_id: EventId, frame: bytes) -> None:
         """Keep a live frame for ``go_live``; past either bound, drop them all (history has them)."""
         self.pending_bytes += len(frame)
@@ -179,6 +200,10 @@ class TranslatingFollower(Follower):
         data = self.translate(frame)
         if data:
             self.stream.put(self.stream.framed(data))
+
+    def deliver_run(self, events: list[tuple[EventId, bytes]], data: bytes, chunk: bytes) -> None:
+        for event_id, frame in events:  # the feed hands a translating follower the native frames
+            self.deliver(event_id, frame)
 
     def _framed(self, frame: bytes) -> bytes:
         data = self.translate(frame)

@@ -145,10 +145,10 @@ class Hub:
         if feed is not None:
             feed.on_subscribed(generation)
 
-    def on_message(self, channel: bytes, data: bytes) -> None:
+    def on_messages(self, channel: bytes, frames: list[bytes]) -> None:
         feed = self._feed(channel)
         if feed is not None:
-            feed.on_frame(data)
+            feed.on_frames(frames)
 
     def on_lost(self, channels: list[bytes]) -> None:
         for channel in channels:

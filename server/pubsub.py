@@ -3,6 +3,9 @@
 It connects, reads, reconnects with jittered backoff and watches for silence; what the messages mean
 is the sink's business (``PubSubSink``), and which shard serves which channel is ``server.shards``'.
 
+Longer than 300 lines: connecting, subscribing, reading in batches and the watchdog are one state
+machine over one connection's private state; split, the halves would share all of it.
+
 Invariants (this class owns them):
 - ``generation`` is drawn from a counter shared by all of the node's connections for every new
   connection; every callback names the generation it belongs to, so work started for an older
@@ -59,7 +62,10 @@ class PubSubSink(Protocol):
 
     def on_subscribed(self, channel: bytes, generation: int) -> None: ...
 
-    def on_message(self, channel: bytes, data: bytes) -> None: ...
+    def on_messages(self, channel: bytes, frames: list[bytes]) -> None:
+        """The channel's messages of one socket read, in order: a node that fell behind writes
+        each client its share of a read at once, not one write per message."""
+        ...
 
     def on_lost(self, channels: list[bytes]) -> None:
         """The connection is gone with these channels' subscriptions; a new one is being made."""
@@ -204,8 +210,7 @@ class PubSubConnection:
             while True:
                 messages = await read()
                 self._received += len(messages)
-                for message in messages:
-                    self._dispatch(message)
+                self._dispatch_all(messages)
         finally:
             self._conn = None
             self._connected.clear()
@@ -221,6 +226,30 @@ class PubSubConnection:
         slot_of = self._slot_of
         return [list(group) for _, group in itertools.groupby(sorted(channels, key=slot_of), key=slot_of)]
 
+    def _dispatch_all(self, messages: list[Any]) -> None:
+        """``messages`` in order, each channel's run of messages handed over at once. A
+        (un)subscription's confirmation is handled where it came: the runs before it go first."""
+        runs: dict[bytes, list[bytes]] = {}
+        for message in messages:
+            if isinstance(message, list) and len(message) == 3 and message[0] == b"smessage":
+                run = runs.get(message[1])
+                if run is None:
+                    runs[message[1]] = [message[2]]
+                else:
+                    run.append(message[2])
+                continue
+            if runs:
+                self._deliver(runs)
+                runs = {}
+            self._dispatch(message)
+        if runs:
+            self._deliver(runs)
+
+    def _deliver(self, runs: dict[bytes, list[bytes]]) -> None:
+        on_messages = self._sink.on_messages
+        for channel, frames in runs.items():
+            on_messages(channel, frames)
+
     def _dispatch(self, message: Any) -> None:
         if isinstance(message, ResponseError):
             self._refused(message)
@@ -228,9 +257,6 @@ class PubSubConnection:
         if not isinstance(message, list) or len(message) < 3:
             return  # PONG of the watchdog's PING (counted as traffic above)
         kind, channel = message[0], message[1]
-        if kind == b"smessage":
-            self._sink.on_message(channel, message[2])
-            return
         if kind not in (SUBSCRIBE, UNSUBSCRIBE):
             return
         head = self._requests[0] if self._requests else None

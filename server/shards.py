@@ -43,7 +43,7 @@ class ChannelSink(Protocol):
 
     def on_subscribed(self, channel: bytes, generation: int) -> None: ...
 
-    def on_message(self, channel: bytes, data: bytes) -> None: ...
+    def on_messages(self, channel: bytes, frames: list[bytes]) -> None: ...
 
     def on_lost(self, channels: list[bytes]) -> None: ...
 
@@ -73,8 +73,8 @@ class _Shard:
     def on_subscribed(self, channel: bytes, generation: int) -> None:
         self._router.hub.on_subscribed(channel, generation)
 
-    def on_message(self, channel: bytes, data: bytes) -> None:
-        self._router.hub.on_message(channel, data)
+    def on_messages(self, channel: bytes, frames: list[bytes]) -> None:
+        self._router.hub.on_messages(channel, frames)
 
     def on_lost(self, channels: list[bytes]) -> None:
         owner = self._router.owner

@@ -97,14 +97,7 @@ def test_a_frame_is_framed_once_for_all_its_followers_not_once_per_client() -> N
     """Issue 26, S3's shape (2,000 tabs on one conversation): every follower built the same HTTP
     chunk of the same frame for itself, one allocation and one format per client per event. The
     feed makes each form once per frame; the followers write that one object."""
-    services = FeedServices(
-        store=cast(ConversationStore, None),
-        page_size=10,
-        timeout_seconds=1,
-        metrics=NodeMetrics(),
-        spawn=cast(Spawn, None),
-    )
-    feed = ChannelFeed(ConversationKeys("c1").channel.encode(), services)
+    feed = ChannelFeed(ConversationKeys("c1").channel.encode(), _services())
     written: list[bytes] = []
 
     class Recording(FakeTransport):
@@ -117,10 +110,59 @@ def test_a_frame_is_framed_once_for_all_its_followers_not_once_per_client() -> N
     for follower in followers + muxed:
         follower.go_live()
         feed.followers.add(follower)
-    feed.on_frame(frame("5-0", "hello"))
+    feed.on_frames([frame("5-0", "hello")])
     assert len(written) == 5
     plain = [data for data in written if data.endswith(frame("5-0", "hello") + b"\r\n")]
     mux = [data for data in written if data not in plain]
     assert plain[0] == http_chunk(frame("5-0", "hello")) and len(mux) == 2
     assert len({id(data) for data in plain}) == 1  # one object for the three plain followers
     assert len({id(data) for data in mux}) == 1  # and one for the two multiplexed ones
+
+
+def test_a_run_of_frames_reaches_each_live_follower_in_one_write_and_in_order() -> None:
+    """Issue 26: a node that fell behind (S3's 2,000 tabs at the machine's limit) wrote each client
+    one write per frame, so the further behind, the more it spent per event: the backlog grew
+    without bound. A read's frames of one conversation now go to each client in one write;
+    followers catching up, or holding some of the frames already, still take them one by one."""
+    feed = ChannelFeed(ConversationKeys("c1").channel.encode(), _services())
+    frames = [frame(f"{n}-0", f"part {n}") for n in (5, 6, 7)]
+    transports = {name: _Counting() for name in ("live", "muxed", "behind", "catching_up")}
+    live = make_follower(transports["live"])
+    muxed = make_follower(transports["muxed"], conversation_id="c1")
+    behind = make_follower(transports["behind"])
+    catching_up = make_follower(transports["catching_up"])
+    for follower in (live, muxed, behind):
+        follower.go_live()
+    behind.skip_until = (6, 0)  # it has 5 and 6 already (from the history)
+    for follower in (live, muxed, behind, catching_up):
+        feed.followers.add(follower)
+    feed.on_frames(frames)
+    assert transports["live"].writes == 1 and bytes(transports["live"].data) == http_chunk(b"".join(frames))
+    assert transports["muxed"].writes == 1 and sent_ids(transports["muxed"]) == ["c1/5-0", "c1/6-0", "c1/7-0"]
+    assert sent_ids(transports["behind"]) == ["7-0"]
+    assert transports["catching_up"].writes == 0 and catching_up.pending == [
+        ((n, 0), f) for n, f in zip((5, 6, 7), frames, strict=True)
+    ]
+    assert feed.forwarded == (7, 0)
+    feed.on_frames([frames[2], frame("8-0", "part 8")])  # 7 again (the history had it): not twice
+    assert sent_ids(transports["live"]) == ["5-0", "6-0", "7-0", "8-0"]
+
+
+class _Counting(FakeTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+def _services() -> FeedServices:
+    return FeedServices(
+        store=cast(ConversationStore, None),
+        page_size=10,
+        timeout_seconds=1,
+        metrics=NodeMetrics(),
+        spawn=cast(Spawn, None),
+    )

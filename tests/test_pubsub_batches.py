@@ -23,6 +23,8 @@ CHANNEL = b"sf:{p0}:batches:events"
 class _Sink:
     def __init__(self) -> None:
         self.messages: list[bytes] = []
+        self.runs: list[int] = []
+        """How many messages each hand-over carried."""
         self.subscribed = asyncio.Event()
         self.want = 0
         self.arrived = asyncio.Event()
@@ -37,8 +39,9 @@ class _Sink:
     def on_subscribed(self, channel: bytes, generation: int) -> None:
         self.subscribed.set()
 
-    def on_message(self, channel: bytes, data: bytes) -> None:
-        self.messages.append(data)
+    def on_messages(self, channel: bytes, frames: list[bytes]) -> None:
+        self.messages += frames
+        self.runs.append(len(frames))
         if len(self.messages) >= self.want:
             self.arrived.set()
 
@@ -95,6 +98,9 @@ async def test_a_burst_is_read_in_order_without_a_per_message_read(
         await sink.wait_for(len(sent))
         assert sink.messages == sent
         assert per_message == 0, "pub/sub messages went through redis-py's per-message read_response"
+        # And handed to the sink a read's worth at a time (the feed then writes each client once
+        # per read): one call per message before.
+        assert len(sink.runs) < len(sent) / 10, sink.runs
 
         # An error reply is a value that fails its request, not a lost connection.
         with pytest.raises(ResponseError):
