@@ -49,8 +49,8 @@ class _Counter:
         if self.subscribed == CHANNELS:
             self.ready.set()
 
-    def on_message(self, channel: bytes, data: bytes) -> None:
-        self.received += 1
+    def on_messages(self, channel: bytes, frames: list[bytes]) -> None:
+        self.received += len(frames)
         if self.received == self.expected:
             self.done.set()
 

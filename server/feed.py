@@ -168,7 +168,7 @@ class ChannelFeed:
             return  # forwarded already, from the history while a gap was filled
         self.forwarded = event_id
         # Each form of the frame is made once per frame, not once per client: an HTTP/1.1 stream
-        # writes it as a chunk (docs/benchmarks.md, once per frame).
+        # writes it as a chunk (docs/benchmarks.md, "the frame framed once").
         chunk = http_chunk(frame)
         muxed: bytes | None = None
         muxed_chunk = b""
