@@ -72,7 +72,7 @@ class ConversationWatcher(Follower):
         self.pending = None  # live: nothing to hold
         self.position = position  # where a gap fill after a reconnect starts for it
 
-    def deliver(self, event_id: EventId, frame: bytes, chunk: bytes | None = None) -> None:
+    def deliver(self, event_id: EventId, frame: bytes) -> None:
         self.reader.wake()
 
     def deliver_run(self, events: list[tuple[EventId, bytes]], data: bytes, chunk: bytes) -> None:

@@ -133,16 +133,22 @@ class ChannelFeed:
             if forwarded is None or event_id > forwarded:  # else forwarded already, from the history
                 events.append((event_id, frame))
                 forwarded = event_id
-        if len(events) == 1:
-            self._forward(*events[0])
-        elif events:
-            self._forward_run(events)
+        if events:
+            self._fan_out(events)
 
-    def _forward_run(self, events: list[tuple[EventId, bytes]]) -> None:
-        """Several events at once (the node fell behind, or the answer is fast): each follower
-        writes them in one write, so a node that is behind spends less per event, not more."""
+    def _forward(self, event_id: EventId, frame: bytes) -> None:
+        forwarded = self.forwarded
+        if forwarded is None or event_id > forwarded:  # else forwarded already, from the history
+            self._fan_out([(event_id, frame)])
+
+    def _fan_out(self, events: list[tuple[EventId, bytes]]) -> None:
+        """Events new to the feed, in order, to every follower. Each form is made once per node,
+        not once per client: the frames joined, their multiplexed copy, and both as HTTP chunks
+        (docs/benchmarks.md, "the frame framed once"). A run of several (the node fell behind, or
+        the answer is fast) is one write per follower, so a node that is behind spends less per
+        event, not more."""
         self.forwarded = events[-1][0]
-        joined = b"".join([frame for _, frame in events])
+        joined = b"".join([frame for _, frame in events])  # one frame: that frame itself
         chunk = http_chunk(joined)
         muxed: bytes | None = None
         muxed_chunk = b""
@@ -161,30 +167,6 @@ class ChannelFeed:
         now = time.time()
         for event_id, _ in events:
             metrics.publish_to_write.observe(max(0.0, now - event_id[0] / 1000))
-
-    def _forward(self, event_id: EventId, frame: bytes) -> None:
-        forwarded = self.forwarded
-        if forwarded is not None and event_id <= forwarded:
-            return  # forwarded already, from the history while a gap was filled
-        self.forwarded = event_id
-        # Each form of the frame is made once per frame, not once per client: an HTTP/1.1 stream
-        # writes it as a chunk (docs/benchmarks.md, "the frame framed once").
-        chunk = http_chunk(frame)
-        muxed: bytes | None = None
-        muxed_chunk = b""
-        followers = self.followers
-        for follower in followers:
-            if follower.muxed:
-                if muxed is None:  # for every multiplexed follower of the node
-                    muxed = mux_frame(self.mux_prefix, frame)
-                    muxed_chunk = http_chunk(muxed)
-                follower.deliver(event_id, muxed, muxed_chunk)
-            else:
-                follower.deliver(event_id, frame, chunk)
-        metrics = self._services.metrics
-        metrics.delivered.value += len(followers)
-        metrics.bytes_written.value += len(followers) * len(frame)
-        metrics.publish_to_write.observe(max(0.0, time.time() - event_id[0] / 1000))
 
     # -- the gap fill -------------------------------------------------------------------------
 

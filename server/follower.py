@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from server.client_stream import ClientStream, http_chunk
+from server.client_stream import ClientStream
 from wire.events import AnswerTracker, EventId, EventType
 from wire.sse import frame_data
 
@@ -69,9 +69,9 @@ class Follower:
     def closed(self) -> bool:
         return self.stream.closed
 
-    def deliver(self, event_id: EventId, frame: bytes, chunk: bytes | None = None) -> None:
-        """A live event: ``frame`` already in this follower's form (prefixed when ``muxed``), and
-        ``chunk`` the same as an HTTP chunk, both built once per node, not per client."""
+    def deliver(self, event_id: EventId, frame: bytes) -> None:
+        """A live event: ``frame`` already in this follower's form (prefixed when ``muxed``). The
+        feed's fan-out goes through ``deliver_run``; this is its frame-by-frame path."""
         pending = self.pending
         if pending is not None:
             self._hold(pending, event_id, frame)
@@ -88,7 +88,7 @@ class Follower:
         if stream.closed or transport.is_closing():
             stream.close()
             return
-        data = (chunk or http_chunk(frame)) if stream.chunked else frame
+        data = stream.framed(frame)
         transport.write(data)
         if transport.get_write_buffer_size() - len(data) > stream.max_buffer:
             stream.too_slow()
@@ -189,7 +189,7 @@ class TranslatingFollower(Follower):
     def translate(self, frame: bytes) -> bytes:
         raise NotImplementedError
 
-    def deliver(self, event_id: EventId, frame: bytes, chunk: bytes | None = None) -> None:
+    def deliver(self, event_id: EventId, frame: bytes) -> None:
         pending = self.pending
         if pending is not None:
             self._hold(pending, event_id, frame)
