@@ -82,16 +82,7 @@ class Follower:
                 return
             self.skip_until = None
         self.position = event_id
-        # ClientStream.put, inlined: this runs once per client per event.
-        stream = self.stream
-        transport = stream.transport
-        if stream.closed or transport.is_closing():
-            stream.close()
-            return
-        data = stream.framed(frame)
-        transport.write(data)
-        if transport.get_write_buffer_size() - len(data) > stream.max_buffer:
-            stream.too_slow()
+        self.stream.put(self.stream.framed(frame))
 
     def deliver_run(self, events: list[tuple[EventId, bytes]], data: bytes, chunk: bytes) -> None:
         """Live events in order: ``data`` their frames joined in this follower's form, ``chunk``
@@ -104,6 +95,7 @@ class Follower:
             return
         self.skip_until = None
         self.position = events[-1][0]
+        # ClientStream.put, inlined: this runs once per client per event (or run of events).
         stream = self.stream
         transport = stream.transport
         if stream.closed or transport.is_closing():

@@ -239,13 +239,13 @@ class PubSubConnection:
                     run.append(message[2])
                 continue
             if runs:
-                self._deliver(runs)
+                self._hand_over(runs)
                 runs = {}
             self._dispatch(message)
         if runs:
-            self._deliver(runs)
+            self._hand_over(runs)
 
-    def _deliver(self, runs: dict[bytes, list[bytes]]) -> None:
+    def _hand_over(self, runs: dict[bytes, list[bytes]]) -> None:
         on_messages = self._sink.on_messages
         for channel, frames in runs.items():
             on_messages(channel, frames)

@@ -174,7 +174,7 @@ def _delta_call(items: list[tuple[int, DeltaItem]], retention: Retention, touch:
     consecutive chunks: a chunk joins the group before it when it is the next of the same run, so
     the replies (group by group) stay in the items' order. Run per chunk: kept to local lists."""
     keys: list[str] = []
-    firsts: list[int | str] = []
+    firsts: list[int] = []
     counts: list[int] = []
     texts: list[str] = []
     positions: list[int] = []
