@@ -11,9 +11,10 @@ import math
 import time
 from collections.abc import AsyncIterator
 
+from producer.delta_outbox import DeltaOutbox
 from producer.generation import Completion, GenerationFailed, Generator, Resumable, WithHistory
 from producer.metrics import ProducerMetrics
-from producer.publisher import Appended, PendingDelta, Publisher
+from producer.publisher import Appended, Publisher
 from wire.events import FinishReason, Job
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,6 @@ class AnswerWriter:
     async def _stream(
         self, job: Job, chunks: AsyncIterator[str], index: int, posted_at: float | None, completion: Completion
     ) -> None:
-        owner = self._owner
         reason = FinishReason.STOP
         error = ""
         first_at = 0.0
@@ -94,10 +94,7 @@ class AnswerWriter:
         loop = asyncio.get_running_loop()
         orphan_seconds = self._orphan_seconds
         check_at = loop.time() + orphan_seconds if orphan_seconds else math.inf
-        sent: list[str] = []
-        """This run's chunks (bounded by max_tokens): what to send again if Redis loses some."""
-        pending: PendingDelta | None = None
-        """The last chunk sent; settled before the next one is sent, so one is in flight at most."""
+        outbox = DeltaOutbox(self._publisher, metrics, job.conversation_id, job.response_id, self._owner, index)
         try:
             try:
                 async for text in chunks:
@@ -108,29 +105,23 @@ class AnswerWriter:
                             metrics.orphans.inc()
                             reason, error = FinishReason.CANCELLED, "nobody was following this answer"
                             break
-                    if index >= job.max_tokens:
+                    if outbox.next_index >= job.max_tokens:
                         reason = FinishReason.LENGTH
                         break
                     if not text:
                         continue
-                    if pending is not None:
-                        settled, pending = pending, None
-                        if settled.appended():
-                            metrics.tokens.value += 1
-                        else:
-                            outcome = await self._settle(job, settled, sent, first_index, index - 1)
-                            if outcome is Appended.NOT_OURS:
-                                return
-                            if outcome is Appended.CANCEL_REQUESTED:
-                                reason = FinishReason.CANCELLED
-                                break
-                    pending = self._publisher.delta_soon(job.conversation_id, job.response_id, owner, index, text)
-                    sent.append(text)
-                    if index == first_index:
+                    if outbox.next_index == first_index:
                         first_at = time.time()
-                        if posted_at is not None and index == 0:
+                        if posted_at is not None and first_index == 0:
                             metrics.time_to_first_token.observe(max(0.0, first_at - posted_at))
-                    index += 1
+                    outbox.add(text)
+                    if outbox.blocked:
+                        outcome = await outbox.settle()
+                        if outcome is Appended.NOT_OURS:
+                            return
+                        if outcome is Appended.CANCEL_REQUESTED:
+                            reason = FinishReason.CANCELLED
+                            break
             except GenerationFailed as exc:
                 log.warning("response %s failed upstream: %s", job.response_id, exc)
                 reason, error = FinishReason.FAILED, str(exc)
@@ -138,58 +129,27 @@ class AnswerWriter:
                 aclose = getattr(chunks, "aclose", None)
                 if aclose is not None:
                     await aclose()  # a cancel reaches the model server: it stops generating
-            if pending is not None:
-                # The last chunk lands before the answer is finished (finish stores the draft).
-                settled, pending = pending, None
-                try:
-                    outcome = await self._settle(job, settled, sent, first_index, index - 1)
-                except GenerationFailed as exc:
-                    outcome, reason, error = Appended.OK, FinishReason.FAILED, str(exc)
-                if outcome is Appended.NOT_OURS:
-                    return
-                if outcome is Appended.CANCEL_REQUESTED and reason is not FinishReason.FAILED:
-                    reason = FinishReason.CANCELLED
+            try:
+                outcome = await outbox.drain()
+            except GenerationFailed as exc:
+                outcome, reason, error = Appended.OK, FinishReason.FAILED, str(exc)
+            if outcome is Appended.NOT_OURS:
+                return
+            if outcome is Appended.CANCEL_REQUESTED and reason is not FinishReason.FAILED:
+                reason = FinishReason.CANCELLED
         finally:
-            if pending is not None:
-                pending.abandon()  # cancelled or failed on the way: nobody will read its reply
+            outbox.abandon()  # cancelled or failed on the way: nobody will read its reply
         if reason is FinishReason.STOP and completion.finish_reason == "length":
             reason = FinishReason.LENGTH
         usage = None
         if completion.prompt_tokens is not None or completion.completion_tokens is not None:
             usage = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens}
-        await self._publisher.finish(job.conversation_id, job.response_id, owner, reason, error, usage=usage)
+        await self._publisher.finish(job.conversation_id, job.response_id, self._owner, reason, error, usage=usage)
         metrics.jobs.inc_labels(reason.value)
         elapsed = time.time() - first_at
-        if index - first_index > 1 and elapsed > 0:
-            metrics.tokens_per_second.observe((index - first_index - 1) / elapsed)
-
-    async def _settle(self, job: Job, pending: PendingDelta, sent: list[str], first_index: int, index: int) -> Appended:
-        """The outcome of chunk ``index``, after sending lost ones again if Redis lost some."""
-        outcome = await pending.outcome()
-        if outcome is Appended.BEHIND:
-            outcome = await self._send_again(job, sent[:-1], first_index, index, sent[-1])
-        if outcome is Appended.NOT_OURS:
-            # Another producer took it over (this one looked dead), or the conversation expired.
-            log.warning("response %s is no longer this producer's; stopping", job.response_id)
-        elif outcome is not Appended.CANCEL_REQUESTED:
-            self.metrics.tokens.value += 1
-        return outcome
-
-    async def _send_again(self, job: Job, sent: list[str], first_index: int, index: int, text: str) -> Appended:
-        """Redis lost deltas it had acknowledged (a failover to a replica that lagged): append them
-        again from this run's copy, then ``text`` at ``index``. Raises if they are not all here."""
-        expected = await self._publisher.next_index(job.conversation_id, job.response_id, self._owner)
-        if expected < first_index:
-            raise GenerationFailed("Redis lost part of this answer written before this producer took it")
-        log.warning("response %s: Redis lost deltas %d..%d; sending them again", job.response_id, expected, index - 1)
-        self.metrics.resent.value += index - expected
-        for again in range(expected, index):
-            outcome = await self._publisher.delta(
-                job.conversation_id, job.response_id, self._owner, again, sent[again - first_index]
-            )
-            if outcome is not Appended.OK and outcome is not Appended.DUPLICATE:
-                return outcome
-        return await self._publisher.delta(job.conversation_id, job.response_id, self._owner, index, text)
+        tokens = outbox.next_index - first_index
+        if tokens > 1 and elapsed > 0:
+            metrics.tokens_per_second.observe((tokens - 1) / elapsed)
 
 
 async def _skip(chunks: AsyncIterator[str], count: int) -> AsyncIterator[str]:

@@ -69,17 +69,18 @@ class ChunkSender:
         self.clock = time.monotonic
 
     def queue(
-        self, keys: ConversationKeys, response_id: str, owner: str, index: int, text: str
+        self, keys: ConversationKeys, response_id: str, owner: str, index: int, text: str, tokens: int
     ) -> "asyncio.Future[Any]":
-        """Queue one chunk; its own reply (or the call's error) arrives in the future. Cancelling
-        the future before it is sent withdraws the chunk."""
+        """Queue one delta (``tokens`` of the model's tokens from ``index`` on); its own reply (or
+        the call's error) arrives in the future. Cancelling the future before it is sent withdraws
+        the delta."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._queued and not self._in_flight:
             self._schedule(loop)
-        self._queued.append(((keys, response_id, owner, index, text), future))
+        self._queued.append(((keys, response_id, owner, index, text, tokens), future))
         return future
 
     def touched(self, conversation_id: str) -> None:

@@ -59,7 +59,8 @@ class Claim:
     status: str
     """'ok', 'resume', 'gone', 'cancelled' or 'taken' (see ``wire.scripts.START``)."""
     next_index: int
-    """The next delta index: how many chunks the answer already has."""
+    """The next index: how many of the generator's chunks (tokens) the answer already holds,
+    whatever deltas carried them."""
 
 
 _START, _FINISH = Script(scripts.START), Script(scripts.FINISH)
@@ -78,7 +79,7 @@ class PendingDelta:
     __slots__ = ("_args", "_publisher", "_reply")
 
     def __init__(
-        self, publisher: "Publisher", reply: "asyncio.Future[Any]", args: tuple[str, str, str, int, str]
+        self, publisher: "Publisher", reply: "asyncio.Future[Any]", args: tuple[str, str, str, int, str, int]
     ) -> None:
         self._publisher = publisher
         self._reply = reply
@@ -91,6 +92,24 @@ class PendingDelta:
         except _TRANSIENT:
             return await self._publisher.delta(*self._args)
         return _OUTCOMES[int(result[0])]
+
+    @property
+    def index(self) -> int:
+        """The index of the delta's first token."""
+        return self._args[3]
+
+    @property
+    def tokens(self) -> int:
+        """How many of the model's tokens the delta carries."""
+        return self._args[5]
+
+    def answered(self) -> bool:
+        """Has the reply (or the call's error) arrived?"""
+        return self._reply.done()
+
+    def when_answered(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the reply (or the call's error) has arrived."""
+        self._reply.add_done_callback(lambda _: callback())
 
     def appended(self) -> bool:
         """Is the chunk appended already (its reply here and OK)? The writer's common case,
@@ -167,22 +186,29 @@ class Publisher:
         return keys
 
     def _queue_delta(
-        self, conversation_id: str, response_id: str, owner: str, index: int, text: str
+        self, conversation_id: str, response_id: str, owner: str, index: int, text: str, tokens: int
     ) -> "asyncio.Future[Any]":
-        return self._sender.queue(self._keys(conversation_id), response_id, owner, index, delta_text(text))
+        return self._sender.queue(self._keys(conversation_id), response_id, owner, index, delta_text(text), tokens)
 
-    async def delta(self, conversation_id: str, response_id: str, owner: str, index: int, text: str) -> Appended:
-        """Append and publish one chunk, retrying while Redis is away."""
-        result = await self._retrying(lambda: self._queue_delta(conversation_id, response_id, owner, index, text))
+    async def delta(
+        self, conversation_id: str, response_id: str, owner: str, index: int, text: str, tokens: int = 1
+    ) -> Appended:
+        """Append and publish one delta (``tokens`` of the model's tokens from ``index`` on),
+        retrying while Redis is away."""
+        result = await self._retrying(
+            lambda: self._queue_delta(conversation_id, response_id, owner, index, text, tokens)
+        )
         return _OUTCOMES[int(result[0])]
 
-    def delta_soon(self, conversation_id: str, response_id: str, owner: str, index: int, text: str) -> PendingDelta:
-        """Send one chunk without waiting for its reply: the writer generates the next chunk
-        meanwhile and settles this one before sending that (one wake-up per chunk, not two)."""
+    def delta_soon(
+        self, conversation_id: str, response_id: str, owner: str, index: int, text: str, tokens: int = 1
+    ) -> PendingDelta:
+        """Send one delta without waiting for its reply: the writer reads the model on meanwhile
+        and settles this one before sending the next (one wake-up per delta, not two)."""
         return PendingDelta(
             self,
-            self._queue_delta(conversation_id, response_id, owner, index, text),
-            (conversation_id, response_id, owner, index, text),
+            self._queue_delta(conversation_id, response_id, owner, index, text, tokens),
+            (conversation_id, response_id, owner, index, text, tokens),
         )
 
     async def finish(

@@ -12,7 +12,10 @@ the floor: the same chunks at the same pace and send interval written as plain p
 SPUBLISH commands on a bare asyncio protocol (no fence, no futures, no objects per chunk; replies
 only counted): what any Python producer on this loop pays for the sockets and the encoding.
 
-    .venv/bin/python scripts/producer_alone.py [conversations] [rounds]
+    .venv/bin/python scripts/producer_alone.py [conversations] [rounds] [tokens per second]
+
+A faster model (the third argument; S2's 20 by default) shows the writer's coalescing: tokens that
+come while an answer's delta is in flight go out as one delta, where the floor writes each alone.
 """
 
 import asyncio
@@ -40,6 +43,12 @@ from wire.events import Job
 from wire.keys import ConversationKeys
 
 TOKENS = 120
+PACE = 20.0
+"""The simulated model's tokens per second per answer (the third argument)."""
+
+
+def _model() -> SimulatedLLM:
+    return SimulatedLLM(Pacing(ttft_seconds=0.1, tokens_per_second=PACE, jitter=0.1))
 
 
 async def measure(port: int, conversations: int, round_: int) -> float:
@@ -49,7 +58,7 @@ async def measure(port: int, conversations: int, round_: int) -> float:
     writer_publisher = Publisher(redis, Retention.from_env(), retry_seconds=10, send_interval=interval)
     writer = AnswerWriter(
         writer_publisher,
-        SimulatedLLM(Pacing(ttft_seconds=0.1, tokens_per_second=20, jitter=0.1)),
+        _model(),
         metrics,
         owner="bench",
         takeover="fail",
@@ -65,7 +74,7 @@ async def measure(port: int, conversations: int, round_: int) -> float:
     cpu = time.process_time()
     await asyncio.gather(*(writer.answer(job, None, recovered=False) for job in jobs))
     used = time.process_time() - cpu
-    chunks = metrics.tokens.value
+    chunks = metrics.tokens.value  # the model's tokens, whatever deltas carried them
     await writer_publisher.aclose()
     await redis.aclose()
     return 1e6 * used / chunks
@@ -73,7 +82,7 @@ async def measure(port: int, conversations: int, round_: int) -> float:
 
 async def model_alone(conversations: int) -> float:
     """CPU per chunk of the simulated model's pacing by itself (what any producer pays to pace it)."""
-    model = SimulatedLLM(Pacing(ttft_seconds=0.1, tokens_per_second=20, jitter=0.1))
+    model = _model()
 
     async def one(i: int) -> int:
         count = 0
@@ -111,7 +120,7 @@ async def floor(port: int, conversations: int, round_: int) -> float:
     loop = asyncio.get_running_loop()
     transport, conn = await loop.create_connection(_Counted, "127.0.0.1", port)
     interval = ProducerSettings.from_env().publish_interval_ms / 1000
-    model = SimulatedLLM(Pacing(ttft_seconds=0.1, tokens_per_second=20, jitter=0.1))
+    model = _model()
     queued: list[tuple[ConversationKeys, str]] = []
     maxlen = str(Retention.from_env().max_events)
 
@@ -154,6 +163,8 @@ async def floor(port: int, conversations: int, round_: int) -> float:
 def main() -> None:
     conversations = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
+    global PACE
+    PACE = float(sys.argv[3]) if len(sys.argv) > 3 else PACE
     tune_gc()  # as the producer process does
     server = RedisServer()
     server.start()

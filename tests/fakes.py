@@ -1,7 +1,7 @@
 """Test doubles shared by the hub and client-stream tests: a transport that records, polling helpers."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -101,10 +101,12 @@ async def last_event_id(redis: Any, keys: ConversationKeys) -> str:
     return str(event_id.decode())
 
 
-async def append_deltas(redis: Any, items: list[DeltaItem]) -> list[Any]:
-    """Append ``items`` through the real ``DELTAS`` script, as the producer does; one reply per chunk."""
+async def append_deltas(redis: Any, items: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Append ``items`` through the real ``DELTAS`` script, as the producer does; one reply per chunk.
+    An item without a token count (``DeltaItem``'s last field) is one token."""
     replies: list[Any] = []
-    for call in delta_calls(items, Retention(max_events=1000, ttl_seconds=3600), by_slot=False):
+    full: list[DeltaItem] = [item if len(item) == 6 else (*item, 1) for item in items]
+    for call in delta_calls(full, Retention(max_events=1000, ttl_seconds=3600), by_slot=False):
         reply = await redis.eval(DELTAS, len(call.keys), *call.keys, *call.args)
         replies += delta_replies(reply, call.chunks)
     return replies

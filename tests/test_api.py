@@ -385,9 +385,11 @@ async def test_chat_page_and_its_assets_are_served_under_a_strict_csp(client_fac
 async def test_history_beyond_retention_gets_reset_never_a_silent_gap(client_factory: Any) -> None:
     from wire.env import Retention
 
-    settings = node_settings(retention=Retention(max_events=100))
+    # A bound well under each answer's deltas: tokens that come while a delta is in flight share
+    # the next one, so an answer has fewer deltas than tokens (the model is paced so most go alone).
+    settings = node_settings(retention=Retention(max_events=20))
     producer = fast_producer(
-        pacing=Pacing(ttft_seconds=0.0, tokens_per_second=5000, jitter=0), retention=Retention(max_events=100)
+        pacing=Pacing(ttft_seconds=0.0, tokens_per_second=1000, jitter=0), retention=Retention(max_events=20)
     )
     client = await client_factory(settings=settings, producer=producer)
     cid, auth = await create(client)
@@ -395,6 +397,7 @@ async def test_history_beyond_retention_gets_reset_never_a_silent_gap(client_fac
     first = await client.get(url, headers=auth)
     await post(client, cid, auth, " ".join(f"w{i}" for i in range(400)), max_tokens=1000)
     everything = await read_events(first, within=20)
+    assert len(everything.of_type("delta")) > 40  # the premise: an answer longer than the history
     oldest = everything.ids[0]
     # An answer longer than the history is never trimmed while it is written: its text is read
     # from its events, and the snapshot has it whole.
@@ -404,6 +407,7 @@ async def test_history_beyond_retention_gets_reset_never_a_silent_gap(client_fac
     tail = await client.get(url, headers={**auth, "Last-Event-ID": everything.ids[-1]})
     await post(client, cid, auth, " ".join(f"v{i}" for i in range(150)), max_tokens=1000)
     second = await read_events(tail, within=20)
+    assert len(second.of_type("delta")) > 40
     fresh = await read_events(await client.get(url, headers=auth), until=lambda e: e.type == "reset")
     assert fresh.events[0].type == "reset" and json.loads(fresh.events[0].data) == {"reason": "trimmed"}
     assert fresh.events[0].last_event_id == second.ids[-1]

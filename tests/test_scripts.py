@@ -42,7 +42,8 @@ async def test_a_chunk_costs_redis_an_xadd_an_spublish_and_one_counter_step(redi
             await redis.execute_command(*command)
         items = [(keys, "r", "p", 0, "tok ") for keys in conversations]
         [(argv, chunks)] = scripts.delta_commands(items, Retention())
-        assert chunks == 20 and (len(argv) - 5) / chunks == 4  # EVALSHA, sha, key count, maxlen, counts
+        # EVALSHA, sha, key count, maxlen, group counts, token counts, then 2 keys and 2 arguments a chunk
+        assert chunks == 20 and (len(argv) - 6) / chunks == 4
         await redis.execute_command("CONFIG", "RESETSTAT")
         assert await redis.execute_command(*argv) == [[1]] * 20
         stats: Any = await redis.info("commandstats")
@@ -140,6 +141,32 @@ async def test_the_fence_follows_the_answer_from_claim_to_finish(fake_redis: Fak
     assert gone == -1
 
 
+async def test_a_delta_of_many_tokens_moves_the_fence_by_its_tokens(fake_redis: FakeRedis) -> None:
+    """Issue 26, token coalescing: a delta may carry several of the model's tokens. The fence counts
+    tokens (``max_tokens``, a retry's skip and a takeover's resume count them), a retry of the same
+    delta is a duplicate, a gap is told by the token index, and ``done`` counts delta events, which is
+    what a client checks it saw."""
+    keys = ConversationKeys(CID)
+    await start_answer(fake_redis, keys)
+    first = [(keys, "r", "p", 0, "Hello", 1), (keys, "r", "p", 1, ", wor", 3), (keys, "r", "p", 4, "ld", 1)]
+    assert await append_deltas(fake_redis, first) == [[1], [1], [1]]
+    assert await fence_index(fake_redis, keys) == 5
+    again = [(keys, "r", "p", 1, ", wor", 3), (keys, "r", "p", 4, "ld", 1), (keys, "r", "p", 5, "!", 2)]
+    assert await append_deltas(fake_redis, again) == [[0], [0], [1]]
+    assert await append_deltas(fake_redis, [(keys, "r", "p", 9, "?", 1)]) == [[-3, 7]]
+    assert await fence_index(fake_redis, keys) == 7
+    argv = scripts.conversation_argv(keys.channel, 1000, 3600, "r", "q", "{}", "1")
+    assert await fake_redis.eval(scripts.START, len(keys.all), *keys.all, *argv) == [b"resume", 7]
+    done = done_data("r", FinishReason.STOP)
+    argv = scripts.conversation_argv(keys.channel, 1000, 3600, "r", "q", "stop", "complete", done)
+    assert await fake_redis.eval(scripts.FINISH, len(keys.all), *keys.all, *argv)
+    newest: Any = await fake_redis.xrevrange(keys.events, count=1)
+    [(_, fields)] = newest
+    assert b'"chunks":4' in fields[b"d"]  # four delta events, seven tokens
+    [message] = await fake_redis.lrange(keys.messages, -1, -1)
+    assert b'"content":"Hello, world!"' in message
+
+
 async def test_a_slow_answer_refreshes_its_ttls_by_time_not_by_chunk_count(fake_redis: FakeRedis) -> None:
     """Issue 10: with every-32nd-chunk refreshes a slow model outlived a short retention. The
     publisher asks ``DELTAS`` to refresh them a quarter of the retention after it last did."""
@@ -171,9 +198,9 @@ def test_the_harness_hook_sends_one_call_per_tick_and_counts_every_chunk() -> No
     assert argv[:2] == ["EVALSHA", deltas.DELTAS_SHA] and argv[2] == 50 * 2  # interleaved: a group each
     keys = ConversationKeys("c-0")
     [(argv, _)] = scripts.delta_commands([(keys, "r", "p", n, "tok ") for n in range(5)], Retention())
-    assert argv[2:] == [2, keys.fence("r", "p"), keys.events, 10_000, "5", 0, *["tok "] * 5]  # one run, one group
+    assert argv[2:] == [2, keys.fence("r", "p"), keys.events, 10_000, "5", "", 0, *["tok "] * 5]  # one group
     assert scripts.setup_commands() == [["SCRIPT", "LOAD", deltas.DELTAS]]
-    by_slot = deltas.delta_calls(items, Retention(), by_slot=True)
+    by_slot = deltas.delta_calls([(*item, 1) for item in items], Retention(), by_slot=True)
     assert sum(call.chunks for call in by_slot) == 50
     assert len(by_slot) == len({keys.partition for keys, *_ in items})
 

@@ -36,9 +36,12 @@ DELTAS: Final = r"""
 -- Appends and publishes many chunks, of one or many answers, atomically: the per-chunk path.
 -- KEYS, per group (one answer's consecutive chunks): its owner's fence (ConversationKeys.fence),
 -- its events stream. ARGV: 1 maxlen, 2 the groups' chunk counts, comma-separated ('' when every
--- group has one chunk, as when one producer tick carries one chunk of each answer), then per
--- group its first delta index; then every group's texts (LF line breaks), group by group; then,
+-- group has one chunk, as when one producer tick carries one chunk of each answer), 3 every
+-- chunk's token count, comma-separated ('' when every chunk is one token, the common case), then
+-- per group its first index; then every group's texts (LF line breaks), group by group; then,
 -- only when TTLs are due, the TTL and the groups whose keys it refreshes.
+-- An index counts the model's tokens, not deltas: a delta of n tokens moves the fence by n (the
+-- producer sends the tokens that came while the answer's previous call was in flight as one).
 -- Replies, one per chunk in order: {1} appended; {0} this index was appended already (a retry);
 -- {-1} the answer is no longer this owner's; {-2} a cancel was asked (the producer then finishes
 -- it); {-3, next index} deltas before this one are missing (a failover lost writes Redis had
@@ -66,10 +69,21 @@ local counts = {}
 if ARGV[2] ~= '' then
   for count in string.gmatch(ARGV[2], '%d+') do counts[#counts + 1] = tonumber(count) end
 end
-local t = 3 + G
+local tokens
+if ARGV[3] ~= '' then
+  tokens = {}
+  for count in string.gmatch(ARGV[3], '%d+') do tokens[#tokens + 1] = tonumber(count) end
+end
+local t = 4 + G
+local k = 0  -- the chunks of the groups before this one (an offset into tokens)
 for g = 1, G do
   local fence, events = KEYS[2 * g - 1], KEYS[2 * g]
-  local first, n = tonumber(ARGV[2 + g]), counts[g] or 1
+  local first, n = tonumber(ARGV[3 + g]), counts[g] or 1
+  local total = n  -- the group's tokens
+  if tokens then
+    total = 0
+    for i = k + 1, k + n do total = total + tokens[i] end
+  end
   local clean = true
   for i = t, t + n - 1 do
     if string.find(ARGV[i], '\r', 1, true) then clean = false; break end
@@ -77,33 +91,39 @@ for g = 1, G do
   local prev
   if clean then
     -- The common case in one command: the counter was at 'first', so every chunk is the next.
-    local v = redis.call('INCRBY', fence, n == 1 and '1' or n)  -- a Lua number is formatted per call
-    if v == B + first + n then
+    local v = redis.call('INCRBY', fence, total == 1 and '1' or total)  -- a Lua number is formatted per call
+    if v == B + first + total then
+      local index = first
       for i = 0, n - 1 do
-        append(events, first + i, ARGV[t + i])
+        append(events, index, ARGV[t + i])
+        index = index + (tokens and tokens[k + 1 + i] or 1)
         r = r + 1; replies[r] = APPENDED
       end
     else
-      prev = redis.call('DECRBY', fence, n)
+      prev = redis.call('DECRBY', fence, total)
     end
   else
     prev = tonumber(redis.call('GET', fence)) or 0
   end
   if prev and prev >= B then
     -- A retry, a gap or a CR: chunk by chunk, as one chunk's call would be.
+    -- A retried delta is sent again as it was first sent (the same tokens), so an index below
+    -- the fence is a whole delta appended already.
     local start = prev - B
     local nxt = start
+    local index = first
     for i = 0, n - 1 do
-      local index, text = first + i, ARGV[t + i]
+      local text, size = ARGV[t + i], tokens and tokens[k + 1 + i] or 1
       local reply
       if index < nxt then reply = DUPLICATE
       elseif index > nxt then reply = {-3, nxt}
       elseif string.find(text, '\r', 1, true) then reply = HOLDS_CR
       else
         append(events, index, text)
-        nxt = nxt + 1
+        nxt = nxt + size
         reply = APPENDED
       end
+      index = index + size
       r = r + 1; replies[r] = reply
     end
     if nxt ~= start then redis.call('INCRBY', fence, nxt - start) end
@@ -114,6 +134,7 @@ for g = 1, G do
     for _ = 1, n do r = r + 1; replies[r] = reply end
   end
   t = t + n
+  k = k + n
 end
 if t <= #ARGV then
   -- The TTLs: the producer asks for them when a quarter of the retention has passed since it last
@@ -134,8 +155,9 @@ return replies
 
 DELTAS_SHA: Final = hashlib.sha1(DELTAS.encode()).hexdigest()
 
-DeltaItem = tuple[ConversationKeys, str, str, int, str]
-"""One chunk to append: its conversation's keys, response id, owner, delta index and text."""
+DeltaItem = tuple[ConversationKeys, str, str, int, str, int]
+"""One delta to append: its conversation's keys, response id, owner, index (of its first token),
+text, and how many of the model's tokens it carries."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +199,14 @@ def _delta_call(items: list[tuple[int, DeltaItem]], retention: Retention, touch:
     firsts: list[int] = []
     counts: list[int] = []
     texts: list[str] = []
+    sizes: list[int] = []
     positions: list[int] = []
     touched: list[int] = []
+    coalesced = False
+    """Does any delta carry more than one token (else its token counts are not sent)?"""
     last: tuple[str, str, str, int] | None = None
     """The last group's conversation, response, owner and the index its next chunk would have."""
-    for position, (conversation, response_id, owner, index, text) in items:
+    for position, (conversation, response_id, owner, index, text, size) in items:
         conversation_id = conversation.conversation_id
         if last != (conversation_id, response_id, owner, index):
             keys += (conversation.fence(response_id, owner), conversation.events)
@@ -191,11 +216,15 @@ def _delta_call(items: list[tuple[int, DeltaItem]], retention: Retention, touch:
                 touched.append(len(firsts))
         else:
             counts[-1] += 1
-        last = (conversation_id, response_id, owner, index + 1)
+        last = (conversation_id, response_id, owner, index + size)
         texts.append(text)
+        sizes.append(size)
+        if size != 1:
+            coalesced = True
         positions.append(position)
     runs = ",".join(map(str, counts)) if len(counts) != len(texts) else ""
-    args: list[str | int] = [retention.max_events, runs, *firsts, *texts]
+    tokens = ",".join(map(str, sizes)) if coalesced else ""
+    args: list[str | int] = [retention.max_events, runs, tokens, *firsts, *texts]
     if touched:
         args += (retention.ttl_seconds, *touched)
     return DeltaCall(keys, args, positions)

@@ -15,17 +15,19 @@ Conversation scripts take ``KEYS = ConversationKeys.all`` (state, messages, draf
 The state hash holds: ``active`` (response id), ``phase``, ``owner`` (producer running it),
 ``start`` (the event that started the active answer: its deltas follow it in the stream, which
 holds the answer's text once), ``cancel`` ("1" once asked), ``first_id`` (first event ever). The
-next delta index is the owner's fence counter (``wire.deltas``): START makes it, CANCEL negates it,
-FINISH, a takeover and DELETE remove it. The ``draft`` key and the state's ``next`` are no longer
-written (the answer's text is read from the stream, the index from the fence); scripts still delete
-them, for conversations written by earlier versions.
+next index (the answer's tokens so far: a delta may carry several) is the owner's fence counter
+(``wire.deltas``): START makes it, CANCEL negates it, FINISH, a takeover and DELETE remove it.
+The ``draft`` key and the state's ``next`` are no longer written (the answer's text is read from
+the stream, the index from the fence); scripts still delete them, for conversations written by
+earlier versions.
 """
 
 from collections.abc import Sequence
 from typing import Final
 
-from wire.deltas import DELTAS, DELTAS_SHA, FENCE_BASE, DeltaItem, delta_calls
+from wire.deltas import DELTAS, DELTAS_SHA, FENCE_BASE, delta_calls
 from wire.env import Retention
+from wire.keys import ConversationKeys
 
 _FENCE: Final = (
     f"""
@@ -38,7 +40,7 @@ local function fence_key(rid, owner)
 end
 
 local function answer_fence()
-  -- The active answer's fence and its next delta index (nil, 0 when no producer runs it).
+  -- The active answer's fence and its next index, in tokens (nil, 0 when no producer runs it).
   local st = redis.call('HMGET', KEYS[1], 'active', 'owner')
   if not (st[1] and st[2]) then return nil, 0 end
   local key = fence_key(st[1], st[2])
@@ -52,11 +54,12 @@ end
 
 _ANSWER_TEXT: Final = r"""
 local function answer_text(state, events)
-  -- The text of the conversation's latest answer: its deltas, from the stream. Stored once: a
+  -- The text of the conversation's latest answer and how many delta events hold it (a delta may
+  -- carry many tokens: the fence counts those), from the stream. Stored once: a
   -- draft beside the stream cost every chunk an APPEND (a quarter of its Redis CPU). The answer's
   -- events are never trimmed while it is written (DELTAS keeps at least the answer's own).
   local start = redis.call('HGET', state, 'start')
-  if not start then return '' end
+  if not start then return '', 0 end
   local parts = {}
   for _, entry in ipairs(redis.call('XRANGE', events, '(' .. start, '+')) do
     local f = entry[2]
@@ -66,7 +69,7 @@ local function answer_text(state, events)
       parts[#parts + 1] = d
     end
   end
-  return table.concat(parts)
+  return table.concat(parts), #parts
 end
 """
 
@@ -110,9 +113,9 @@ local function touch(fence)
 end
 
 local function finish(rid, reason, status, done, err, usage)
-  -- The done event says how many deltas the answer has, so a client can check it saw them all.
-  local fence, chunks = answer_fence()
-  local content = answer_text(STATE, EVENTS)  -- before done's append trims the stream to its bound
+  -- The done event says how many delta events the answer has, so a client can check it saw them all.
+  local fence = answer_fence()
+  local content, chunks = answer_text(STATE, EVENTS)  -- before done's append trims the stream to its bound
   local body = cjson.decode(done)
   body['chunks'] = chunks
   local id = append_event('done', cjson.encode(body))
@@ -205,7 +208,7 @@ START: Final = (
     + r"""
 -- ARGV: 4 response id, 5 owner, 6 done data for a cancelled answer, 7 '1' when the job was recovered
 -- from a producer that stopped.
--- Returns {status, next delta index}:
+-- Returns {status, next index} (the tokens the answer holds):
 --   'ok': generating, owned by ARGV[5]; also when it already was, so a retry whose first reply was
 --         lost goes on instead of leaving the answer without an owner;
 --   'resume': a recovered job taken over mid-answer from a producer that stopped (now ARGV[5]'s);
@@ -243,7 +246,7 @@ ANSWER_TEXT: Final = (
     _ANSWER_TEXT
     + r"""
 -- KEYS: 1 state, 2 events. The text of the latest answer so far (a producer taking it over).
-return answer_text(KEYS[1], KEYS[2])
+return (answer_text(KEYS[1], KEYS[2]))
 """
 )
 
@@ -339,7 +342,7 @@ local start = math.max(0, stop - tonumber(ARGV[1]))
 local messages = {}
 if stop > start then messages = redis.call('LRANGE', KEYS[2], start, stop - 1) end
 local draft = false
-if st[1] then draft = answer_text(KEYS[1], KEYS[4]) end
+if st[1] then draft = (answer_text(KEYS[1], KEYS[4])) end
 return {messages, st[1], st[2], draft, head[1] and head[1][1] or '0-0', start, total,
         tonumber(st[3]) or 0}
 """
@@ -368,13 +371,14 @@ def conversation_argv(channel: str, max_events: int, ttl_seconds: int, *rest: st
     return [channel, max_events, ttl_seconds, *rest]
 
 
-def delta_commands(items: Sequence[DeltaItem], retention: Retention) -> list[tuple[list[str | int], int]]:
+def delta_commands(
+    items: Sequence[tuple[ConversationKeys, str, str, int, str]], retention: Retention
+) -> list[tuple[list[str | int], int]]:
     """``delta_calls`` as Redis commands (argv, chunks): the side-by-side harness's batch hook
-    (``shared/bench``), which sends them pipelined to a standalone Redis."""
-    return [
-        (["EVALSHA", DELTAS_SHA, len(call.keys), *call.keys, *call.args], call.chunks)
-        for call in delta_calls(items, retention, by_slot=False)
-    ]
+    (``shared/bench``), which sends them pipelined to a standalone Redis. Its items are a token
+    each (its contract predates coalescing)."""
+    calls = delta_calls([(*item, 1) for item in items], retention, by_slot=False)
+    return [(["EVALSHA", DELTAS_SHA, len(call.keys), *call.keys, *call.args], call.chunks) for call in calls]
 
 
 def setup_commands() -> list[list[str]]:
