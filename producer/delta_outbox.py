@@ -31,7 +31,9 @@ class DeltaOutbox:
         """``index``: the answer's first token this run writes (Redis holds those before it)."""
         self._publisher = publisher
         self._metrics = metrics
-        self._answer = (conversation_id, response_id, owner)
+        self._conversation_id = conversation_id
+        self._response_id = response_id
+        self._owner = owner
         self._first = index
         self.next_index = index
         """The next token's index: the tokens sent, in flight or waiting."""
@@ -44,15 +46,25 @@ class DeltaOutbox:
         if Redis loses some."""
 
     def add(self, text: str) -> None:
-        """Send a token now, or after the delta in flight is appended, with the others that came."""
-        self._waiting.append(text)
+        """Send a token now, or after the delta in flight is appended, with the others that came.
+        Run per token: the common case (the last delta appended, nothing waiting) is kept short."""
         self.next_index += 1
         pending = self._pending
-        if pending is None or pending.appended():
+        if pending is not None:
+            if not pending.appended():
+                waiting = self._waiting
+                waiting.append(text)
+                if len(waiting) == 1 and not pending.answered():
+                    # The first to wait: the reply sends it (at a trickle no callback is made).
+                    pending.when_answered(self._send_waiting)
+                return
+            self._metrics.tokens.value += pending.tokens
+            self._pending = None
+        if self._waiting:  # the reply is here and its callback has not run yet
+            self._waiting.append(text)
             self._send_waiting()
-        elif len(self._waiting) == 1 and not pending.answered():
-            # The first to wait: the reply sends it (at a trickle no callback is made).
-            pending.when_answered(self._send_waiting)
+        else:
+            self._send(text, 1)
 
     @property
     def blocked(self) -> bool:
@@ -73,7 +85,7 @@ class DeltaOutbox:
         self._pending = None
         if outcome is Appended.NOT_OURS:
             # Another producer took it over (this one looked dead), or the conversation expired.
-            log.warning("response %s is no longer this producer's; stopping", self._answer[1])
+            log.warning("response %s is no longer this producer's; stopping", self._response_id)
         elif outcome is not Appended.CANCEL_REQUESTED:
             self._metrics.tokens.value += pending.tokens
             self._send_waiting()
@@ -104,20 +116,23 @@ class DeltaOutbox:
             self._metrics.tokens.value += pending.tokens
             self._pending = None
         waiting = self._waiting
-        if not waiting:
-            return
-        tokens = len(waiting)
-        text = waiting[0] if tokens == 1 else "".join(waiting)
+        if waiting:
+            self._waiting = []
+            self._send(waiting[0] if len(waiting) == 1 else "".join(waiting), len(waiting))
+
+    def _send(self, text: str, tokens: int) -> None:
         index = self.next_index - tokens
-        self._waiting = []
-        self._pending = self._publisher.delta_soon(*self._answer, index, text, tokens)
+        self._pending = self._publisher.delta_soon(
+            self._conversation_id, self._response_id, self._owner, index, text, tokens
+        )
         self._sent.append((index, tokens, text))
 
     async def _send_again(self, pending: PendingDelta) -> Appended:
         """Redis lost deltas it had acknowledged (a failover to a replica that lagged): append them
         again from this run's copy, each as it was sent, up to ``pending``'s. Raises if they are
         not all here."""
-        publisher, answer = self._publisher, self._answer
+        publisher = self._publisher
+        answer = (self._conversation_id, self._response_id, self._owner)
         expected = await publisher.next_index(*answer)
         again = [sent for sent in self._sent if expected <= sent[0] <= pending.index]
         if expected < self._first or not again or again[0][0] != expected:

@@ -76,7 +76,7 @@ def _script_calls(redis: "Redis | RedisCluster") -> "CommandPipe | ScriptBatcher
 class PendingDelta:
     """A chunk sent by ``Publisher.delta_soon`` whose reply may not have arrived yet."""
 
-    __slots__ = ("_args", "_publisher", "_reply")
+    __slots__ = ("_args", "_publisher", "_reply", "index", "tokens")
 
     def __init__(
         self, publisher: "Publisher", reply: "asyncio.Future[Any]", args: tuple[str, str, str, int, str, int]
@@ -84,6 +84,10 @@ class PendingDelta:
         self._publisher = publisher
         self._reply = reply
         self._args = args
+        self.index = args[3]
+        """The index of the delta's first token."""
+        self.tokens = args[5]
+        """How many of the model's tokens the delta carries."""
 
     async def outcome(self) -> Appended:
         """The chunk's outcome; sent again (it is idempotent) with backoff if Redis was away."""
@@ -92,16 +96,6 @@ class PendingDelta:
         except _TRANSIENT:
             return await self._publisher.delta(*self._args)
         return _OUTCOMES[int(result[0])]
-
-    @property
-    def index(self) -> int:
-        """The index of the delta's first token."""
-        return self._args[3]
-
-    @property
-    def tokens(self) -> int:
-        """How many of the model's tokens the delta carries."""
-        return self._args[5]
 
     def answered(self) -> bool:
         """Has the reply (or the call's error) arrived?"""

@@ -19,6 +19,7 @@ come while an answer's delta is in flight go out as one delta, where the floor w
 """
 
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -51,7 +52,14 @@ def _model() -> SimulatedLLM:
     return SimulatedLLM(Pacing(ttft_seconds=0.1, tokens_per_second=PACE, jitter=0.1))
 
 
-async def measure(port: int, conversations: int, round_: int) -> float:
+def _cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time so far (``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(port: int, conversations: int, round_: int, redis_pid: int) -> tuple[float, str]:
+    """The producer's CPU per token, and what the round cost Redis and how fast it went."""
     redis = connect(f"redis://127.0.0.1:{port}", max_connections=64, timeout_seconds=10)
     metrics = ProducerMetrics()
     interval = ProducerSettings.from_env().publish_interval_ms / 1000
@@ -71,13 +79,21 @@ async def measure(port: int, conversations: int, round_: int) -> float:
             mapping={"active": job.response_id, "phase": "queued"},
         )
         jobs.append(job)
-    cpu = time.process_time()
+    cpu, redis_cpu, wall = time.process_time(), _cpu_seconds(redis_pid), time.monotonic()
     await asyncio.gather(*(writer.answer(job, None, recovered=False) for job in jobs))
     used = time.process_time() - cpu
+    redis_used, wall = _cpu_seconds(redis_pid) - redis_cpu, time.monotonic() - wall
     chunks = metrics.tokens.value  # the model's tokens, whatever deltas carried them
+    events = 0
+    for job in jobs:
+        events += await redis.xlen(ConversationKeys(job.conversation_id).events) - 1  # all but done
     await writer_publisher.aclose()
     await redis.aclose()
-    return 1e6 * used / chunks
+    seen = (
+        f"{chunks / events:.2f} tokens a delta, Redis {1e6 * redis_used / chunks:.1f} µs a token, "
+        f"{chunks / wall:.0f} tokens/s"
+    )
+    return 1e6 * used / chunks, seen
 
 
 async def model_alone(conversations: int) -> float:
@@ -172,7 +188,8 @@ def main() -> None:
         own, floors, ratios = [], [], []
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             for r in range(rounds):
-                cost = runner.run(measure(server.port, conversations, r))
+                assert server.proc is not None
+                cost, seen = runner.run(measure(server.port, conversations, r, server.proc.pid))
                 pacing = runner.run(model_alone(conversations))
                 plain = runner.run(floor(server.port, conversations, r))
                 own.append(cost - pacing)
@@ -180,7 +197,8 @@ def main() -> None:
                 ratios.append((cost - pacing) / (plain - pacing))
                 print(
                     f"round {r}: {cost:.1f} µs of producer CPU per chunk, of which the simulated model's "
-                    f"pacing {pacing:.1f}: {cost - pacing:.1f} µs of its own; the floor {plain - pacing:.1f}"
+                    f"pacing {pacing:.1f}: {cost - pacing:.1f} µs of its own; the floor {plain - pacing:.1f}; "
+                    f"{seen}"
                 )
         print(
             f"median of its own: {statistics.median(own):.1f} µs per chunk over {rounds} rounds; "
