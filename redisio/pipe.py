@@ -9,9 +9,9 @@ Only for redis-py's own connection class to a standalone Redis (``pipe_for``); c
 for a cluster (its pipelines route by slot) and for the embedded broker.
 
 Invariants (this class owns them):
-- a call's future is resolved exactly once: with its reply, with the error Redis replied, or with
+- a call's future is resolved exactly once: with its reply, with the error Redis replied, with
   ``ConnectionError`` when the connection is lost before its reply (callers send idempotent calls
-  again);
+  again), or with ``DataError`` when it cannot be encoded (it alone: the turn's others go out);
 - a reply is never matched to the wrong call: a connection that failed is dropped, never reused;
 - a script call refused with NOSCRIPT (Redis restarted and lost its script cache) is sent again once
   as ``EVAL`` with the script's source, which caches it again.
@@ -25,10 +25,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import DataError, NoScriptError, RedisError
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +47,12 @@ class Script:
 
 
 def pack(items: list[Any]) -> bytes:
-    """One command in RESP, by hand and encoded once: redis-py's encoder costs several times more
-    per argument, and one encode of the whole command a third less than one per argument. Bytes
-    are taken one character each (surrogate-escaped, so the encode gives them back as they were)."""
-    parts = [f"*{len(items)}\r\n"]
-    add = parts.append
-    for arg in items:
-        kind = type(arg)
-        if kind is str:
-            # The length is in bytes: the text's own length when it is ASCII (a check in C).
-            add(f"${len(arg) if arg.isascii() else len(arg.encode())}\r\n{arg}\r\n")
-        else:
-            text = arg.decode("ascii", "surrogateescape") if kind is bytes else str(arg)
-            add(f"${len(text)}\r\n{text}\r\n")
-    return "".join(parts).encode("utf-8", "surrogateescape")
+    """One command in RESP, by hiredis's encoder (C): redis-py's costs several times more per
+    argument, and the hand-written one this replaced 2.5 times more per ``DELTAS`` call of 50
+    chunks (52 against 21 µs, ``timeit``, the same bytes). Raises ``UnicodeEncodeError`` for text
+    that is not valid Unicode (a lone surrogate)."""
+    packed: bytes = hiredis.pack_command(tuple(items))
+    return packed
 
 
 @dataclass(slots=True)
@@ -153,9 +146,19 @@ class CommandPipe:
             self._queued = calls
             self._lost(conn, RedisConnectionError("connection to Redis lost"))
             return
+        packed: list[bytes] = []
+        sent = self._sent
+        for call in calls:
+            try:
+                packed.append(call.packed())
+            except UnicodeEncodeError as exc:
+                # A caller's text no encoder takes (a lone surrogate): that call fails alone. Raised
+                # here, it would lose the turn's other calls, their futures never resolved.
+                call.future.set_exception(DataError(f"cannot send this call to Redis: {exc}"))
+                continue
+            sent.append(call)
         # No drain: at most one call per answer is in flight, so what is buffered is bounded.
-        writer.write(b"".join(call.packed() for call in calls))
-        self._sent.extend(calls)
+        writer.write(b"".join(packed))
         self._replies.set()
 
     async def _connect(self) -> None:

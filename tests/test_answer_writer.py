@@ -6,9 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import redis.asyncio as aioredis
 from fakeredis.aioredis import FakeRedis
 
+from launch.processes import RedisServer
 from producer.answer import AnswerWriter
+from producer.generation import Generator
 from producer.metrics import ProducerMetrics
 from producer.publisher import Publisher
 from tests.fakes import append_deltas, start_answer
@@ -161,3 +164,43 @@ async def test_deltas_redis_lost_are_sent_again_as_they_were_sent(fake_redis: Fa
 async def delta_entries(redis: FakeRedis) -> list[tuple[bytes, bytes]]:
     entries: Any = await redis.xrange(ConversationKeys(CID).events)
     return [(entry_id, fields[b"d"]) for entry_id, fields in entries if fields[b"t"] == b"delta"]
+
+
+async def test_a_model_that_splits_a_character_never_stalls_the_answers(redis_process: RedisServer) -> None:
+    """A model server that cuts its text between UTF-16 code units (JSON can spell half an emoji
+    as ``"\\ud83d"``) gave the producer a string no encoder takes: the pipelined send of every
+    answer's deltas in that turn raised in a callback and their replies never came, so every one of
+    those answers hung. A lone half is now U+FFFD, and two halves that meet are the character."""
+
+    class Splitting:
+        async def generate(self, prompt: str, max_tokens: int) -> AsyncIterator[str]:
+            for text in ("a", "\ud83d", "b", " \ud83d\ude80"):
+                await asyncio.sleep(0.01)  # one delta each
+                yield text
+
+    redis: Any = aioredis.Redis(port=redis_process.port)
+    keys = ConversationKeys(CID)
+    await redis.hset(keys.state, mapping={"active": "r", "phase": "queued", "start": "0-0"})
+    others = [ConversationKeys(f"conversation-{n:016d}") for n in range(2, 5)]
+    for other in others:  # answers sharing the sends with it
+        await redis.hset(other.state, mapping={"active": "r", "phase": "queued", "start": "0-0"})
+    publisher = Publisher(redis, Retention(), retry_seconds=1)
+    writing: list[tuple[ConversationKeys, Generator]] = [(keys, Splitting()), *((o, Burst(5)) for o in others)]
+    try:
+        answers = [
+            AnswerWriter(publisher, generator, ProducerMetrics(), owner="p", takeover="fail").answer(
+                Job(keys.conversation_id, "r", "m", "prompt", 100), None, recovered=False
+            )
+            for keys, generator in writing
+        ]
+        async with asyncio.timeout(5):
+            await asyncio.gather(*answers)
+        entries: Any = await redis.xrange(keys.events)
+        text = b"".join(fields[b"d"] for _, fields in entries if fields[b"t"] == b"delta").decode()
+        assert text == "a\ufffdb \U0001f680"
+        for other in others:
+            [message] = await redis.lrange(other.messages, -1, -1)
+            assert b'"content":"t0 t1 t2 t3 t4 "' in message
+    finally:
+        await publisher.aclose()
+        await redis.aclose()

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from launch.processes import RedisServer
 from launch.redis_client import connect
@@ -164,11 +164,27 @@ async def test_a_reader_that_fails_unexpectedly_fails_its_calls_and_the_pipe_goe
     ["plain", "naïve 🚀 日本語", "", "x" * 1000, 12, -3, b"EVALSHA", b"\xff\x00raw"],
 )
 async def test_every_argument_reaches_redis_byte_for_byte(redis: Redis, arg: str | bytes | int) -> None:
-    """The hand-written RESP encoder counts bytes, not characters, whatever the argument's type."""
+    """The RESP encoder counts bytes, not characters, whatever the argument's type."""
     pipe = CommandPipe(redis)
     try:
         reply = await pipe.script(ECHO, [], [arg]) if not isinstance(arg, bytes) else await pipe.command(b"ECHO", arg)
         expected = arg if isinstance(arg, bytes) else str(arg).encode()
         assert reply == expected
+    finally:
+        await pipe.aclose()
+
+
+async def test_a_call_that_cannot_be_encoded_fails_alone(redis: Redis) -> None:
+    """A lone surrogate raised out of the turn's write: every call of that turn was lost with it,
+    its future never resolved, and each caller waited for ever."""
+    pipe = CommandPipe(redis)
+    try:
+        before = pipe.script(ECHO, [], ["before"])
+        bad = pipe.script(ECHO, [], ["half an emoji \ud83d"])
+        after = pipe.script(ECHO, [], ["after"])
+        async with asyncio.timeout(5):
+            assert await before == b"before" and await after == b"after"
+            with pytest.raises(DataError):
+                await bad
     finally:
         await pipe.aclose()

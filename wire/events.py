@@ -102,7 +102,16 @@ def delta_text(text: str) -> str:
     SSE parsers end a line at CR, LF or CRLF alike and join data lines with LF, so a CR cannot
     cross the live stream; the producer stores what the stream carries, so the history API, the
     dialects and every tab read the same text (CommonMark treats the three line endings alike).
+
+    And valid Unicode: a model server that cuts its text between UTF-16 code units (JSON can spell
+    half an emoji as ``"\\ud83d"``) gives a string no encoder takes. A lone half becomes U+FFFD, as
+    a browser shows it; two halves that meet in one delta are the character.
     """
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
