@@ -26,7 +26,7 @@ from redisio.pipe import CommandPipe, Script, pipe_for
 from support.backoff import Backoff
 from wire import deltas, scripts
 from wire.env import Retention
-from wire.events import FinishReason, assistant_status, delta_text, done_data, dumps
+from wire.events import FinishReason, assistant_status, delta_text, done_data, dumps, valid_unicode
 from wire.keys import ConversationKeys
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,7 @@ class Publisher:
     ) -> bool:
         """Store the answer (with the model's ``usage``) and publish ``done``; ``owner=''``
         finishes an abandoned answer."""
+        error = valid_unicode(error)  # it may quote the model server
         keys, argv = self._call(
             conversation_id,
             response_id,

@@ -3,6 +3,7 @@ in flight go out together as the next delta, so a model faster than Redis costs 
 round trip, not per token; at a trickle each token still goes out alone and at once."""
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,7 @@ from fakeredis.aioredis import FakeRedis
 
 from launch.processes import RedisServer
 from producer.answer import AnswerWriter
-from producer.generation import Generator
+from producer.generation import GenerationFailed, Generator
 from producer.metrics import ProducerMetrics
 from producer.publisher import Publisher
 from tests.fakes import append_deltas, start_answer
@@ -201,6 +202,34 @@ async def test_a_model_that_splits_a_character_never_stalls_the_answers(redis_pr
         for other in others:
             [message] = await redis.lrange(other.messages, -1, -1)
             assert b'"content":"t0 t1 t2 t3 t4 "' in message
+    finally:
+        await publisher.aclose()
+        await redis.aclose()
+
+
+async def test_a_failure_that_quotes_half_a_character_still_ends_the_answer(redis_process: RedisServer) -> None:
+    """The reason a model server gave may quote its own broken text: the answer ends as failed."""
+
+    class Failing:
+        async def generate(self, prompt: str, max_tokens: int) -> AsyncIterator[str]:
+            yield "a"
+            raise GenerationFailed("the model server said: \ud83d")
+
+    redis: Any = aioredis.Redis(port=redis_process.port)
+    keys = ConversationKeys(CID)
+    await redis.hset(keys.state, mapping={"active": "r", "phase": "queued", "start": "0-0"})
+    publisher = Publisher(redis, Retention(), retry_seconds=1)
+    try:
+        answer = AnswerWriter(publisher, Failing(), ProducerMetrics(), owner="p", takeover="fail")
+        async with asyncio.timeout(5):
+            await answer.answer(Job(CID, "r", "m", "prompt", 100), None, recovered=False)
+        [(_, done)] = await redis.xrevrange(keys.events, count=1)
+        assert json.loads(done[b"d"]) == {
+            "response_id": "r",
+            "finish_reason": "failed",
+            "error": "the model server said: \ufffd",
+            "chunks": 1,
+        }
     finally:
         await publisher.aclose()
         await redis.aclose()

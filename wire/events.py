@@ -96,22 +96,27 @@ def user_message_data(message_id: str, content: str, response_id: str) -> str:
     return dumps({"message_id": message_id, "content": content, "response_id": response_id})
 
 
+def valid_unicode(text: str) -> str:
+    """``text`` as valid Unicode. A model server that cuts its text between UTF-16 code units (JSON
+    can spell half an emoji as ``"\\ud83d"``) gives a string no encoder takes, and Redis is sent
+    UTF-8. A lone half becomes U+FFFD, as a browser shows it; two halves that meet are the character."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def delta_text(text: str) -> str:
     """The text as every view of the answer holds it: line breaks as LF.
 
     SSE parsers end a line at CR, LF or CRLF alike and join data lines with LF, so a CR cannot
     cross the live stream; the producer stores what the stream carries, so the history API, the
     dialects and every tab read the same text (CommonMark treats the three line endings alike).
-
-    And valid Unicode: a model server that cuts its text between UTF-16 code units (JSON can spell
-    half an emoji as ``"\\ud83d"``) gives a string no encoder takes. A lone half becomes U+FFFD, as
-    a browser shows it; two halves that meet in one delta are the character.
+    And valid Unicode (``valid_unicode``).
     """
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError:
-            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    text = valid_unicode(text)
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
