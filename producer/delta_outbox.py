@@ -17,6 +17,11 @@ from producer.publisher import Appended, PendingDelta, Publisher
 
 log = logging.getLogger(__name__)
 
+_JOINED_AT = 64
+"""Waiting tokens are joined into one string this many at a time: while Redis is away a fast model
+fills the wait, and what it holds is then its text, not a string object per token (bounded by
+``max_tokens`` either way)."""
+
 
 class DeltaOutbox:
     def __init__(
@@ -37,8 +42,10 @@ class DeltaOutbox:
         self._first = index
         self.next_index = index
         """The next token's index: the tokens sent, in flight or waiting."""
+        self._unsent = index
+        """The first waiting token's index (``next_index`` when none waits)."""
         self._waiting: list[str] = []
-        """Tokens that came while a delta was in flight."""
+        """The text of the tokens that came while a delta was in flight."""
         self._pending: PendingDelta | None = None
         """The delta in flight, or answered and not yet looked at."""
         self._sent: list[tuple[int, int, str]] = []
@@ -54,9 +61,12 @@ class DeltaOutbox:
             if not pending.appended():
                 waiting = self._waiting
                 waiting.append(text)
-                if len(waiting) == 1 and not pending.answered():
-                    # The first to wait: the reply sends it (at a trickle no callback is made).
-                    pending.when_answered(self._send_waiting)
+                if self.next_index - self._unsent == 1:
+                    if not pending.answered():
+                        # The first to wait: the reply sends it (at a trickle no callback is made).
+                        pending.when_answered(self._send_waiting)
+                elif len(waiting) >= _JOINED_AT:
+                    self._waiting = ["".join(waiting)]
                 return
             self._metrics.tokens.value += pending.tokens
             self._pending = None
@@ -118,10 +128,11 @@ class DeltaOutbox:
         waiting = self._waiting
         if waiting:
             self._waiting = []
-            self._send(waiting[0] if len(waiting) == 1 else "".join(waiting), len(waiting))
+            self._send(waiting[0] if len(waiting) == 1 else "".join(waiting), self.next_index - self._unsent)
 
     def _send(self, text: str, tokens: int) -> None:
-        index = self.next_index - tokens
+        index = self._unsent
+        self._unsent = index + tokens
         self._pending = self._publisher.delta_soon(
             self._conversation_id, self._response_id, self._owner, index, text, tokens
         )

@@ -5,16 +5,17 @@ round trip, not per token; at a trickle each token still goes out alone and at o
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from fakeredis.aioredis import FakeRedis
 
 from launch.processes import RedisServer
 from producer.answer import AnswerWriter
+from producer.delta_outbox import DeltaOutbox
 from producer.generation import GenerationFailed, Generator
 from producer.metrics import ProducerMetrics
-from producer.publisher import Publisher
+from producer.publisher import Appended, PendingDelta, Publisher
 from tests.fakes import append_deltas, start_answer
 from wire.env import Retention
 from wire.events import Job
@@ -233,3 +234,33 @@ async def test_a_failure_that_quotes_half_a_character_still_ends_the_answer(redi
     finally:
         await publisher.aclose()
         await redis.aclose()
+
+
+async def test_tokens_waiting_through_a_long_wait_are_held_as_text_and_go_out_as_one_delta() -> None:
+    """While Redis is away a fast model fills the wait: what waits is bounded by ``max_tokens``,
+    held as joined text rather than a string object per token, and goes out as one delta."""
+    loop = asyncio.get_running_loop()
+
+    class Held:
+        """A publisher whose replies the test gives."""
+
+        def __init__(self) -> None:
+            self.sent: list[tuple[int, str, int]] = []
+            self.replies: list[asyncio.Future[Any]] = []
+
+        def delta_soon(self, cid: str, rid: str, owner: str, index: int, text: str, tokens: int) -> PendingDelta:
+            reply: asyncio.Future[Any] = loop.create_future()
+            self.replies.append(reply)
+            self.sent.append((index, text, tokens))
+            return PendingDelta(cast(Publisher, self), reply, (cid, rid, owner, index, text, tokens))
+
+    held = Held()
+    outbox = DeltaOutbox(cast(Publisher, held), ProducerMetrics(), CID, "r", "p", 0)
+    for n in range(1000):
+        outbox.add(f"t{n} ")
+    assert held.sent == [(0, "t0 ", 1)] and len(outbox._waiting) <= 64
+    held.replies[0].set_result([1])
+    await asyncio.sleep(0)  # the reply's callback sends what waited, without the model's next token
+    assert held.sent[1] == (1, "".join(f"t{n} " for n in range(1, 1000)), 999)
+    held.replies[1].set_result([1])
+    assert await outbox.drain() is Appended.OK and outbox.next_index == 1000
