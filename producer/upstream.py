@@ -125,8 +125,12 @@ class OpenAIGenerator:
                 await asyncio.sleep(delay)
 
     async def _texts(self, stream: Any, completion: Completion) -> AsyncGenerator[str, None]:
-        """The stream's text pieces; its finish reason and usage go into ``completion``."""
+        """The stream's text pieces; its finish reason and usage go into ``completion``. A piece
+        that ends with the first half of a UTF-16 surrogate pair (a server that slices text by
+        code unit: JSON can spell ``"\\ud83d"``) keeps it for the next piece, where its other half
+        is; one with no other half is made U+FFFD on the way to Redis (``wire.events.delta_text``)."""
         chunks = stream.__aiter__()
+        held = ""
         while True:
             # The timeout spans the wait for the next chunk only, never this generator's consumer
             # (a timeout across a yield would cancel whoever is iterating).
@@ -134,6 +138,8 @@ class OpenAIGenerator:
                 async with asyncio.timeout(self.settings.timeout_seconds):
                     chunk = await anext(chunks)
             except StopAsyncIteration:
+                if held:
+                    yield held
                 return
             if chunk.usage is not None:
                 completion.prompt_tokens = chunk.usage.prompt_tokens
@@ -142,7 +148,12 @@ class OpenAIGenerator:
                 if choice.finish_reason:
                     completion.finish_reason = choice.finish_reason
                 if choice.delta and choice.delta.content:
-                    yield choice.delta.content
+                    text = held + choice.delta.content if held else choice.delta.content
+                    held = ""
+                    if "\ud800" <= text[-1] <= "\udbff":
+                        text, held = text[:-1], text[-1]
+                    if text:
+                        yield text
 
     async def _open(self, messages: list[Any], max_tokens: int) -> Any:
         """The upstream stream, retried with backoff while nothing was generated yet."""

@@ -58,9 +58,12 @@ class FakeUpstream:
             self.end_first -= 1
             return response
         words = f"echo: {prompt}".split(" ")
+        pieces = [word if i == 0 else " " + word for i, word in enumerate(words)]
+        if mode == "split":  # an emoji cut between its UTF-16 halves, and a half with no other
+            pieces = ["a ", "\ud83d", "\ude80", " b \ud83d"]
         try:
-            for i, word in enumerate(words if mode != "hang" else iter(lambda: "more", None)):
-                await send({"content": word if i == 0 else " " + word})
+            for i, piece in enumerate(pieces if mode != "hang" else iter(lambda: " more", None)):
+                await send({"content": piece})
                 await asyncio.sleep(0.05 if mode == "hang" else 0.002)
                 if mode == "error" and i == 2:
                     await response.write(
@@ -122,6 +125,15 @@ async def test_the_answer_comes_from_the_model_with_the_whole_conversation_and_i
         {"role": "assistant", "content": "echo: hello there"},
         {"role": "user", "content": "and again"},
     ]
+
+
+async def test_an_emoji_the_model_server_cut_in_two_arrives_whole(client_factory: Any, upstream: FakeUpstream) -> None:
+    """JSON can spell half an emoji (``"\\ud83d"``), and servers that slice text by UTF-16 code
+    units send one: its other half is held for the next piece, and a half that has none is U+FFFD."""
+    client = await node(client_factory)
+    cid, auth = await create(client)
+    stored, got = await answer(client, cid, auth, "split: it")
+    assert stored["content"] == got.text() == "a \U0001f680 b \ufffd"
 
 
 async def test_failures_before_the_first_token_are_retried(client_factory: Any, upstream: FakeUpstream) -> None:
