@@ -13,8 +13,8 @@ import math
 import time
 from typing import Any
 
-from producer.batcher import ScriptBatcher
-from redisio.pipe import CommandPipe, Script
+from redisio.calls import ScriptCalls
+from redisio.pipe import Script
 from wire import deltas
 from wire.env import Retention
 from wire.keys import ConversationKeys
@@ -45,9 +45,7 @@ def _hand_out(done: "asyncio.Future[Any]", futures: list["asyncio.Future[Any]"],
 
 
 class ChunkSender:
-    def __init__(
-        self, calls: "CommandPipe | ScriptBatcher", retention: Retention, *, by_slot: bool, send_interval: float
-    ) -> None:
+    def __init__(self, calls: ScriptCalls, retention: Retention, *, by_slot: bool, send_interval: float) -> None:
         """``by_slot``: one call per partition (a Redis Cluster: a script's keys share a slot).
         ``send_interval``: the shortest time between two sends, in seconds."""
         self._calls = calls

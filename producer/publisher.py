@@ -20,9 +20,9 @@ from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from producer.batcher import ScriptBatcher
 from producer.chunk_sender import ChunkSender
-from redisio.pipe import CommandPipe, Script, pipe_for
+from redisio.calls import script_calls_for
+from redisio.pipe import Script
 from support.backoff import Backoff
 from wire import deltas, scripts
 from wire.env import Retention
@@ -65,12 +65,6 @@ class Claim:
 
 _START, _FINISH = Script(scripts.START), Script(scripts.FINISH)
 _ANSWER_TEXT = Script(scripts.ANSWER_TEXT)
-
-
-def _script_calls(redis: "Redis | RedisCluster") -> "CommandPipe | ScriptBatcher":
-    """One pipelined connection on a standalone Redis; redis-py's pipelines, batched per tick, on a
-    cluster and on the embedded broker."""
-    return pipe_for(redis) or ScriptBatcher(redis)
 
 
 class PendingDelta:
@@ -129,7 +123,7 @@ class Publisher:
         self._retention = retention
         self._retry_seconds = retry_seconds
         # Claims and finishes go the chunks' way: every answer starts and ends with one.
-        self._calls = _script_calls(redis)
+        self._calls = script_calls_for(redis)
         self._conversations: dict[str, ConversationKeys] = {}
         """Each conversation's names, made once per answer rather than per chunk."""
         self._sender = ChunkSender(

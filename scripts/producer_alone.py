@@ -12,7 +12,10 @@ the floor: the same chunks at the same pace and send interval written as plain p
 SPUBLISH commands on a bare asyncio protocol (no fence, no futures, no objects per chunk; replies
 only counted): what any Python producer on this loop pays for the sockets and the encoding.
 
-    .venv/bin/python scripts/producer_alone.py [conversations] [rounds] [tokens per second]
+    .venv/bin/python scripts/producer_alone.py [conversations] [rounds] [tokens per second] [cluster]
+
+With ``cluster``, each round also writes the same answers to a 3-primary Redis Cluster it starts
+(Redis CPU summed over the three).
 
 A faster model (the third argument; S2's 20 by default) shows the writer's coalescing: tokens that
 come while an answer's delta is in flight go out as one delta, where the floor writes each alone.
@@ -29,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hiredis
 import uvloop
+from redis.asyncio import RedisCluster
 
 from launch.gc_tuning import tune_gc
-from launch.processes import RedisServer
+from launch.processes import RedisClusterServers, RedisServer
 from launch.redis_client import connect
 from producer.answer import AnswerWriter
 from producer.generator import Pacing, SimulatedLLM
@@ -58,9 +62,13 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(port: int, conversations: int, round_: int, redis_pid: int) -> tuple[float, str]:
+async def measure(
+    url: str, conversations: int, round_: int, redis_pids: list[int], *, cluster: bool = False
+) -> tuple[float, str]:
     """The producer's CPU per token, and what the round cost Redis and how fast it went."""
-    redis = connect(f"redis://127.0.0.1:{port}", max_connections=64, timeout_seconds=10)
+    redis = connect(url, max_connections=64, timeout_seconds=10, cluster=cluster)
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()
     metrics = ProducerMetrics()
     interval = ProducerSettings.from_env().publish_interval_ms / 1000
     writer_publisher = Publisher(redis, Retention.from_env(), retry_seconds=10, send_interval=interval)
@@ -79,10 +87,10 @@ async def measure(port: int, conversations: int, round_: int, redis_pid: int) ->
             mapping={"active": job.response_id, "phase": "queued"},
         )
         jobs.append(job)
-    cpu, redis_cpu, wall = time.process_time(), _cpu_seconds(redis_pid), time.monotonic()
+    cpu, redis_cpu, wall = time.process_time(), sum(map(_cpu_seconds, redis_pids)), time.monotonic()
     await asyncio.gather(*(writer.answer(job, None, recovered=False) for job in jobs))
     used = time.process_time() - cpu
-    redis_used, wall = _cpu_seconds(redis_pid) - redis_cpu, time.monotonic() - wall
+    redis_used, wall = sum(map(_cpu_seconds, redis_pids)) - redis_cpu, time.monotonic() - wall
     chunks = metrics.tokens.value  # the model's tokens, whatever deltas carried them
     events = 0
     for job in jobs:
@@ -181,15 +189,20 @@ def main() -> None:
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
     global PACE
     PACE = float(sys.argv[3]) if len(sys.argv) > 3 else PACE
+    on_cluster = len(sys.argv) > 4 and sys.argv[4] == "cluster"
     tune_gc()  # as the producer process does
     server = RedisServer()
     server.start()
+    cluster = RedisClusterServers(primaries=3, replicas=0)
+    if on_cluster:
+        cluster.start()
     try:
+        clustered: list[float] = []
         own, floors, ratios = [], [], []
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             for r in range(rounds):
                 assert server.proc is not None
-                cost, seen = runner.run(measure(server.port, conversations, r, server.proc.pid))
+                cost, seen = runner.run(measure(server.url, conversations, r, [server.proc.pid]))
                 pacing = runner.run(model_alone(conversations))
                 plain = runner.run(floor(server.port, conversations, r))
                 own.append(cost - pacing)
@@ -200,12 +213,19 @@ def main() -> None:
                     f"pacing {pacing:.1f}: {cost - pacing:.1f} µs of its own; the floor {plain - pacing:.1f}; "
                     f"{seen}"
                 )
+                if on_cluster:
+                    pids = [member.proc.pid for member in cluster.members if member.proc is not None]
+                    on, seen = runner.run(measure(cluster.url, conversations, r, pids, cluster=True))
+                    clustered.append(on - pacing)
+                    print(f"  on a 3-primary cluster: {on - pacing:.1f} µs of its own; {seen}")
         print(
             f"median of its own: {statistics.median(own):.1f} µs per chunk over {rounds} rounds; "
             f"the floor {statistics.median(floors):.1f}; {statistics.median(ratios):.2f} times the floor"
+            + (f"; on a cluster {statistics.median(clustered):.1f}" if clustered else "")
         )
     finally:
         server.remove()
+        cluster.remove()
 
 
 if __name__ == "__main__":

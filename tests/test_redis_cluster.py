@@ -14,9 +14,13 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
 from launch.processes import RedisClusterServers, RedisServer
+from launch.redis_client import connect
+from redisio.calls import script_calls_for
+from redisio.pipe import Script
 from tests.conftest import Proc
 from tests.sse_client import Received, assert_strictly_increasing, read_events
 from tests.test_real_redis import (
@@ -251,3 +255,39 @@ def migrate_slot(slot: int, source: RedisServer, target: RedisServer) -> None:
         src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)  # type: ignore[no-untyped-call]
     for member in (dst, src):  # the others learn it from the cluster bus
         member.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)  # type: ignore[no-untyped-call]
+
+
+async def test_the_publish_path_has_a_pipe_per_primary_and_follows_ask_and_moved(
+    fresh_cluster: RedisClusterServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's cluster pipeline cost the producer 80-105 µs per token against 38 on one Redis
+    (300 answers, 3 primaries, the model's pacing included); the publish path now takes a
+    ``CommandPipe`` per primary. A slot migrating (its keys moved: ``ASK``) and migrated (the map
+    stale: ``MOVED``) are followed without the caller seeing either."""
+    monkeypatch.setattr(RedisCluster, "pipeline", lambda *_, **__: pytest.fail("redis-py's cluster pipeline"))
+    cluster = connect(fresh_cluster.url, max_connections=8, timeout_seconds=5, cluster=True)
+    assert isinstance(cluster, RedisCluster)
+    await cluster.initialize()
+    calls = script_calls_for(cluster)
+    count = Script("return redis.call('INCR', KEYS[1])")
+    keys = ConversationKeys("conversation-cluster-pipe")
+    try:
+        assert await calls.script(count, [keys.state], []) == 1
+        slot = key_slot(keys.state.encode())
+        source = primary_of(fresh_cluster, keys.state)
+        target = next(m for m in fresh_cluster.members if m.port in fresh_cluster.primary_ports() and m is not source)
+        src, dst = client(source), client(target)
+        src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")  # type: ignore[no-untyped-call]
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)  # type: ignore[no-untyped-call]
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)  # type: ignore[no-untyped-call]
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, keys.state, 0, 5000)  # type: ignore[no-untyped-call]
+        assert await calls.script(count, [keys.state], []) == 2  # ASK: sent to the importing node
+        for member in (dst, src):
+            member.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)  # type: ignore[no-untyped-call]
+        assert await calls.script(count, [keys.state], []) == 3  # MOVED: the map follows
+        assert await calls.script(count, [keys.state], []) == 4  # straight to the new owner now
+        assert cluster.nodes_manager.get_node_from_slot(slot).port == target.port
+        assert client(target).get(keys.state) == "4"
+    finally:
+        await calls.aclose()
+        await cluster.aclose()

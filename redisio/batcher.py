@@ -1,9 +1,10 @@
-"""Coalesce the script calls of one event-loop tick into one pipeline: on a Redis Cluster (redis-py's
-cluster pipeline sends each shard its share and follows MOVED/ASK) and on the embedded broker.
+"""Coalesce the script calls of one event-loop tick into one redis-py pipeline: for the embedded
+broker and test doubles (``redisio.calls``).
 
-Standalone Redis takes ``redisio.pipe.CommandPipe`` instead, which keeps one connection and skips
-redis-py's per-command work. Every call keeps its own result or error, and the scripts are
-idempotent, so a failed batch is simply retried by its callers.
+A standalone Redis takes ``redisio.pipe.CommandPipe`` instead, which keeps one connection and skips
+redis-py's per-command work, and a cluster ``redisio.cluster_pipe.ClusterPipe``. Every call keeps
+its own result or error, and the scripts are idempotent, so a failed batch is simply retried by its
+callers.
 """
 
 import asyncio
