@@ -1,10 +1,10 @@
 """Script calls on a Redis Cluster: one ``CommandPipe`` per primary, each call routed by its keys'
 slot (a script's keys share one).
 
-redis-py's cluster pipeline cost the producer 3-4 times the CPU per token of the standalone path
-(80-105 against 38 µs, the simulated model's pacing included, 300 answers on 3 primaries:
-docs/measurements.md, cluster-pipe): a pipeline object, a routing pass and an encoder per argument on
-every send. Here a call costs what it costs on one Redis, plus finding its node.
+redis-py's cluster pipeline cost the producer 74-80 µs of its own CPU per token on 3 primaries,
+against 24-26 on one Redis (docs/measurements.md, cluster-pipe): a pipeline object, a routing pass
+and an encoder per argument on every send. Here it costs 43-52: a call costs what it costs on one
+Redis, plus finding its node; the rest is a call per slot where one Redis takes one per send.
 
 Invariants (this class owns them):
 - a call's future is resolved exactly once, with its reply or an error;
