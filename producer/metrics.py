@@ -21,7 +21,9 @@ class ProducerMetrics:
         self.jobs = registry.add(
             Counter("streamfan_producer_jobs_total", "Jobs ended, by finish reason.", label_names=("reason",))
         )
-        self.tokens = registry.add(Counter("streamfan_producer_tokens_total", "Chunks published."))
+        self.tokens = registry.add(
+            Counter("streamfan_producer_tokens_total", "The model's tokens published (a delta carries one or more).")
+        )
         self.orphans = registry.add(
             Counter(
                 "streamfan_producer_orphans_total",
@@ -37,7 +39,7 @@ class ProducerMetrics:
         self.resent = registry.add(
             Counter(
                 "streamfan_producer_resent_chunks_total",
-                "Chunks appended again because Redis lost them after acknowledging them (a failover).",
+                "The model's tokens appended again because Redis lost them after acknowledging them (a failover).",
             )
         )
         self.time_to_first_token = registry.add(
