@@ -7,6 +7,9 @@ five rounds interleaved, printing Redis' own CPU time (INFO cpu) per chunk:
 
 - ``DELTAS``: the product's path, ``wire.scripts.delta_commands`` (what the producer and the harness
   send), one fenced, atomic call per tick;
+- the same call unfenced (``scripts/unfenced_deltas.py``): ``XADD`` + ``SPUBLISH`` of each chunk in
+  one call, without the owner's fence, the index check or the escaping: ``DELTAS`` against it is what
+  the guarantees cost;
 - the floor: a plain pipeline of ``XADD`` (``MAXLEN ~``) + ``SPUBLISH`` of the same chunks, with no
   fencing and no index check (what a relay that keeps history cannot go below);
 - a plain ``SPUBLISH`` of the same frames (a relay that keeps nothing).
@@ -31,6 +34,7 @@ import redis as sync_redis
 from redis.asyncio import Redis
 
 from launch.processes import RedisServer
+from scripts import unfenced_deltas
 from wire import deltas, scripts
 from wire.env import Retention
 from wire.keys import ConversationKeys
@@ -68,6 +72,11 @@ def batched(keys: list[ConversationKeys], nxt: list[int], tick: list[int]) -> Co
     return [argv for argv, _ in scripts.delta_commands(items, RETENTION)]
 
 
+def unfenced(keys: list[ConversationKeys], nxt: list[int], tick: list[int]) -> Commands:
+    items = [(keys[c], "r", "p", 0, TEXT) for c in tick]
+    return [argv for argv, _ in unfenced_deltas.delta_commands(items, RETENTION)]
+
+
 def floor(keys: list[ConversationKeys], nxt: list[int], tick: list[int]) -> Commands:
     commands: Commands = []
     for c in tick:
@@ -83,6 +92,7 @@ def publish(keys: list[ConversationKeys], nxt: list[int], tick: list[int]) -> Co
 
 WAYS: dict[str, Callable[[list[ConversationKeys], list[int], list[int]], Commands]] = {
     "DELTAS (the product)": batched,
+    "the same call unfenced": unfenced,
     "XADD + SPUBLISH pipelined (the floor)": floor,
     "SPUBLISH alone": publish,
 }
@@ -97,7 +107,7 @@ async def run(
         admin.hset(k.state, mapping={"active": "r", "phase": "queued"})
         argv = scripts.conversation_argv(k.channel, RETENTION.max_events, RETENTION.ttl_seconds, "r", "p", "{}", "0")
         admin.eval(scripts.START, len(k.all), *k.all, *argv)
-    for command in scripts.setup_commands():
+    for command in [*scripts.setup_commands(), *unfenced_deltas.setup_commands()]:
         admin.execute_command(*command)
     nxt = [0] * len(keys)
     make = WAYS[way]

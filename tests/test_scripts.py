@@ -13,6 +13,7 @@ from fakeredis.aioredis import FakeRedis
 from launch.processes import RedisServer
 from producer import chunk_sender
 from producer.publisher import Appended, Publisher
+from scripts import unfenced_deltas
 from tests.fakes import append_deltas, start_answer
 from wire import deltas, scripts
 from wire.env import Retention
@@ -50,6 +51,42 @@ async def test_a_chunk_costs_redis_an_xadd_an_spublish_and_one_counter_step(redi
         called = {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
         assert called == {"evalsha": 1, "incrby": 20, "xadd": 20, "spublish": 20, "config|resetstat": 1}
     finally:
+        await redis.aclose()
+
+
+async def test_the_unfenced_floor_stores_and_publishes_what_deltas_does(redis_process: RedisServer) -> None:
+    """``scripts/unfenced_deltas.py`` stands in for ``DELTAS`` in ``scripts/s2_floor.sh`` and
+    ``scripts/redis_cost.py``: what it measures is the price of the guarantees only if the node and
+    the tabs get the same frames and the history the same entries; and it must be unfenced (a
+    retried chunk appended twice), or it measures a guarantee too."""
+    guarded, bare = ConversationKeys("conversation-0000000000000010"), ConversationKeys("conversation-0000000000000011")
+    redis: Any = aioredis.Redis(port=redis_process.port)
+    pubsub = redis.pubsub()
+    try:
+        for keys in (guarded, bare):
+            await start_answer(redis, keys)
+            await pubsub.execute_command("SSUBSCRIBE", keys.channel)
+            assert (await pubsub.parse_response(timeout=5))[0] == b"ssubscribe"
+        for command in [*scripts.setup_commands(), *unfenced_deltas.setup_commands()]:
+            await redis.execute_command(*command)
+        text = "two\nlines"  # what DELTAS does escape (a data line each) the floor sends as it is
+        [(argv, _)] = scripts.delta_commands([(guarded, "r", "p", 0, text)], Retention())
+        assert await redis.execute_command(*argv) == [1]
+        [(argv, chunks)] = unfenced_deltas.delta_commands([(bare, "r", "p", 0, "two")] * 2, Retention())
+        assert chunks == 2 and await redis.execute_command(*argv) == [[1], [1]]
+        frames = [(await pubsub.parse_response(timeout=5))[2] for _ in range(3)]
+        assert [frame.split(b"\n", 1)[1] for frame in frames] == [
+            b"event: delta\ndata: two\ndata: lines\n\n",
+            b"event: delta\ndata: two\n\n",
+            b"event: delta\ndata: two\n\n",
+        ]
+        [(_, stored)] = await redis.xrevrange(guarded.events, count=1)
+        assert stored == {b"t": b"delta", b"d": b"two\ndata: lines"}
+        assert [fields for _, fields in await redis.xrevrange(bare.events, count=2)] == [
+            {b"t": b"delta", b"d": b"two"}
+        ] * 2
+    finally:
+        await pubsub.aclose()
         await redis.aclose()
 
 
