@@ -69,7 +69,7 @@ async def test_the_unfenced_floor_stores_and_publishes_what_deltas_does(redis_pr
             assert (await pubsub.parse_response(timeout=5))[0] == b"ssubscribe"
         for command in [*scripts.setup_commands(), *unfenced_deltas.setup_commands()]:
             await redis.execute_command(*command)
-        text = "two\nlines"  # what DELTAS does escape (a data line each) the floor sends as it is
+        text = "two\nlines"  # DELTAS makes each line a data line (the floor's texts here have none)
         [(argv, _)] = scripts.delta_commands([(guarded, "r", "p", 0, text)], Retention())
         assert await redis.execute_command(*argv) == [1]
         [(argv, chunks)] = unfenced_deltas.delta_commands([(bare, "r", "p", 0, "two")] * 2, Retention())
