@@ -114,8 +114,7 @@ class AnswerWriter:
                         first_at = time.time()
                         if posted_at is not None and first_index == 0:
                             metrics.time_to_first_token.observe(max(0.0, first_at - posted_at))
-                    outbox.add(text)
-                    if outbox.blocked:
+                    if outbox.add(text):  # the delta before was refused (or failed): settle it
                         outcome = await outbox.settle()
                         if outcome is Appended.NOT_OURS:
                             return

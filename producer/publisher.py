@@ -7,6 +7,7 @@ reply was lost to a Redis hiccup is simply retried: nothing is doubled, nothing 
 """
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -35,7 +36,7 @@ T = TypeVar("T")
 
 _NAMES_CACHED = 10_000
 
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, OSError)
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, OSError)
 """Errors that pass: Redis restarting, a cluster shard failing over or a slot migrating."""
 
 
@@ -50,7 +51,7 @@ class Appended(Enum):
     """The text holds a CR (``delta_text`` removes them, so never from this publisher)."""
 
 
-_OUTCOMES = {outcome.value: outcome for outcome in Appended}
+OUTCOMES = {outcome.value: outcome for outcome in Appended}
 """A reply code's outcome, per chunk without ``Enum.__call__``'s cost."""
 
 
@@ -65,52 +66,6 @@ class Claim:
 
 _START, _FINISH = Script(scripts.START), Script(scripts.FINISH)
 _ANSWER_TEXT = Script(scripts.ANSWER_TEXT)
-
-
-class PendingDelta:
-    """A chunk sent by ``Publisher.delta_soon`` whose reply may not have arrived yet."""
-
-    __slots__ = ("_args", "_publisher", "_reply", "index", "tokens")
-
-    def __init__(
-        self, publisher: "Publisher", reply: "asyncio.Future[Any]", args: tuple[str, str, str, int, str, int]
-    ) -> None:
-        self._publisher = publisher
-        self._reply = reply
-        self._args = args
-        self.index = args[3]
-        """The index of the delta's first token."""
-        self.tokens = args[5]
-        """How many of the model's tokens the delta carries."""
-
-    async def outcome(self) -> Appended:
-        """The chunk's outcome; sent again (it is idempotent) with backoff if Redis was away."""
-        try:
-            result = await self._reply  # almost always here already: no wake-up
-        except _TRANSIENT:
-            return await self._publisher.delta(*self._args)
-        return _OUTCOMES[int(result[0])]
-
-    def answered(self) -> bool:
-        """Has the reply (or the call's error) arrived?"""
-        return self._reply.done()
-
-    def when_answered(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the reply (or the call's error) has arrived."""
-        self._reply.add_done_callback(lambda _: callback())
-
-    def appended(self) -> bool:
-        """Is the chunk appended already (its reply here and OK)? The writer's common case,
-        answered without ``outcome``'s coroutine (two per chunk were a tenth of the producer's CPU)."""
-        reply = self._reply
-        return reply.done() and not reply.cancelled() and reply.exception() is None and reply.result()[0] == 1
-
-    def abandon(self) -> None:
-        """The writer stops without the outcome: withdraw the call, or consume its error."""
-        if not self._reply.done():
-            self._reply.cancel()
-        elif not self._reply.cancelled():
-            self._reply.exception()
 
 
 class Publisher:
@@ -141,7 +96,7 @@ class Publisher:
         while True:
             try:
                 return await call()
-            except _TRANSIENT as exc:
+            except TRANSIENT as exc:
                 delay = backoff.next_delay()
                 if time.monotonic() + delay > deadline:
                     raise
@@ -173,31 +128,23 @@ class Publisher:
             keys = self._conversations[conversation_id] = ConversationKeys(conversation_id)
         return keys
 
-    def _queue_delta(
-        self, conversation_id: str, response_id: str, owner: str, index: int, text: str, tokens: int
-    ) -> "asyncio.Future[Any]":
-        return self._sender.queue(self._keys(conversation_id), response_id, owner, index, delta_text(text), tokens)
+    def delta_queue(
+        self, conversation_id: str, response_id: str, owner: str
+    ) -> "Callable[[int, str, int], asyncio.Future[Any]]":
+        """Queue the answer's deltas: ``(index, text, tokens)`` (``tokens`` of the model's tokens
+        from ``index`` on; the text as ``wire.events.delta_text`` gives it) to the delta's reply
+        future, without waiting (the writer reads the model on meanwhile). Made once per answer, so
+        a token costs one call (``producer.delta_outbox``)."""
+        return functools.partial(self._sender.queue, self._keys(conversation_id), response_id, owner)
 
     async def delta(
         self, conversation_id: str, response_id: str, owner: str, index: int, text: str, tokens: int = 1
     ) -> Appended:
         """Append and publish one delta (``tokens`` of the model's tokens from ``index`` on),
         retrying while Redis is away."""
-        result = await self._retrying(
-            lambda: self._queue_delta(conversation_id, response_id, owner, index, text, tokens)
-        )
-        return _OUTCOMES[int(result[0])]
-
-    def delta_soon(
-        self, conversation_id: str, response_id: str, owner: str, index: int, text: str, tokens: int = 1
-    ) -> PendingDelta:
-        """Send one delta without waiting for its reply: the writer reads the model on meanwhile
-        and settles this one before sending the next (one wake-up per delta, not two)."""
-        return PendingDelta(
-            self,
-            self._queue_delta(conversation_id, response_id, owner, index, text, tokens),
-            (conversation_id, response_id, owner, index, text, tokens),
-        )
+        keys, text = self._keys(conversation_id), delta_text(text)
+        result = await self._retrying(lambda: self._sender.queue(keys, response_id, owner, index, text, tokens))
+        return OUTCOMES[int(result[0])]
 
     async def finish(
         self,

@@ -4,7 +4,7 @@ round trip, not per token; at a trickle each token still goes out alone and at o
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -15,7 +15,7 @@ from producer.answer import AnswerWriter
 from producer.delta_outbox import DeltaOutbox
 from producer.generation import GenerationFailed, Generator
 from producer.metrics import ProducerMetrics
-from producer.publisher import Appended, PendingDelta, Publisher
+from producer.publisher import Appended, Publisher
 from tests.fakes import append_deltas, start_answer
 from wire.env import Retention
 from wire.events import Job
@@ -248,11 +248,14 @@ async def test_tokens_waiting_through_a_long_wait_are_held_as_text_and_go_out_as
             self.sent: list[tuple[int, str, int]] = []
             self.replies: list[asyncio.Future[Any]] = []
 
-        def delta_soon(self, cid: str, rid: str, owner: str, index: int, text: str, tokens: int) -> PendingDelta:
-            reply: asyncio.Future[Any] = loop.create_future()
-            self.replies.append(reply)
-            self.sent.append((index, text, tokens))
-            return PendingDelta(cast(Publisher, self), reply, (cid, rid, owner, index, text, tokens))
+        def delta_queue(self, cid: str, rid: str, owner: str) -> Callable[[int, str, int], "asyncio.Future[Any]"]:
+            def queue(index: int, text: str, tokens: int) -> "asyncio.Future[Any]":
+                reply: asyncio.Future[Any] = loop.create_future()
+                self.replies.append(reply)
+                self.sent.append((index, text, tokens))
+                return reply
+
+            return queue
 
     held = Held()
     outbox = DeltaOutbox(cast(Publisher, held), ProducerMetrics(), CID, "r", "p", 0)

@@ -12,7 +12,7 @@ from fakeredis.aioredis import FakeRedis
 
 from launch.processes import RedisServer
 from producer import chunk_sender
-from producer.publisher import Appended, Publisher
+from producer.publisher import Publisher
 from scripts import unfenced_deltas
 from tests.fakes import append_deltas, start_answer
 from wire import deltas, scripts
@@ -258,14 +258,14 @@ async def test_chunks_that_come_within_the_send_interval_share_one_call(fake_red
         return script(*args)
 
     publisher._calls.script = counting  # type: ignore[method-assign,assignment]
-    first = publisher.delta_soon(conversations[0].conversation_id, "r", "p", 0, "a")
-    assert await first.outcome() is Appended.OK and sent == [1]  # nothing waited for company
+    first = publisher.delta_queue(conversations[0].conversation_id, "r", "p")(0, "a", 1)
+    assert (await first)[0] == 1 and sent == [1]  # appended; nothing waited for company
     later = []
     for keys in conversations[1:]:  # two chunks, loop turns apart (a send per turn took one each)
-        later.append(publisher.delta_soon(keys.conversation_id, "r", "p", 0, "b"))
+        later.append(publisher.delta_queue(keys.conversation_id, "r", "p")(0, "b", 1))
         for _ in range(3):
             await asyncio.sleep(0)
-    assert [await pending.outcome() for pending in later] == [Appended.OK, Appended.OK]
+    assert [(await reply)[0] for reply in later] == [1, 1]
     assert sent == [1, 2]  # the two that came within the interval went out together
     await publisher.aclose()
 
@@ -291,7 +291,7 @@ async def test_queuing_chunks_looks_the_loop_up_once_not_per_chunk(
 
     monkeypatch.setattr(asyncio, "get_running_loop", counted)
     for index in range(3):
-        pending = [publisher.delta_soon(keys.conversation_id, "r", "p", index, "x") for keys in conversations]
-        assert [await chunk.outcome() for chunk in pending] == [Appended.OK] * len(conversations)
+        replies = [publisher.delta_queue(keys.conversation_id, "r", "p")(index, "x", 1) for keys in conversations]
+        assert [(await reply)[0] for reply in replies] == [1] * len(conversations)
     assert lookups <= 1  # 60 chunks queued and sent in three calls: one lookup, not one per chunk
     await publisher.aclose()
