@@ -34,6 +34,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "nothing; ramp: conversations start chatting in --steps equal steps, and the report gives the highest "
         "delivered chunks/s at which p99 stayed under --p99-bound-ms with nothing lost",
     )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        help="steady, broadcast: spread the conversations' first messages over this many seconds before "
+        "--duration and time only what is published after it (every answer starting at once measures their "
+        "lockstep); all of it is still verified",
+    )
     p.add_argument("--steps", type=int, default=5, help="ramp: number of load steps over --duration")
     p.add_argument("--p99-bound-ms", type=float, default=50.0, help="ramp: the p99 a step must stay under")
     p.add_argument("--workers", type=int, default=1, help="client processes holding the tabs")
@@ -58,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--clients, --conversations, --workers must be >= 1 and --duration > 0")
     if args.scenario == "ramp" and (not 1 <= args.steps <= 100 or args.duration / args.steps < 2):
         p.error("--steps must be 1..100, with at least 2 seconds of --duration per step")
+    if args.warmup and (args.scenario in ("idle", "ramp") or not 2 <= args.warmup <= 600):
+        p.error("--warmup is for steady and broadcast, 2..600 seconds")
     if args.answers is not None and args.answers < 1:
         p.error("--answers must be >= 1")
     if args.clients > 100_000 or args.duration > 3600 or args.workers > 64:
@@ -123,6 +133,9 @@ def format_summary(result: dict[str, Any]) -> str:
                 else f"no step kept p99 under {result['config']['p99_bound_ms']} ms",
             )
         )
+    warmup = result["config"].get("warmup")
+    if warmup:
+        rows.insert(1, ("warm-up", f"{warmup} s, not timed: {result['chunks'] - result['chunks_timed']} chunks"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
@@ -142,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         allow_remote=args.allow_remote,
         answers=args.answers,
         steps=args.steps,
+        warmup=args.warmup,
         p99_bound_ms=args.p99_bound_ms,
         server_pids=tuple(args.server_pid),
     )

@@ -38,6 +38,9 @@ class Tab:
     reconnects: int = 0
     connect_errors: int = 0
     connected: bool = False
+    count_from_ms: float = 0.0
+    """Deltas published before this (ms since the epoch: the warm-up's end) are checked but not
+    timed: neither latency nor gap samples."""
     gaps: Series | None = None
     """Where the time between consecutive chunks of one answer goes (ms), shared by a worker's tabs."""
     gap_from: tuple[str, float] = ("", 0.0)
@@ -64,9 +67,11 @@ class Tab:
             self.texts.setdefault(response_id, []).append(data)
             self.chunks += 1
             now = time.time()
-            latency.add(now * 1000 - key[0])
+            timed = key[0] >= self.count_from_ms
+            if timed:
+                latency.add(now * 1000 - key[0])
             if self.gaps is not None:
-                if self.gap_from[0] == response_id:
+                if timed and self.gap_from[0] == response_id:
                     self.gaps.add((now - self.gap_from[1]) * 1000)
                 self.gap_from = (response_id, now)
             if first and self.report is not None:

@@ -26,6 +26,8 @@ class Driver:
         self.answers_done = 0
         self.post_errors = 0
         self.reserved = 0
+        self.first_posts: list[float] = []
+        """When each conversation posted its first message (``time.monotonic``)."""
         self._answers: dict[str, _Answer] = {}
 
     def answer(self, response_id: str) -> "_Answer":
@@ -66,6 +68,8 @@ class Driver:
                     break
                 self.reserved += 1  # taken before the post: conversations post concurrently
             n += 1
+            if n == 1:
+                self.first_posts.append(time.monotonic())
             posted_at = time.time()
             body = {"content": f"{self.config.prompt} (#{n})", "max_tokens": self.config.max_tokens}
             async with self.session.post(f"{url}/api/conversations/{cid}/messages", json=body, headers=auth) as resp:

@@ -81,7 +81,9 @@ def summarise(
         "answers_mismatched": mismatched,
         "answers_missing": missing,
         **totals,
-        "chunks_per_second": round(totals["chunks"] / measured, 1) if measured else None,
+        "chunks_timed": latency.count,
+        # every timed chunk is a latency sample: the measured window's rate, after any warm-up
+        "chunks_per_second": round(latency.count / measured, 1) if measured else None,
         "bytes_per_second": round(totals["bytes"] / measured, 1) if measured else None,
         "latency_ms": latency.summary(),
         "latency_histogram_ms": {"edges": HIST_EDGES, "counts": latency.histogram(HIST_EDGES)},

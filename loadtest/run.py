@@ -8,6 +8,7 @@ against the history API.
 """
 
 import asyncio
+import math
 import multiprocessing
 import time
 from typing import Any
@@ -30,6 +31,7 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
     raise_open_files_limit()
     ctx = multiprocessing.get_context("spawn")
     progress, results, answers, stop = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Event()
+    count_from = ctx.Value("d", math.inf if config.warmup else 0.0, lock=False)  # written once, below
     wall_start = time.monotonic()
     cpu_start = time.process_time()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -47,7 +49,9 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
         memory_before = rss_kib(config.server_pids)
         procs = [
             ctx.Process(
-                target=worker_main, args=(i, a, config.ramp_up, (progress, results, answers), stop), daemon=True
+                target=worker_main,
+                args=(i, a, config.ramp_up, (progress, results, answers), stop, count_from),
+                daemon=True,
             )
             for i, a in enumerate(assignments)
         ]
@@ -60,7 +64,9 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
         await timeline.all_connected(config.clients, config.ramp_up + 30)
         await asyncio.sleep(0.5)
         memory_after = rss_kib(config.server_pids)
-        measure_start = timeline.measure_start = time.monotonic()
+        traffic_start = timeline.measure_start = time.monotonic()
+        count_from.value = (time.time() + config.warmup) * 1000 if config.warmup else 0.0
+        measure_start = traffic_start + config.warmup
         timeline.until = until = measure_start + config.duration
         reports = asyncio.create_task(driver.take_reports(answers))
         drivers = []
@@ -68,13 +74,16 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
             steps = config.steps if config.scenario == "ramp" else 1
             step_seconds = config.duration / steps
             for i, (url, cid, token) in enumerate(conversations):
-                delay = (i * steps // len(conversations)) * step_seconds
+                if config.warmup:  # first messages spread evenly over it
+                    delay = i * config.warmup / len(conversations)
+                else:
+                    delay = (i * steps // len(conversations)) * step_seconds
                 drivers.append(asyncio.create_task(_later(delay, driver.converse(url, cid, token, until))))
         try:
             if drivers:  # they stop posting at the deadline (or at --answers) and finish their answer
-                await asyncio.wait(drivers, timeout=config.duration + config.drain_timeout)
+                await asyncio.wait(drivers, timeout=until - traffic_start + config.drain_timeout)
             else:
-                await asyncio.sleep(config.duration)
+                await asyncio.sleep(until - traffic_start)
         finally:
             for task in drivers:
                 task.cancel()
@@ -99,6 +108,8 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
     result = summarise(
         config, driver, worker_results, history, measured, wall_start, cpu_start, [repr(e) for e in driver_errors]
     )
+    first = [at - traffic_start for at in driver.first_posts]
+    result["first_post_seconds"] = {"min": round(min(first), 3), "max": round(max(first), 3)} if first else None
     result["timeline"] = timeline.points
     result["connections_held"] = max((p["connected"] for p in timeline.points), default=0)
     if config.scenario == "ramp":

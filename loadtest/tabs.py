@@ -1,8 +1,8 @@
 """The load tester's worker processes: each holds its share of the tabs and reports on them.
 
-A worker gets its ``TabAssignment``s, opens the tabs over ``ramp_up`` seconds, sends a ``Progress``
-every second, forwards the reporting tabs' ``Sighting``s, and sends one ``WorkerResult`` when the
-driver sets ``stop``.
+A worker gets its ``TabAssignment``s, opens the tabs over ``ramp_up`` seconds, learns when the
+warm-up ends (``count_from``), sends a ``Progress`` every second, forwards the reporting tabs'
+``Sighting``s, and sends one ``WorkerResult`` when the driver sets ``stop``.
 """
 
 import asyncio
@@ -24,15 +24,27 @@ def raise_open_files_limit() -> None:
 
 
 def worker_main(
-    index: int, assignments: list[TabAssignment], ramp_up: float, queues: tuple[Any, Any, Any], stop: Any
+    index: int,
+    assignments: list[TabAssignment],
+    ramp_up: float,
+    queues: tuple[Any, Any, Any],
+    stop: Any,
+    count_from: Any,
 ) -> None:
+    """``count_from``: a shared double, the ms since the epoch from which deltas are timed (the
+    warm-up's end; infinite until the driver sets it, 0 without a warm-up)."""
     raise_open_files_limit()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_worker(index, assignments, ramp_up, queues, stop))
+        runner.run(_worker(index, assignments, ramp_up, queues, stop, count_from))
 
 
 async def _worker(
-    index: int, assignments: list[TabAssignment], ramp_up: float, queues: tuple[Any, Any, Any], stop: Any
+    index: int,
+    assignments: list[TabAssignment],
+    ramp_up: float,
+    queues: tuple[Any, Any, Any],
+    stop: Any,
+    count_from: Any,
 ) -> None:
     progress, results, answers = queues
     latency = Recorder()
@@ -41,8 +53,17 @@ async def _worker(
     def report(kind: str, response_id: str, at: float) -> None:
         answers.put_nowait(Sighting("first" if kind == "first" else "done", response_id, at))
 
+    timed_from = count_from.value
     tabs = [
-        Tab(a.conversation_id, a.token, a.url, gaps=gaps, report=report if a.reporter else None) for a in assignments
+        Tab(
+            a.conversation_id,
+            a.token,
+            a.url,
+            gaps=gaps,
+            report=report if a.reporter else None,
+            count_from_ms=timed_from,
+        )
+        for a in assignments
     ]
     started = time.process_time()
     tasks: list[asyncio.Task[None]] = []
@@ -57,6 +78,10 @@ async def _worker(
     opening = asyncio.create_task(ramp())
     loop = asyncio.get_running_loop()
     while not await loop.run_in_executor(None, stop.wait, 1.0):
+        if count_from.value != timed_from:  # set once, at the warm-up's start (it lasts 2 s or more)
+            timed_from = count_from.value
+            for tab in tabs:
+                tab.count_from_ms = timed_from
         # Cumulative counters, and the latencies of the last interval as a mergeable histogram.
         progress.put(
             Progress(

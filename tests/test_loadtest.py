@@ -1,5 +1,6 @@
 """The load tester: its checker catches loss, doubling and reordering; a short real run is clean."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -96,6 +97,25 @@ def test_clean_stream_has_no_anomalies_and_digests_the_answer() -> None:
 
     assert tab.digests() == {"r": hashlib.sha256(b"hello\n").hexdigest(), "r2": hashlib.sha256(b"again").hexdigest()}
     assert latency.summary()["count"] == 3  # each delta's latency, from its id's milliseconds
+
+
+def test_deltas_published_during_the_warm_up_are_checked_but_not_timed() -> None:
+    """Issue 26: the steady scenario started every answer at once, so its p99 measured their lockstep
+    (a dip every answer's length). With a warm-up, what was published before it ends is still
+    checked for loss and order, but is not a latency sample."""
+    tab = Tab("c", "t", "http://127.0.0.1")
+    tab.count_from_ms = 2000
+    latency = Series()
+    for event_type, data, event_id in [
+        ("user_message", start("r"), "1000-0"),
+        ("delta", "warm ", "1500-0"),
+        ("delta", "timed", "2000-0"),
+        ("done", done("r", 2), "2500-0"),
+    ]:
+        tab.on_event(event_type, data, event_id, latency)
+    assert (tab.lost, tab.duplicated, tab.reordered, tab.chunks) == (0, 0, 0, 2)
+    assert tab.digests() == {"r": hashlib.sha256(b"warm timed").hexdigest()}
+    assert latency.summary()["count"] == 1
 
 
 def test_percentiles_are_nearest_rank() -> None:
@@ -218,7 +238,7 @@ def test_ramp_against_a_real_node_reports_steps_and_draws_the_plot(
 def test_help_explains_every_option_with_its_default() -> None:
     done = subprocess.run([sys.executable, "-m", "loadtest", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0
-    for option in ("--url", "--clients", "--conversations", "--duration", "--json", "--scenario", "--plot"):
+    for option in ("--url", "--clients", "--conversations", "--duration", "--warmup", "--json", "--scenario", "--plot"):
         assert option in done.stdout
     for scenario in ("steady", "broadcast", "idle", "ramp"):
         assert scenario in done.stdout
@@ -239,3 +259,26 @@ def test_a_run_can_be_bounded_by_a_number_of_answers(
     )
     assert result["answers_posted"] == result["answers_done"] == 5
     assert result["measured_seconds"] < 30  # it ended with the answers, not at the duration
+
+
+@pytest.mark.slow
+def test_a_warm_up_spreads_the_first_messages_and_is_not_measured(
+    redis_process: RedisServer, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """The conversations' first messages go out over the warm-up, not at once; the measured window
+    (latency, chunks/s) starts after it, and everything is still verified."""
+    env = {"REDIS_URL": redis_process.url}
+    node = spawn("server", env)
+    spawn("producer", {**env, "STREAMFAN_SIM_TTFT_MS": "20", "STREAMFAN_SIM_TOKENS_PER_SECOND": "50"})
+    result, stdout = run_loadtest(
+        tmp_path,
+        *("--url", node.url, "--clients", "8", "--conversations", "8", "--warmup", "2"),
+        *("--duration", "2", "--ramp-up", "0.2", "--max-tokens", "30"),
+    )
+    assert result["ok"] and result["answers_mismatched"] == 0 and result["answers_verified"] >= 8
+    first = result["first_post_seconds"]
+    assert first["min"] < 0.3 and 1.2 < first["max"] < 2.0  # spread over the warm-up, 8 of them
+    timed = result["latency_ms"]["count"]
+    assert 0 < timed < result["chunks"]  # what came during the warm-up was delivered, not timed
+    assert result["chunks_per_second"] == pytest.approx(timed / result["measured_seconds"], rel=0.01)
+    assert "warm-up" in stdout
