@@ -39,8 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="steady, broadcast: spread the conversations' first messages over this many seconds before "
-        "--duration and time only what is published after it (every answer starting at once measures their "
-        "lockstep); all of it is still verified",
+        "--duration and time only what is published in the --duration after it, not the warm-up nor the drain "
+        "(every answer starting at once measures their lockstep); all of it is still verified",
     )
     p.add_argument("--steps", type=int, default=5, help="ramp: number of load steps over --duration")
     p.add_argument("--p99-bound-ms", type=float, default=50.0, help="ramp: the p99 a step must stay under")

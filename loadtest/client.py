@@ -4,6 +4,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,9 +39,9 @@ class Tab:
     reconnects: int = 0
     connect_errors: int = 0
     connected: bool = False
-    count_from_ms: float = 0.0
-    """Deltas published before this (ms since the epoch: the warm-up's end) are checked but not
-    timed: neither latency nor gap samples."""
+    timed_ms: tuple[float, float] = (0.0, math.inf)
+    """Deltas published outside this window (ms since the epoch: from the warm-up's end to the
+    duration's) are checked but not timed: neither latency nor gap samples."""
     gaps: Series | None = None
     """Where the time between consecutive chunks of one answer goes (ms), shared by a worker's tabs."""
     gap_from: tuple[str, float] = ("", 0.0)
@@ -67,7 +68,7 @@ class Tab:
             self.texts.setdefault(response_id, []).append(data)
             self.chunks += 1
             now = time.time()
-            timed = key[0] >= self.count_from_ms
+            timed = self.timed_ms[0] <= key[0] < self.timed_ms[1]
             if timed:
                 latency.add(now * 1000 - key[0])
             if self.gaps is not None:

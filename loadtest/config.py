@@ -25,8 +25,9 @@ class Config:
     """Stop posting after this many answers in all (and at ``duration`` in any case)."""
     warmup: float = 0.0
     """steady and broadcast: the conversations' first messages go out spread over this many seconds,
-    and only what is published after it is timed (latency, gaps, chunks/s); everything is still
-    verified. Without it every answer starts at once and the run measures their lockstep."""
+    and only what is published after it, for ``duration``, is timed (latency, gaps, chunks/s); the
+    drain after is not either; everything is still verified. Without it every answer starts at once
+    and the run measures their lockstep."""
     steps: int = 5
     """ramp: conversations start chatting in this many equal steps over the duration."""
     p99_bound_ms: float = 50.0

@@ -31,7 +31,8 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
     raise_open_files_limit()
     ctx = multiprocessing.get_context("spawn")
     progress, results, answers, stop = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Event()
-    count_from = ctx.Value("d", math.inf if config.warmup else 0.0, lock=False)  # written once, below
+    # The publish times whose deltas are timed (ms since the epoch): set once, when traffic starts.
+    timed = ctx.Array("d", [math.inf, math.inf] if config.warmup else [0.0, math.inf], lock=False)
     wall_start = time.monotonic()
     cpu_start = time.process_time()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -50,7 +51,7 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
         procs = [
             ctx.Process(
                 target=worker_main,
-                args=(i, a, config.ramp_up, (progress, results, answers), stop, count_from),
+                args=(i, a, config.ramp_up, (progress, results, answers), stop, timed),
                 daemon=True,
             )
             for i, a in enumerate(assignments)
@@ -65,7 +66,9 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
         await asyncio.sleep(0.5)
         memory_after = rss_kib(config.server_pids)
         traffic_start = timeline.measure_start = time.monotonic()
-        count_from.value = (time.time() + config.warmup) * 1000 if config.warmup else 0.0
+        if config.warmup:
+            timed[0] = (time.time() + config.warmup) * 1000
+            timed[1] = timed[0] + config.duration * 1000
         measure_start = traffic_start + config.warmup
         timeline.until = until = measure_start + config.duration
         reports = asyncio.create_task(driver.take_reports(answers))
@@ -103,7 +106,8 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
             await asyncio.gather(reporter, reports, return_exceptions=True)
             for proc in procs:
                 proc.join(10)
-        measured = time.monotonic() - measure_start
+        # With a warm-up the timed window is exactly the duration; without, it runs to the drain's end.
+        measured = config.duration if config.warmup else time.monotonic() - measure_start
         history = {cid: await driver.history_digests(url, cid, token) for url, cid, token in conversations}
     result = summarise(
         config, driver, worker_results, history, measured, wall_start, cpu_start, [repr(e) for e in driver_errors]

@@ -1,7 +1,7 @@
 """The load tester's worker processes: each holds its share of the tabs and reports on them.
 
 A worker gets its ``TabAssignment``s, opens the tabs over ``ramp_up`` seconds, learns when the
-warm-up ends (``count_from``), sends a ``Progress`` every second, forwards the reporting tabs'
+timed window (``timed``), sends a ``Progress`` every second, forwards the reporting tabs'
 ``Sighting``s, and sends one ``WorkerResult`` when the driver sets ``stop``.
 """
 
@@ -29,13 +29,14 @@ def worker_main(
     ramp_up: float,
     queues: tuple[Any, Any, Any],
     stop: Any,
-    count_from: Any,
+    timed: Any,
 ) -> None:
-    """``count_from``: a shared double, the ms since the epoch from which deltas are timed (the
-    warm-up's end; infinite until the driver sets it, 0 without a warm-up)."""
+    """``timed``: two shared doubles, the window of publish times (ms since the epoch) whose deltas
+    are timed: from the warm-up's end to the duration's (empty until the driver sets it; everything
+    without a warm-up)."""
     raise_open_files_limit()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_worker(index, assignments, ramp_up, queues, stop, count_from))
+        runner.run(_worker(index, assignments, ramp_up, queues, stop, timed))
 
 
 async def _worker(
@@ -44,7 +45,7 @@ async def _worker(
     ramp_up: float,
     queues: tuple[Any, Any, Any],
     stop: Any,
-    count_from: Any,
+    timed: Any,
 ) -> None:
     progress, results, answers = queues
     latency = Recorder()
@@ -53,7 +54,7 @@ async def _worker(
     def report(kind: str, response_id: str, at: float) -> None:
         answers.put_nowait(Sighting("first" if kind == "first" else "done", response_id, at))
 
-    timed_from = count_from.value
+    window = (timed[0], timed[1])
     tabs = [
         Tab(
             a.conversation_id,
@@ -61,7 +62,7 @@ async def _worker(
             a.url,
             gaps=gaps,
             report=report if a.reporter else None,
-            count_from_ms=timed_from,
+            timed_ms=window,
         )
         for a in assignments
     ]
@@ -78,10 +79,10 @@ async def _worker(
     opening = asyncio.create_task(ramp())
     loop = asyncio.get_running_loop()
     while not await loop.run_in_executor(None, stop.wait, 1.0):
-        if count_from.value != timed_from:  # set once, at the warm-up's start (it lasts 2 s or more)
-            timed_from = count_from.value
+        if (timed[0], timed[1]) != window:  # set once, at the warm-up's start (it lasts 2 s or more)
+            window = (timed[0], timed[1])
             for tab in tabs:
-                tab.count_from_ms = timed_from
+                tab.timed_ms = window
         # Cumulative counters, and the latencies of the last interval as a mergeable histogram.
         progress.put(
             Progress(

@@ -102,19 +102,21 @@ def test_clean_stream_has_no_anomalies_and_digests_the_answer() -> None:
 def test_deltas_published_during_the_warm_up_are_checked_but_not_timed() -> None:
     """Issue 26: the steady scenario started every answer at once, so its p99 measured their lockstep
     (a dip every answer's length). With a warm-up, what was published before it ends is still
-    checked for loss and order, but is not a latency sample."""
+    checked for loss and order, but is not a latency sample; nor is what the drain after the
+    duration publishes."""
     tab = Tab("c", "t", "http://127.0.0.1")
-    tab.count_from_ms = 2000
+    tab.timed_ms = (2000, 3000)
     latency = Series()
     for event_type, data, event_id in [
         ("user_message", start("r"), "1000-0"),
         ("delta", "warm ", "1500-0"),
         ("delta", "timed", "2000-0"),
-        ("done", done("r", 2), "2500-0"),
+        ("delta", " drained", "3000-0"),
+        ("done", done("r", 3), "3500-0"),
     ]:
         tab.on_event(event_type, data, event_id, latency)
-    assert (tab.lost, tab.duplicated, tab.reordered, tab.chunks) == (0, 0, 0, 2)
-    assert tab.digests() == {"r": hashlib.sha256(b"warm timed").hexdigest()}
+    assert (tab.lost, tab.duplicated, tab.reordered, tab.chunks) == (0, 0, 0, 3)
+    assert tab.digests() == {"r": hashlib.sha256(b"warm timed drained").hexdigest()}
     assert latency.summary()["count"] == 1
 
 
@@ -265,8 +267,8 @@ def test_a_run_can_be_bounded_by_a_number_of_answers(
 def test_a_warm_up_spreads_the_first_messages_and_is_not_measured(
     redis_process: RedisServer, spawn: Callable[..., Proc], tmp_path: Path
 ) -> None:
-    """The conversations' first messages go out over the warm-up, not at once; the measured window
-    (latency, chunks/s) starts after it, and everything is still verified."""
+    """The conversations' first messages go out over the warm-up, not at once; the timed window
+    (latency, chunks/s) is the duration after it, and everything is still verified."""
     env = {"REDIS_URL": redis_process.url}
     node = spawn("server", env)
     spawn("producer", {**env, "STREAMFAN_SIM_TTFT_MS": "20", "STREAMFAN_SIM_TOKENS_PER_SECOND": "50"})
@@ -280,5 +282,5 @@ def test_a_warm_up_spreads_the_first_messages_and_is_not_measured(
     assert first["min"] < 0.3 and 1.2 < first["max"] < 2.0  # spread over the warm-up, 8 of them
     timed = result["latency_ms"]["count"]
     assert 0 < timed < result["chunks"]  # what came during the warm-up was delivered, not timed
-    assert result["chunks_per_second"] == pytest.approx(timed / result["measured_seconds"], rel=0.01)
+    assert result["measured_seconds"] == 2 and result["chunks_per_second"] == pytest.approx(timed / 2, rel=0.01)
     assert "warm-up" in stdout
