@@ -12,7 +12,12 @@ the floor: the same chunks at the same pace and send interval written as plain p
 SPUBLISH commands on a bare asyncio protocol (no fence, no futures, no objects per chunk; replies
 only counted): what any Python producer on this loop pays for the sockets and the encoding.
 
-    .venv/bin/python scripts/producer_alone.py [conversations] [rounds] [tokens per second] [cluster]
+    .venv/bin/python scripts/producer_alone.py [conversations] [rounds] [tokens per second] [cluster|calls]
+
+With ``calls``, it counts instead of timing: the function calls (Python's and C's, by ``cProfile``)
+per token of the producer, of the floor and of the model alone, one round each. Unlike CPU time on a
+shared VM it does not move from one run to the next, so a change to the per-token path shows in it
+at once (the figure is cProfile's, so it says how much work, not how long).
 
 With ``cluster``, each round also writes the same answers to a 3-primary Redis Cluster it starts
 (Redis CPU summed over the three).
@@ -22,7 +27,9 @@ come while an answer's delta is in flight go out as one delta, where the floor w
 """
 
 import asyncio
+import cProfile
 import os
+import pstats
 import statistics
 import sys
 import time
@@ -184,6 +191,23 @@ async def floor(port: int, conversations: int, round_: int) -> float:
     return 1e6 * used / chunks
 
 
+def count_calls(url: str, port: int, conversations: int, redis_pid: int) -> None:
+    """Function calls per token of the producer, the floor and the model alone (``calls``)."""
+    tokens = conversations * TOKENS
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        for name, work in (
+            ("the producer", lambda: measure(url, conversations, 0, [redis_pid])),
+            ("the floor", lambda: floor(port, conversations, 0)),
+            ("the model alone", lambda: model_alone(conversations)),
+        ):
+            profile = cProfile.Profile()
+            profile.enable()
+            runner.run(work())
+            profile.disable()
+            calls = sum(entry[1] for entry in pstats.Stats(profile).stats.values())  # type: ignore[attr-defined]
+            print(f"{name}: {calls / tokens:.1f} function calls per token")
+
+
 def main() -> None:
     conversations = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
@@ -193,6 +217,13 @@ def main() -> None:
     tune_gc()  # as the producer process does
     server = RedisServer()
     server.start()
+    if len(sys.argv) > 4 and sys.argv[4] == "calls":
+        try:
+            assert server.proc is not None
+            count_calls(server.url, server.port, conversations, server.proc.pid)
+        finally:
+            server.remove()
+        return
     cluster = RedisClusterServers(primaries=3, replicas=0)
     if on_cluster:
         cluster.start()
