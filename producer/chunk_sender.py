@@ -20,6 +20,7 @@ from wire.env import Retention
 from wire.keys import ConversationKeys
 
 _DELTAS = Script(deltas.DELTAS)
+_DONE = asyncio.Future.done
 
 _TOUCHED_KEPT = 10_000
 """Answers whose last TTL refresh is remembered; past it the memory starts again (each is
@@ -33,15 +34,16 @@ def _hand_out(done: "asyncio.Future[Any]", futures: list["asyncio.Future[Any]"],
             future.cancel()
         return
     error = done.exception()
-    replies = None if error is not None else deltas.delta_replies(done.result(), chunks)
-    for i, future in enumerate(futures):
-        if future.done():
-            continue  # withdrawn after it was sent: its reply is not needed
-        if replies is None:
-            assert error is not None
-            future.set_exception(error)
-        else:
-            future.set_result(replies[i])
+    if error is not None:
+        for future in futures:
+            if not future.done():  # withdrawn after it was sent: its outcome is not needed
+                future.set_exception(error)
+        return
+    for future, reply in zip(futures, deltas.delta_replies(done.result(), chunks), strict=True):
+        try:
+            future.set_result(reply)
+        except asyncio.InvalidStateError:
+            pass  # withdrawn after it was sent: its reply is not needed (rare: not checked per chunk)
 
 
 class ChunkSender:
@@ -52,8 +54,10 @@ class ChunkSender:
         self._retention = retention
         self._by_slot = by_slot
         self._send_interval = send_interval
-        self._queued: list[tuple[deltas.DeltaItem, asyncio.Future[Any]]] = []
+        self._queued: list[deltas.DeltaItem] = []
         """Chunks waiting to be sent."""
+        self._replies: list[asyncio.Future[Any]] = []
+        """Their replies' futures, in the same order."""
         self._sent_at = -math.inf
         """When chunks last went out (loop time)."""
         self._in_flight = 0
@@ -78,7 +82,8 @@ class ChunkSender:
         future: asyncio.Future[Any] = loop.create_future()
         if not self._queued and not self._in_flight:
             self._schedule(loop)
-        self._queued.append(((keys, response_id, owner, index, text, tokens), future))
+        self._queued.append((keys, response_id, owner, index, text, tokens))
+        self._replies.append(future)
         return future
 
     def touched(self, conversation_id: str) -> None:
@@ -99,13 +104,11 @@ class ChunkSender:
             loop.call_soon(self._send)
 
     def _send(self) -> None:
-        items: list[deltas.DeltaItem] = []
-        futures: list[asyncio.Future[Any]] = []
-        for item, future in self._queued:
-            if not future.done():  # withdrawn: not sent
-                items.append(item)
-                futures.append(future)
-        self._queued = []
+        items, futures = self._queued, self._replies
+        self._queued, self._replies = [], []
+        if any(map(_DONE, futures)):  # some were withdrawn (rare: checked in C, not per chunk in Python)
+            kept = [position for position, future in enumerate(futures) if not future.done()]
+            items, futures = [items[p] for p in kept], [futures[p] for p in kept]
         if not items:
             return
         loop = self._loop
@@ -115,9 +118,9 @@ class ChunkSender:
         self._in_flight += len(calls)
         for call in calls:
             reply = self._calls.script(_DELTAS, call.keys, call.args)
-            reply.add_done_callback(
-                functools.partial(_hand_out, futures=[futures[p] for p in call.positions], chunks=call.chunks)
-            )
+            # One call carries every item in order (a standalone Redis): its futures are the items'.
+            group = futures if len(calls) == 1 else [futures[p] for p in call.positions]
+            reply.add_done_callback(functools.partial(_hand_out, futures=group, chunks=call.chunks))
             reply.add_done_callback(self._answered)
 
     def _answered(self, _: "asyncio.Future[Any]") -> None:

@@ -242,6 +242,27 @@ def test_the_harness_hook_sends_one_call_per_tick_and_counts_every_chunk() -> No
     assert len(by_slot) == len({keys.partition for keys, *_ in items})
 
 
+async def test_a_delta_withdrawn_before_its_send_is_not_sent_and_one_withdrawn_after_is_not_an_error(
+    fake_redis: FakeRedis,
+) -> None:
+    """The sender checks for withdrawn deltas once per send (in C), not per chunk: the others of the
+    send still go out, in order, and a reply for a delta withdrawn in flight is simply dropped."""
+    conversations = [ConversationKeys(f"conversation-{n:016d}") for n in range(5)]
+    for keys in conversations:
+        await start_answer(fake_redis, keys)
+    publisher = Publisher(fake_redis, Retention(), retry_seconds=1)
+    a, b, c = (publisher.delta_queue(keys.conversation_id, "r", "p")(0, "x", 1) for keys in conversations[:3])
+    b.cancel()
+    assert [(await a)[0], (await c)[0]] == [1, 1]
+    assert [await fake_redis.xlen(keys.events) for keys in conversations[:3]] == [1, 0, 1]  # b never went out
+    d, e = (publisher.delta_queue(keys.conversation_id, "r", "p")(0, "y", 1) for keys in conversations[3:])
+    for _ in range(3):
+        await asyncio.sleep(0)  # sent: in flight
+    e.cancel()
+    assert (await d)[0] == 1 and e.cancelled()
+    await publisher.aclose()
+
+
 async def test_chunks_that_come_within_the_send_interval_share_one_call(fake_redis: FakeRedis) -> None:
     """Issue 26: a call per loop turn carried ~7 chunks at 6,000 chunks/s, and per call was a third of
     the producer's CPU per chunk. A chunk after a quiet spell goes out at once; those that follow

@@ -194,40 +194,35 @@ def delta_calls(
 def _delta_call(items: list[tuple[int, DeltaItem]], retention: Retention, touch: Collection[str]) -> DeltaCall:
     """One call for ``items`` (with their positions), grouped into runs of one answer's
     consecutive chunks: a chunk joins the group before it when it is the next of the same run, so
-    the replies (group by group) stay in the items' order. Run per chunk: kept to local lists."""
+    the replies (group by group) stay in the items' order. Run per chunk: the per-chunk lists are
+    comprehensions and the loop builds only the groups (``producer_alone.py calls``)."""
+    texts = [item[4] for _, item in items]
+    sizes = [item[5] for _, item in items]
     keys: list[str] = []
     firsts: list[int] = []
     counts: list[int] = []
-    texts: list[str] = []
-    sizes: list[int] = []
-    positions: list[int] = []
     touched: list[int] = []
-    coalesced = False
-    """Does any delta carry more than one token (else its token counts are not sent)?"""
-    last: tuple[str, str, str, int] | None = None
-    """The last group's conversation, response, owner and the index its next chunk would have."""
-    for position, (conversation, response_id, owner, index, text, size) in items:
+    last_id = last_response = last_owner = ""
+    """The last group's conversation, response and owner, and the index its next chunk would have."""
+    last_next = -1
+    for _, (conversation, response_id, owner, index, _text, size) in items:
         conversation_id = conversation.conversation_id
-        if last != (conversation_id, response_id, owner, index):
+        if index == last_next and conversation_id == last_id and response_id == last_response and owner == last_owner:
+            counts[-1] += 1
+        else:
             keys += (conversation.fence(response_id, owner), conversation.events)
             firsts.append(index)
             counts.append(1)
             if conversation_id in touch:
                 touched.append(len(firsts))
-        else:
-            counts[-1] += 1
-        last = (conversation_id, response_id, owner, index + size)
-        texts.append(text)
-        sizes.append(size)
-        if size != 1:
-            coalesced = True
-        positions.append(position)
+            last_id, last_response, last_owner = conversation_id, response_id, owner
+        last_next = index + size
     runs = ",".join(map(str, counts)) if len(counts) != len(texts) else ""
-    tokens = ",".join(map(str, sizes)) if coalesced else ""
+    tokens = ",".join(map(str, sizes)) if sizes.count(1) != len(sizes) else ""
     args: list[str | int] = [retention.max_events, runs, tokens, *firsts, *texts]
     if touched:
         args += (retention.ttl_seconds, *touched)
-    return DeltaCall(keys, args, positions)
+    return DeltaCall(keys, args, [position for position, _ in items])
 
 
 def delta_replies(reply: Sequence[object], chunks: int) -> Sequence[object]:
