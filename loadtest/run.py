@@ -19,7 +19,7 @@ from loadtest.config import SCENARIOS, Config, check_target
 from loadtest.driver import Driver
 from loadtest.messages import TabAssignment, WorkerResult
 from loadtest.report import memory_summary, rss_kib, summarise
-from loadtest.tabs import raise_open_files_limit, worker_main
+from loadtest.tabs import DriverLinks, raise_open_files_limit, worker_main
 from loadtest.timeline import Timeline, report_progress
 
 __all__ = ["SCENARIOS", "Config", "run"]
@@ -51,7 +51,7 @@ async def run(config: Config, *, live: bool = True) -> dict[str, Any]:
         procs = [
             ctx.Process(
                 target=worker_main,
-                args=(i, a, config.ramp_up, (progress, results, answers), stop, timed),
+                args=(i, a, config.ramp_up, DriverLinks(progress, results, answers, stop, timed)),
                 daemon=True,
             )
             for i, a in enumerate(assignments)

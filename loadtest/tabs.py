@@ -1,13 +1,14 @@
 """The load tester's worker processes: each holds its share of the tabs and reports on them.
 
-A worker gets its ``TabAssignment``s, opens the tabs over ``ramp_up`` seconds, learns when the
-timed window (``timed``), sends a ``Progress`` every second, forwards the reporting tabs'
-``Sighting``s, and sends one ``WorkerResult`` when the driver sets ``stop``.
+A worker gets its ``TabAssignment``s, opens the tabs over ``ramp_up`` seconds, learns the timed
+window once the driver sets it, sends a ``Progress`` every second, forwards the reporting tabs'
+``Sighting``s, and sends one ``WorkerResult`` when the driver sets ``stop`` (``DriverLinks``).
 """
 
 import asyncio
 import resource
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import uvloop
@@ -23,31 +24,32 @@ def raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def worker_main(
-    index: int,
-    assignments: list[TabAssignment],
-    ramp_up: float,
-    queues: tuple[Any, Any, Any],
-    stop: Any,
-    timed: Any,
-) -> None:
-    """``timed``: two shared doubles, the window of publish times (ms since the epoch) whose deltas
-    are timed: from the warm-up's end to the duration's (empty until the driver sets it; everything
-    without a warm-up)."""
+@dataclass(frozen=True)
+class DriverLinks:
+    """What ties a worker to the driver's process (``multiprocessing`` objects, handed over at spawn)."""
+
+    progress: Any
+    """Queue of ``Progress``, one a second."""
+    results: Any
+    """Queue of the one ``WorkerResult``."""
+    answers: Any
+    """Queue of the reporting tabs' ``Sighting``s."""
+    stop: Any
+    """Event: the driver is done; report and end."""
+    timed: Any
+    """Two shared doubles, the window of publish times (ms since the epoch) whose deltas are timed:
+    from the warm-up's end to the duration's (empty until the driver sets it; everything without a
+    warm-up)."""
+
+
+def worker_main(index: int, assignments: list[TabAssignment], ramp_up: float, links: DriverLinks) -> None:
     raise_open_files_limit()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_worker(index, assignments, ramp_up, queues, stop, timed))
+        runner.run(_worker(index, assignments, ramp_up, links))
 
 
-async def _worker(
-    index: int,
-    assignments: list[TabAssignment],
-    ramp_up: float,
-    queues: tuple[Any, Any, Any],
-    stop: Any,
-    timed: Any,
-) -> None:
-    progress, results, answers = queues
+async def _worker(index: int, assignments: list[TabAssignment], ramp_up: float, links: DriverLinks) -> None:
+    progress, results, answers, stop, timed = links.progress, links.results, links.answers, links.stop, links.timed
     latency = Recorder()
     gaps = Series()
 
