@@ -2,17 +2,12 @@
 ``DELTAS`` call, one chunk at a time as the old per-chunk script had them, the fence's life (claim,
 takeover, cancel, finish, delete), what a chunk costs Redis, and TTL refresh by time."""
 
-import asyncio
-import sys
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 from fakeredis.aioredis import FakeRedis
 
 from launch.processes import RedisServer
-from producer import chunk_sender
-from producer.publisher import Publisher
 from scripts import unfenced_deltas
 from tests.fakes import append_deltas, start_answer
 from wire import deltas, scripts
@@ -204,28 +199,6 @@ async def test_a_delta_of_many_tokens_moves_the_fence_by_its_tokens(fake_redis: 
     assert b'"content":"Hello, world!"' in message
 
 
-async def test_a_slow_answer_refreshes_its_ttls_by_time_not_by_chunk_count(fake_redis: FakeRedis) -> None:
-    """Issue 10: with every-32nd-chunk refreshes a slow model outlived a short retention. The
-    publisher asks ``DELTAS`` to refresh them a quarter of the retention after it last did."""
-    keys = ConversationKeys(CID)
-    await fake_redis.hset(keys.state, mapping={"active": "r", "phase": "queued"})
-    publisher = Publisher(fake_redis, Retention(ttl_seconds=TTL), retry_seconds=1)
-    now = 1000.0
-    publisher._sender.clock = lambda: now
-    assert await publisher.start(CID, "r", "p") == "ok"
-    assert await publisher.delta(CID, "r", "p", 0, "x") is not None
-    for key in (*keys.all, keys.fence("r", "p")):
-        await fake_redis.expire(key, 5)
-    now += 14  # under a quarter of the retention since the last refresh
-    await publisher.delta(CID, "r", "p", 1, "x")
-    assert 0 < await fake_redis.ttl(keys.state) <= 5
-    now += 2  # over it: every key's TTL is the retention again
-    await publisher.delta(CID, "r", "p", 2, "x")
-    for key in (keys.state, keys.events, keys.fence("r", "p")):  # (no message was stored yet; no draft is kept)
-        assert await fake_redis.ttl(key) > TTL - 5
-    await publisher.aclose()
-
-
 def test_the_harness_hook_sends_one_call_per_tick_and_counts_every_chunk() -> None:
     """``delta_commands`` (shared/bench's batch hook) is ``delta_calls`` as pipelined commands."""
     items = [(ConversationKeys(f"c-{n % 7}"), "r", "p", n // 7, "tok ") for n in range(50)]
@@ -240,79 +213,3 @@ def test_the_harness_hook_sends_one_call_per_tick_and_counts_every_chunk() -> No
     by_slot = deltas.delta_calls([(*item, 1) for item in items], Retention(), by_slot=True)
     assert sum(call.chunks for call in by_slot) == 50
     assert len(by_slot) == len({keys.partition for keys, *_ in items})
-
-
-async def test_a_delta_withdrawn_before_its_send_is_not_sent_and_one_withdrawn_after_is_not_an_error(
-    fake_redis: FakeRedis,
-) -> None:
-    """The sender checks for withdrawn deltas once per send (in C), not per chunk: the others of the
-    send still go out, in order, and a reply for a delta withdrawn in flight is simply dropped."""
-    conversations = [ConversationKeys(f"conversation-{n:016d}") for n in range(5)]
-    for keys in conversations:
-        await start_answer(fake_redis, keys)
-    publisher = Publisher(fake_redis, Retention(), retry_seconds=1)
-    a, b, c = (publisher.delta_queue(keys.conversation_id, "r", "p")(0, "x", 1) for keys in conversations[:3])
-    b.cancel()
-    assert [(await a)[0], (await c)[0]] == [1, 1]
-    assert [await fake_redis.xlen(keys.events) for keys in conversations[:3]] == [1, 0, 1]  # b never went out
-    d, e = (publisher.delta_queue(keys.conversation_id, "r", "p")(0, "y", 1) for keys in conversations[3:])
-    for _ in range(3):
-        await asyncio.sleep(0)  # sent: in flight
-    e.cancel()
-    assert (await d)[0] == 1 and e.cancelled()
-    await publisher.aclose()
-
-
-async def test_chunks_that_come_within_the_send_interval_share_one_call(fake_redis: FakeRedis) -> None:
-    """Issue 26: a call per loop turn carried ~7 chunks at 6,000 chunks/s, and per call was a third of
-    the producer's CPU per chunk. A chunk after a quiet spell goes out at once; those that follow
-    within the interval gather into the next call."""
-    conversations = [ConversationKeys(f"conversation-{n:016d}") for n in range(3)]
-    for keys in conversations:
-        await start_answer(fake_redis, keys)
-    publisher = Publisher(fake_redis, Retention(), retry_seconds=1, send_interval=0.2)
-    sent: list[int] = []
-    script = publisher._calls.script
-
-    def counting(*args: Any) -> Any:
-        sent.append(len(args[1]) // 2)  # chunks in the call (one group each here)
-        return script(*args)
-
-    publisher._calls.script = counting  # type: ignore[method-assign,assignment]
-    first = publisher.delta_queue(conversations[0].conversation_id, "r", "p")(0, "a", 1)
-    assert (await first)[0] == 1 and sent == [1]  # appended; nothing waited for company
-    later = []
-    for keys in conversations[1:]:  # two chunks, loop turns apart (a send per turn took one each)
-        later.append(publisher.delta_queue(keys.conversation_id, "r", "p")(0, "b", 1))
-        for _ in range(3):
-            await asyncio.sleep(0)
-    assert [(await reply)[0] for reply in later] == [1, 1]
-    assert sent == [1, 2]  # the two that came within the interval went out together
-    await publisher.aclose()
-
-
-async def test_queuing_chunks_looks_the_loop_up_once_not_per_chunk(
-    fake_redis: FakeRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Issue 26: ``asyncio.get_running_loop`` is a ``getpid`` system call on Python 3.11 (0.25 µs
-    on this VM, more under load), and the sender looked it up for every chunk it queued and sent.
-    Measured with ``scripts/producer_alone.py``: 19.0-19.9 µs of producer CPU per chunk before this
-    and the sender's single pass, 17.3-17.7 after."""
-    conversations = [ConversationKeys(f"conversation-{n:016d}") for n in range(20)]
-    for keys in conversations:
-        await start_answer(fake_redis, keys)
-    publisher = Publisher(fake_redis, Retention(), retry_seconds=1)
-    lookups = 0
-    real = asyncio.get_running_loop
-
-    def counted() -> asyncio.AbstractEventLoop:
-        nonlocal lookups
-        lookups += sys._getframe(1).f_globals["__name__"] == chunk_sender.__name__  # the sender's own
-        return real()
-
-    monkeypatch.setattr(asyncio, "get_running_loop", counted)
-    for index in range(3):
-        replies = [publisher.delta_queue(keys.conversation_id, "r", "p")(index, "x", 1) for keys in conversations]
-        assert [(await reply)[0] for reply in replies] == [1] * len(conversations)
-    assert lookups <= 1  # 60 chunks queued and sent in three calls: one lookup, not one per chunk
-    await publisher.aclose()
