@@ -73,6 +73,7 @@ class DeltaOutbox:
         self.next_index += 1
         reply = self._reply
         if reply is not None:
+            # ``_appended``, inlined: this runs per token
             if not (reply.done() and not reply.cancelled() and reply.exception() is None and reply.result()[0] == 1):
                 waiting = self._waiting
                 waiting.append(text)
@@ -92,12 +93,6 @@ class DeltaOutbox:
             self._send(text, 1)
         reply = self._reply
         return reply is not None and reply.done()  # failed at once (the connection is closed)
-
-    @property
-    def blocked(self) -> bool:
-        """The delta in flight was answered with something other than appended: ``settle`` it."""
-        reply = self._reply
-        return reply is not None and reply.done() and not _appended(reply)
 
     async def settle(self) -> Appended:
         """The outcome of the delta in flight (waiting for its reply), after sending lost ones

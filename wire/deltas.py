@@ -203,8 +203,9 @@ def _delta_call(items: list[tuple[int, DeltaItem]], retention: Retention, touch:
     counts: list[int] = []
     touched: list[int] = []
     last_id = last_response = last_owner = ""
-    """The last group's conversation, response and owner, and the index its next chunk would have."""
+    """The last group's conversation, response and owner."""
     last_next = -1
+    """The index the last group's next chunk would have."""
     for _, (conversation, response_id, owner, index, _text, size) in items:
         conversation_id = conversation.conversation_id
         if index == last_next and conversation_id == last_id and response_id == last_response and owner == last_owner:
