@@ -120,15 +120,17 @@ class ChunkSender:
             reply = self._calls.script(_DELTAS, call.keys, call.args)
             # One call carries every item in order (a standalone Redis): its futures are the items'.
             group = futures if len(calls) == 1 else [futures[p] for p in call.positions]
-            reply.add_done_callback(functools.partial(_hand_out, futures=group, chunks=call.chunks))
-            reply.add_done_callback(self._answered)
+            # One callback for both (each is a loop handle of its own).
+            reply.add_done_callback(functools.partial(self._answered, futures=group, chunks=call.chunks))
 
-    def _answered(self, _: "asyncio.Future[Any]") -> None:
-        """A call ended (replied, failed or withdrawn): what gathered meanwhile goes out."""
+    def _answered(self, done: "asyncio.Future[Any]", futures: list["asyncio.Future[Any]"], chunks: int) -> None:
+        """A call ended (replied, failed or withdrawn): its chunks get their outcomes, and what
+        gathered meanwhile goes out."""
         self._in_flight -= 1
         if not self._in_flight and self._queued:
             assert self._loop is not None
-            self._schedule(self._loop)
+            self._schedule(self._loop)  # first: a hand-out that raised would leave them waiting
+        _hand_out(done, futures, chunks)
 
     def _remember(self, conversation_id: str, now: float) -> None:
         if len(self._touched) >= _TOUCHED_KEPT:

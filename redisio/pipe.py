@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 _REPLY_TIMEOUT = 10.0
 """Seconds without a reply while calls are waiting before the connection counts as dead."""
 
+_READ_SIZE = 65536
+"""Bytes read from the socket at most at a time (redis-py's default)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Script:
@@ -96,8 +99,11 @@ class CommandPipe:
         """Calls of this turn (or waiting for a connection), not written yet."""
         self._sent: deque[_Call] = deque()
         """Calls written on the current connection, oldest first, waiting for their replies."""
-        self._replies = asyncio.Event()
-        """Set while calls wait for replies: wakes the reader."""
+        self._reads = 0
+        """Reads from the current connection so far: progress, for the watchdog."""
+        self._reads_seen = 0
+        self._watchdog: asyncio.TimerHandle | None = None
+        """Fails the connection when calls wait and nothing was read for a reply timeout."""
         self._flush_scheduled = False
         self._connecting: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -159,7 +165,8 @@ class CommandPipe:
             sent.append(call)
         # No drain: at most one call per answer is in flight, so what is buffered is bounded.
         writer.write(b"".join(packed))
-        self._replies.set()
+        if self._watchdog is None:
+            self._watch()
 
     async def _connect(self) -> None:
         try:
@@ -178,24 +185,31 @@ class CommandPipe:
         self._flush()
 
     async def _read(self, conn: AbstractConnection) -> None:
-        """Match replies to calls until the connection fails; then fail what waits, and drop it."""
-        parser: Any = conn._parser
+        """Match replies to calls until the connection fails; then fail what waits, and drop it.
+
+        Reads the connection's socket itself, parsing with a hiredis reader of its own (errors
+        mapped to redis-py's exceptions as its parser maps them): redis-py's ``read_response`` is a
+        coroutine, a stream read and a timeout scope per reply, which were most of the producer's
+        Python per ``DELTAS`` call (docs/measurements.md, pipe-reader). A reply nobody waits for is
+        a broken connection."""
+        replies = hiredis.Reader(replyError=conn._parser.parse_error)
+        stream: asyncio.StreamReader = conn._reader  # type: ignore[assignment]
         sent = self._sent
-        loop = asyncio.get_running_loop()
         try:
             while True:
-                await self._replies.wait()
-                async with asyncio.timeout_at(loop.time() + self._reply_timeout) as deadline:
-                    replies = 0
-                    while sent:
-                        reply = await parser.read_response()
-                        self._resolve(sent[0], reply)  # popped after: a failure drops it with the rest
-                        sent.popleft()
-                        replies += 1
-                        if not replies & 63:  # not per reply (docs/measurements.md, pipe-timer)
-                            deadline.reschedule(loop.time() + self._reply_timeout)
-                self._replies.clear()
-        except (RedisError, OSError, TimeoutError) as exc:
+                data = await stream.read(_READ_SIZE)
+                if not data:
+                    raise RedisConnectionError("Redis closed the connection")
+                self._reads += 1
+                replies.feed(data)
+                reply = replies.gets()
+                while reply is not False:
+                    if not sent:
+                        raise RedisConnectionError("a reply nobody asked for")
+                    self._resolve(sent[0], reply)  # popped after: a failure drops it with the rest
+                    sent.popleft()
+                    reply = replies.gets()
+        except (RedisError, OSError, hiredis.ProtocolError) as exc:
             log.warning("pipelined connection to Redis lost (%r)", exc)
             self._lost(conn, RedisConnectionError(f"connection to Redis lost: {exc!r}"))
         except Exception as exc:  # a bug: never leave calls waiting on a reader that is gone
@@ -204,6 +218,23 @@ class CommandPipe:
         except BaseException:
             self._lost(conn, RedisConnectionError("the connection to Redis is closed"))
             raise
+
+    def _watch(self) -> None:
+        """Check, a reply timeout from now, that Redis read anything meanwhile (one timer per
+        timeout, not one per call)."""
+        self._reads_seen = self._reads
+        self._watchdog = asyncio.get_running_loop().call_later(self._reply_timeout, self._check)
+
+    def _check(self) -> None:
+        self._watchdog = None
+        conn = self._conn
+        if conn is None or not self._sent:
+            return  # nothing waits: the next write watches again
+        if self._reads == self._reads_seen:
+            log.warning("no reply from Redis in %.1f s", self._reply_timeout)
+            self._lost(conn, RedisConnectionError(f"no reply from Redis in {self._reply_timeout} s"))
+        else:
+            self._watch()
 
     def _resolve(self, call: _Call, reply: Any) -> None:
         if call.future.done():
@@ -227,7 +258,9 @@ class CommandPipe:
             reader.cancel()  # it waits on the closed connection (or for calls) and would never end
         self._drop(error, self._sent)
         self._sent.clear()
-        self._replies.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         # Replies may still be on the way: the connection is closed, never given back for reuse.
         closing = asyncio.get_running_loop().create_task(self._discard(conn))
         self._closing.add(closing)
@@ -249,6 +282,9 @@ class CommandPipe:
     async def aclose(self) -> None:
         """Fail what waits and give the connection up."""
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         tasks = [task for task in (self._connecting, self._reader) if task is not None]
         for task in tasks:
             task.cancel()

@@ -2,6 +2,8 @@
 error, never another call's, and never waits for ever (faults injected by a proxy)."""
 
 import asyncio
+import cProfile
+import pstats
 from collections.abc import AsyncIterator
 
 import pytest
@@ -186,5 +188,25 @@ async def test_a_call_that_cannot_be_encoded_fails_alone(redis: Redis) -> None:
             assert await before == b"before" and await after == b"after"
             with pytest.raises(DataError):
                 await bad
+    finally:
+        await pipe.aclose()
+
+
+async def test_a_turn_of_replies_costs_the_reader_no_coroutine_and_no_timer_per_reply(redis: Redis) -> None:
+    """redis-py's ``read_response`` ran a coroutine, a stream read and a timeout scope per reply:
+    most of the producer's Python per ``DELTAS`` call (docs/measurements.md, pipe-reader). The
+    reader parses what each socket read brings, and one watchdog timer stands for the timeout."""
+    pipe = CommandPipe(redis)
+    try:
+        assert await pipe.script(ECHO, [], ["warm"]) == b"warm"
+        profile = cProfile.Profile()
+        profile.enable()
+        replies = await asyncio.gather(*(pipe.script(ECHO, [], [str(i)]) for i in range(200)))
+        profile.disable()
+        assert replies == [str(i).encode() for i in range(200)]
+        ran = {(path, name): row[1] for (path, _, name), row in pstats.Stats(profile).stats.items()}  # type: ignore[attr-defined]
+        assert not [key for key in ran if key[1] == "read_response"]
+        assert not [key for key in ran if key[0].endswith("timeouts.py")]
+        assert sum(count for (path, name), count in ran.items() if path.endswith("pipe.py") and name == "_read") <= 10
     finally:
         await pipe.aclose()
