@@ -91,8 +91,7 @@ class DeltaOutbox:
             self._send_waiting()
         else:
             self._send(text, 1)
-        reply = self._reply
-        return reply is not None and reply.done()  # failed at once (the connection is closed)
+        return False  # a queued delta is answered a loop turn later at the soonest, failed or not
 
     async def settle(self) -> Appended:
         """The outcome of the delta in flight (waiting for its reply), after sending lost ones

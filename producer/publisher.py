@@ -135,7 +135,8 @@ class Publisher:
         from ``index`` on; the text as ``wire.events.delta_text`` gives it) to the delta's reply
         future, without waiting (the writer reads the model on meanwhile). Made once per answer, so
         a token costs one call (``producer.delta_outbox``)."""
-        return functools.partial(self._sender.queue, self._keys(conversation_id), response_id, owner)
+        keys = self._keys(conversation_id)
+        return functools.partial(self._sender.queue, keys, keys.fence(response_id, owner))
 
     async def delta(
         self, conversation_id: str, response_id: str, owner: str, index: int, text: str, tokens: int = 1
@@ -143,7 +144,8 @@ class Publisher:
         """Append and publish one delta (``tokens`` of the model's tokens from ``index`` on),
         retrying while Redis is away."""
         keys, text = self._keys(conversation_id), delta_text(text)
-        result = await self._retrying(lambda: self._sender.queue(keys, response_id, owner, index, text, tokens))
+        fence = keys.fence(response_id, owner)
+        result = await self._retrying(lambda: self._sender.queue(keys, fence, index, text, tokens))
         return OUTCOMES[int(result[0])]
 
     async def finish(

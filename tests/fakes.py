@@ -103,9 +103,12 @@ async def last_event_id(redis: Any, keys: ConversationKeys) -> str:
 
 async def append_deltas(redis: Any, items: Sequence[tuple[Any, ...]]) -> list[Any]:
     """Append ``items`` through the real ``DELTAS`` script, as the producer does; one reply per chunk.
-    An item without a token count (``DeltaItem``'s last field) is one token."""
+    An item is ``(keys, response id, owner, index, text[, tokens])`` (without a count, one token)."""
     replies: list[Any] = []
-    full: list[DeltaItem] = [item if len(item) == 6 else (*item, 1) for item in items]
+    full: list[DeltaItem] = [
+        (keys, keys.fence(response_id, owner), index, text, tokens)
+        for keys, response_id, owner, index, text, tokens in (item if len(item) == 6 else (*item, 1) for item in items)
+    ]
     for call in delta_calls(full, Retention(max_events=1000, ttl_seconds=3600), by_slot=False):
         reply = await redis.eval(DELTAS, len(call.keys), *call.keys, *call.args)
         replies += delta_replies(reply, call.chunks)

@@ -20,7 +20,8 @@ TTL = 60
 
 async def test_a_slow_answer_refreshes_its_ttls_by_time_not_by_chunk_count(fake_redis: FakeRedis) -> None:
     """Issue 10: with every-32nd-chunk refreshes a slow model outlived a short retention. The
-    publisher asks ``DELTAS`` to refresh them a quarter of the retention after it last did."""
+    publisher asks ``DELTAS`` to refresh them an eighth to a quarter of the retention after it last
+    did (by periods of an eighth: no clock kept per answer)."""
     keys = ConversationKeys(CID)
     await fake_redis.hset(keys.state, mapping={"active": "r", "phase": "queued"})
     publisher = Publisher(fake_redis, Retention(ttl_seconds=TTL), retry_seconds=1)
@@ -30,10 +31,10 @@ async def test_a_slow_answer_refreshes_its_ttls_by_time_not_by_chunk_count(fake_
     assert await publisher.delta(CID, "r", "p", 0, "x") is not None
     for key in (*keys.all, keys.fence("r", "p")):
         await fake_redis.expire(key, 5)
-    now += 14  # under a quarter of the retention since the last refresh
+    now += 7  # under an eighth of the retention since the last refresh
     await publisher.delta(CID, "r", "p", 1, "x")
     assert 0 < await fake_redis.ttl(keys.state) <= 5
-    now += 2  # over it: every key's TTL is the retention again
+    now += 9  # over a quarter: every key's TTL is the retention again
     await publisher.delta(CID, "r", "p", 2, "x")
     for key in (keys.state, keys.events, keys.fence("r", "p")):  # (no message was stored yet; no draft is kept)
         assert await fake_redis.ttl(key) > TTL - 5

@@ -210,6 +210,6 @@ def test_the_harness_hook_sends_one_call_per_tick_and_counts_every_chunk() -> No
     [(argv, _)] = scripts.delta_commands([(keys, "r", "p", n, "tok ") for n in range(5)], Retention())
     assert argv[2:] == [2, keys.fence("r", "p"), keys.events, 10_000, "5", "", 0, *["tok "] * 5]  # one group
     assert scripts.setup_commands() == [["SCRIPT", "LOAD", deltas.DELTAS]]
-    by_slot = deltas.delta_calls([(*item, 1) for item in items], Retention(), by_slot=True)
+    by_slot = deltas.delta_calls([(k, k.fence(r, o), n, t, 1) for k, r, o, n, t in items], Retention(), by_slot=True)
     assert sum(call.chunks for call in by_slot) == 50
     assert len(by_slot) == len({keys.partition for keys, *_ in items})

@@ -20,6 +20,8 @@ id's milliseconds.
 """
 
 import hashlib
+import itertools
+import operator
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -155,9 +157,10 @@ return replies
 
 DELTAS_SHA: Final = hashlib.sha1(DELTAS.encode()).hexdigest()
 
-DeltaItem = tuple[ConversationKeys, str, str, int, str, int]
-"""One delta to append: its conversation's keys, response id, owner, index (of its first token),
-text, and how many of the model's tokens it carries."""
+DeltaItem = tuple[ConversationKeys, str, int, str, int]
+"""One delta to append: its conversation's keys, its answer's fence (``ConversationKeys.fence``:
+the answer and its owner in one name, made once per answer, not per chunk), index (of its first
+token), text, and how many of the model's tokens it carries."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,36 +197,52 @@ def delta_calls(
 def _delta_call(items: list[tuple[int, DeltaItem]], retention: Retention, touch: Collection[str]) -> DeltaCall:
     """One call for ``items`` (with their positions), grouped into runs of one answer's
     consecutive chunks: a chunk joins the group before it when it is the next of the same run, so
-    the replies (group by group) stay in the items' order. Run per chunk: the per-chunk lists are
-    comprehensions and the loop builds only the groups (``producer_alone.py calls``)."""
-    texts = [item[4] for _, item in items]
-    sizes = [item[5] for _, item in items]
-    keys: list[str] = []
-    firsts: list[int] = []
-    counts: list[int] = []
-    touched: list[int] = []
-    last_id = last_response = last_owner = ""
-    """The last group's conversation, response and owner."""
-    last_next = -1
-    """The index the last group's next chunk would have."""
-    for _, (conversation, response_id, owner, index, _text, size) in items:
-        conversation_id = conversation.conversation_id
-        if index == last_next and conversation_id == last_id and response_id == last_response and owner == last_owner:
-            counts[-1] += 1
-        else:
-            keys += (conversation.fence(response_id, owner), conversation.events)
-            firsts.append(index)
-            counts.append(1)
-            if conversation_id in touch:
-                touched.append(len(firsts))
-            last_id, last_response, last_owner = conversation_id, response_id, owner
-        last_next = index + size
-    runs = ",".join(map(str, counts)) if len(counts) != len(texts) else ""
+    the replies (group by group) stay in the items' order. Run per chunk, so built in
+    comprehensions; the loop that finds runs only runs when two neighbours share a fence (the
+    producer's calls carry one delta per answer: ``producer_alone.py calls``)."""
+    texts = [item[3] for _, item in items]
+    sizes = [item[4] for _, item in items]
+    fences = [item[1] for _, item in items]
+    if any(map(operator.eq, fences, itertools.islice(fences, 1, None))):
+        keys, firsts, counts, touched = _groups(items, touch)
+    else:  # every chunk a group of its own
+        keys = [key for _, item in items for key in (item[1], item[0].events)]
+        firsts = [item[2] for _, item in items]
+        counts = []
+        touched = [g for g, (_, item) in enumerate(items, 1) if item[0].conversation_id in touch] if touch else []
+    runs = ",".join(map(str, counts)) if counts and len(counts) != len(texts) else ""
     tokens = ",".join(map(str, sizes)) if sizes.count(1) != len(sizes) else ""
     args: list[str | int] = [retention.max_events, runs, tokens, *firsts, *texts]
     if touched:
         args += (retention.ttl_seconds, *touched)
     return DeltaCall(keys, args, [position for position, _ in items])
+
+
+def _groups(
+    items: list[tuple[int, DeltaItem]], touch: Collection[str]
+) -> tuple[list[str], list[int], list[int], list[int]]:
+    """``items`` in runs: each group's keys, first index and chunk count, and the groups (from 1)
+    whose TTLs are refreshed."""
+    keys: list[str] = []
+    firsts: list[int] = []
+    counts: list[int] = []
+    touched: list[int] = []
+    last_fence = ""
+    """The last group's fence: its answer and owner (the chunks Redis counts together)."""
+    last_next = -1
+    """The index the last group's next chunk would have."""
+    for _, (conversation, fence, index, _text, size) in items:
+        if index == last_next and fence == last_fence:
+            counts[-1] += 1
+        else:
+            keys += (fence, conversation.events)
+            firsts.append(index)
+            counts.append(1)
+            if touch and conversation.conversation_id in touch:
+                touched.append(len(firsts))
+            last_fence = fence
+        last_next = index + size
+    return keys, firsts, counts, touched
 
 
 def delta_replies(reply: Sequence[object], chunks: int) -> Sequence[object]:

@@ -377,7 +377,11 @@ def delta_commands(
     """``delta_calls`` as Redis commands (argv, chunks): the side-by-side harness's batch hook
     (``shared/bench``), which sends them pipelined to a standalone Redis. Its items are a token
     each (its contract predates coalescing)."""
-    calls = delta_calls([(*item, 1) for item in items], retention, by_slot=False)
+    calls = delta_calls(
+        [(keys, keys.fence(response_id, owner), index, text, 1) for keys, response_id, owner, index, text in items],
+        retention,
+        by_slot=False,
+    )
     return [(["EVALSHA", DELTAS_SHA, len(call.keys), *call.keys, *call.args], call.chunks) for call in calls]
 
 
