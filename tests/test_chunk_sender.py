@@ -2,6 +2,8 @@
 withdraws, when it refreshes an answer's TTLs, and what it asks of the event loop per chunk."""
 
 import asyncio
+import cProfile
+import pstats
 import sys
 from typing import Any
 
@@ -11,6 +13,7 @@ from fakeredis.aioredis import FakeRedis
 from producer import chunk_sender
 from producer.publisher import Publisher
 from tests.fakes import start_answer
+from wire import deltas
 from wire.env import Retention
 from wire.keys import ConversationKeys
 
@@ -115,3 +118,28 @@ async def test_queuing_chunks_looks_the_loop_up_once_not_per_chunk(
         assert [(await reply)[0] for reply in replies] == [1] * len(conversations)
     assert lookups <= 1  # 60 chunks queued and sent in three calls: one lookup, not one per chunk
     await publisher.aclose()
+
+
+def test_a_send_of_one_delta_per_answer_runs_no_python_function_per_chunk() -> None:
+    """Issue 26: a send's grouping formatted each chunk's fence in a method of its own, and its TTL
+    check looked each chunk up in Python: per chunk work in a producer tick of a dozen. Now the
+    Python functions a send's grouping and TTL check run are as many for 100 chunks as for 10
+    (comprehensions and C); the loop that finds runs runs only when neighbours share a fence."""
+
+    def python_calls(chunks: int, touch_first: bool) -> int:
+        sender = chunk_sender.ChunkSender(None, Retention(ttl_seconds=TTL), by_slot=False, send_interval=0)  # type: ignore[arg-type]
+        items = [
+            (keys, keys.fence("r", "p"), 5, "text", 1) for keys in (ConversationKeys(f"c{n}") for n in range(chunks))
+        ]
+        if not touch_first:
+            sender._due(items)  # refreshed now: the next send touches none
+        profile = cProfile.Profile()
+        profile.enable()
+        [call] = deltas.delta_calls(items, Retention(), by_slot=False, touch=sender._due(items))
+        profile.disable()
+        assert call.chunks == chunks and len(call.keys) == 2 * chunks
+        stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+        return sum(row[1] for (path, _, _), row in stats.items() if path != "~")
+
+    for touch_first in (True, False):
+        assert python_calls(100, touch_first) == python_calls(10, touch_first)
