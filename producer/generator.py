@@ -46,9 +46,17 @@ class Pacing:
             # Pace against a schedule, not by sleeping a gap after each chunk, so publishing time
             # does not slow the stream down.
             due += interval * (1 + self.jitter * (rng.random() * 2 - 1))
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if due > loop.time():
+                # ``asyncio.sleep`` without its loop lookup (a ``getpid`` system call on Python 3.11)
+                # and its callback in Python: a timer per token per answer is this model's cost, as
+                # much CPU as the producer's own (docs/measurements.md, pacing-timer).
+                woken = loop.create_future()
+                timer = loop.call_at(due, woken.set_result, None)
+                try:
+                    await woken
+                except BaseException:  # cancelled or closed while it waits: the timer must not fire
+                    timer.cancel()
+                    raise
 
 
 @dataclass(frozen=True, slots=True)
