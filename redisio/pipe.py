@@ -204,6 +204,10 @@ class CommandPipe:
                 replies.feed(data)
                 reply = replies.gets()
                 while reply is not False:
+                    if type(reply) is hiredis.PushNotification:
+                        # Unasked (RESP3: a server's maintenance notice, an invalidation): not a reply.
+                        reply = replies.gets()
+                        continue
                     if not sent:
                         raise RedisConnectionError("a reply nobody asked for")
                     self._resolve(sent[0], reply)  # popped after: a failure drops it with the rest

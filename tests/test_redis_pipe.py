@@ -210,3 +210,25 @@ async def test_a_turn_of_replies_costs_the_reader_no_coroutine_and_no_timer_per_
         assert sum(count for (path, name), count in ran.items() if path.endswith("pipe.py") and name == "_read") <= 10
     finally:
         await pipe.aclose()
+
+
+async def test_a_message_redis_pushes_unasked_is_not_taken_for_a_reply(
+    redis: Redis, redis_process: RedisServer
+) -> None:
+    """Under RESP3 (redis-py 8's default) Redis may push messages no call asked for: a server's
+    maintenance notices, client-side caching's invalidations. The reader skips them: taken for a
+    reply, one would fail the connection (or answer the wrong call)."""
+    pipe = CommandPipe(redis)
+    admin = Redis(port=redis_process.port)
+    try:
+        assert await pipe.command("CLIENT", "TRACKING", "ON") == b"OK"
+        before = (await admin.info("stats"))["total_connections_received"]
+        assert await pipe.command("GET", "pipe:tracked") is None
+        await admin.set("pipe:tracked", "changed")  # Redis pushes an invalidation to the pipe's connection
+        await asyncio.sleep(0.1)
+        assert await pipe.command("PING") == b"PONG"
+        assert await pipe.script(ECHO, ["k"], ["after"]) == b"after"
+        assert (await admin.info("stats"))["total_connections_received"] == before  # the same connection
+    finally:
+        await pipe.aclose()
+        await admin.aclose()
