@@ -4,6 +4,7 @@ Nothing here knows what the processes do; ``launch.cluster`` and the tests compo
 """
 
 import collections
+import os
 import shutil
 import signal
 import socket
@@ -50,6 +51,15 @@ def find_binary(name: str, package: str) -> str:
     if path is None:
         raise RuntimeError(f"{name} is not installed (Debian package {package!r}; ./scripts/test.sh installs it)")
     return path
+
+
+def pin_apart(pid: int) -> None:
+    """Run ``pid`` on one core and this process on another, when this process may use two: a
+    measurement of this process's CPU then never shares a core with the server it drives."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) > 1:
+        os.sched_setaffinity(pid, {cores[0]})
+        os.sched_setaffinity(0, {cores[1]})
 
 
 def stop_process(proc: "subprocess.Popen[bytes]", sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:

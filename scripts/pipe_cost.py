@@ -11,7 +11,6 @@ each, every round and the lowest. Redis is not counted.
 """
 
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import hiredis
 import uvloop
 from redis.asyncio import Redis
 
-from launch.processes import RedisServer
+from launch.processes import RedisServer, pin_apart
 from redisio.pipe import CommandPipe, Script, pack
 
 CHUNKS = 13
@@ -79,10 +78,7 @@ def main() -> None:
     server = RedisServer()
     server.start()
     assert server.proc is not None
-    if len(os.sched_getaffinity(0)) > 1:
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(server.proc.pid, {cores[0]})
-        os.sched_setaffinity(0, {cores[1]})
+    pin_apart(server.proc.pid)
     try:
         piped: list[float] = []
         floor: list[float] = []

@@ -4,7 +4,7 @@ Starts a redis-server on a free loopback port, puts ``CONVERSATIONS`` answers in
 and writes them all at once in this process through ``producer.answer.AnswerWriter`` with the
 simulated model at S2's pace (20 chunks/s each, 120 chunks an answer), with the producer process's
 garbage collector settings, then prints this process's CPU time (``time.process_time``) per
-published chunk. Redis runs in its own process and is not counted. Steadier than
+published chunk. Redis runs in its own process, on another core than this one, and is not counted. Steadier than
 ``producer_cost.py``, which shares the cores with a whole cluster.
 It also runs the simulated model alone (the same answers, paced the same, published nowhere): the
 difference is the producer's own cost per chunk, the model's pacing set aside. And, in the same run,
@@ -42,7 +42,7 @@ import uvloop
 from redis.asyncio import RedisCluster
 
 from launch.gc_tuning import tune_gc
-from launch.processes import RedisClusterServers, RedisServer
+from launch.processes import RedisClusterServers, RedisServer, pin_apart
 from launch.redis_client import connect
 from producer.answer import AnswerWriter
 from producer.generator import Pacing, SimulatedLLM
@@ -218,12 +218,7 @@ def main() -> None:
     server = RedisServer()
     server.start()
     assert server.proc is not None
-    if len(os.sched_getaffinity(0)) > 1:
-        # Redis on one core, this process on another: the rounds then move a few percent, not by
-        # half (a shared VM's scheduler otherwise puts them on one core at times).
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(server.proc.pid, {cores[0]})
-        os.sched_setaffinity(0, {cores[1]})
+    pin_apart(server.proc.pid)
     if len(sys.argv) > 4 and sys.argv[4] == "calls":
         try:
             count_calls(server.url, server.port, conversations, server.proc.pid)
