@@ -4,8 +4,8 @@ Starts a redis-server on a free loopback port, puts ``CONVERSATIONS`` answers in
 and writes them all at once in this process through ``producer.answer.AnswerWriter`` with the
 simulated model at S2's pace (20 chunks/s each, 120 chunks an answer), with the producer process's
 garbage collector settings, then prints this process's CPU time (``time.process_time``) per
-published chunk. Redis runs in its own process, on another core than this one, and is not counted. Steadier than
-``producer_cost.py``, which shares the cores with a whole cluster.
+published chunk. Redis runs in its own process, on another core than this one, and is not
+counted. Steadier than ``producer_cost.py``, which shares the cores with a whole cluster.
 It also runs the simulated model alone (the same answers, paced the same, published nowhere): the
 difference is the producer's own cost per chunk, the model's pacing set aside. And, in the same run,
 the floor: the same chunks at the same pace and send interval written as plain pipelined XADD +
