@@ -34,7 +34,8 @@ from redis.exceptions import DataError, NoScriptError, RedisError
 log = logging.getLogger(__name__)
 
 _REPLY_TIMEOUT = 10.0
-"""Seconds without a reply while calls are waiting before the connection counts as dead."""
+"""Seconds without a reply while calls are waiting before the connection counts as dead (checked
+once per timeout, so one to two of them)."""
 
 _READ_SIZE = 65536
 """Bytes read from the socket at most at a time (redis-py's default)."""
@@ -100,7 +101,7 @@ class CommandPipe:
         self._sent: deque[_Call] = deque()
         """Calls written on the current connection, oldest first, waiting for their replies."""
         self._reads = 0
-        """Reads from the current connection so far: progress, for the watchdog."""
+        """Socket reads so far, on any connection: progress, for the watchdog."""
         self._reads_seen = 0
         self._watchdog: asyncio.TimerHandle | None = None
         """Fails the connection when calls wait and nothing was read for a reply timeout."""
@@ -224,8 +225,8 @@ class CommandPipe:
             raise
 
     def _watch(self) -> None:
-        """Check, a reply timeout from now, that Redis read anything meanwhile (one timer per
-        timeout, not one per call)."""
+        """Check, a reply timeout from now, that anything was read from Redis meanwhile (one timer
+        per timeout, not one per call)."""
         self._reads_seen = self._reads
         self._watchdog = asyncio.get_running_loop().call_later(self._reply_timeout, self._check)
 
