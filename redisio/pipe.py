@@ -37,8 +37,7 @@ _REPLY_TIMEOUT = 10.0
 """Seconds without a reply while calls are waiting before the connection counts as dead (checked
 once per timeout, so one to two of them)."""
 
-_READ_SIZE = 65536
-"""Bytes read from the socket at most at a time (redis-py's default)."""
+_READ_SIZE = 65536  # bytes read from the socket at most at a time (redis-py's default)
 
 
 @dataclass(frozen=True, slots=True)
