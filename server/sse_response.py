@@ -13,9 +13,11 @@ its ``prepare`` does for a stream are done here, in the open:
 
 import asyncio
 import socket
+from collections import deque
+from typing import Any
 
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.web import BaseRequest, HTTPMethodNotAllowed, StreamResponse
+from aiohttp.web import BaseRequest, HTTPMethodNotAllowed, RequestHandler, StreamResponse
 from aiohttp_sse import EventSourceResponse
 
 _TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", None)
@@ -35,6 +37,27 @@ def tune_socket(request: BaseRequest, send_timeout: float, send_buffer: int) -> 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     if _TCP_USER_TIMEOUT is not None:
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(send_timeout * 1000))
+
+
+def end_with_this_request(protocol: RequestHandler) -> None:
+    """The connection's last request is the one being answered: free what serves the next ones.
+
+    For a stream that ends with its connection. No keep-alive timer (aiohttp arms one per
+    connection, 75 s, and it would stay armed under the stream: about 570 bytes each), and, through
+    aiohttp's own ``close()``, no further requests: bytes the client sends are dropped unparsed, so
+    the protocol's request parser and its queue of parsed requests, about 2.3 KiB per open stream
+    (docs/measurements.md ``stream-parser``), are released here. aiohttp drops the parser itself
+    only when the connection is lost, and guards every other use of both with ``close()``'s flag
+    (aiohttp 3.14; ``tests/test_api.py`` holds this to the pinned version).
+    """
+    protocol.keep_alive(False)
+    protocol.close()
+    protocol._parser = None
+    protocol._messages = _NO_REQUESTS
+
+
+_NO_REQUESTS: "deque[Any]" = deque(maxlen=0)
+"""Shared by every released protocol: a deque of length 0 keeps nothing appended to it."""
 
 
 class EventStreamResponse(EventSourceResponse):
@@ -67,9 +90,7 @@ class EventStreamResponse(EventSourceResponse):
         tune_socket(request, *self._socket_options)
         writer = await StreamResponse.prepare(self, request)
         if self._until_close and writer is not None:
-            # No keep-alive after this response, and no keep-alive timer: aiohttp arms one per
-            # connection (75 s) and it would stay armed under the stream, about 570 bytes each.
-            request.protocol.keep_alive(False)
+            end_with_this_request(request.protocol)
         self._ended = asyncio.get_running_loop().create_future()
         return writer
 

@@ -124,6 +124,42 @@ async def test_an_open_stream_holds_no_keep_alive_timer(client_factory: Any) -> 
     events.close()
 
 
+async def test_an_open_stream_keeps_no_request_parser_and_no_request_queue(client_factory: Any) -> None:
+    """A native stream is the connection's last request: its protocol's request parser and its
+    queue of parsed requests are released when the headers go out (about 2.3 KiB per open stream,
+    docs/measurements.md ``stream-parser``)."""
+    client = await client_factory()
+    cid, auth = await create(client)
+    events = await client.get(f"/api/conversations/{cid}/events", headers=auth)
+    assert events.status == 200
+    streams = [h for h in client.server.handler.connections if not h._keepalive]
+    assert streams and all(h._parser is None and h._messages.maxlen == 0 for h in streams)
+    events.close()
+
+
+async def test_bytes_a_client_sends_after_its_stream_request_are_ignored(client_factory: Any) -> None:
+    """A request pipelined behind a stream's, or garbage, changes nothing: the stream goes on to
+    its answer's end (the connection closes with the stream, so nothing behind it is answered)."""
+    client = await client_factory()
+    cid, auth = await create(client)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        f"GET /api/conversations/{cid}/events HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: {auth['Authorization']}\r\n\r\n".encode()
+    )
+    await reader.readuntil(b"retry: 1000\n\n")
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\x00\xffnot http at all\r\n\r\n")
+    await writer.drain()
+    await post(client, cid, auth, "still streaming")
+    body = b""
+    async with asyncio.timeout(10):
+        while b"event: done" not in body:
+            body += await reader.read(65536)
+    writer.close()
+    assert b"HTTP/1.1" not in body
+    assert "".join(e.data for e in SSEParser().feed(body) if e.type == "delta") == "still streaming"
+
+
 async def test_no_cursor_replays_everything_then_goes_live(client_factory: Any) -> None:
     client = await client_factory()
     cid, auth = await create(client)
