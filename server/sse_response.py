@@ -48,7 +48,7 @@ def end_with_this_request(protocol: RequestHandler) -> None:
     the protocol's request parser and its queue of parsed requests, about 2.3 KiB per open stream
     (docs/measurements.md ``stream-parser``), are released here. aiohttp drops the parser itself
     only when the connection is lost, and guards every other use of both with ``close()``'s flag
-    (aiohttp 3.14; ``tests/test_api.py`` holds this to the pinned version).
+    (aiohttp 3.14; ``tests/test_dependency_internals.py`` checks it).
     """
     protocol.keep_alive(False)
     protocol.close()

@@ -37,3 +37,17 @@ async def test_redis_py_connections_expose_their_writer_and_parser(redis_process
             await client.connection_pool.release(conn)
     finally:
         await client.aclose()
+
+
+def test_aiohttp_protocols_ignore_requests_after_close_and_name_their_parser() -> None:
+    """server/sse_response.py ``end_with_this_request`` calls ``close()`` on a stream's protocol and
+    then drops ``_parser`` and ``_messages``: aiohttp must drop what arrives after ``close()``
+    before it parses it, and keep both under these names."""
+    from aiohttp.web_protocol import RequestHandler
+
+    slots = {name for cls in RequestHandler.__mro__ for name in getattr(cls, "__slots__", ())}
+    assert {"_parser", "_messages", "_close"} <= slots
+    received = inspect.getsource(RequestHandler.data_received).split("\n")
+    assert received[1].strip() == "if self._force_close or self._close:"
+    assert received[2].strip() == "return"
+    assert "self._close = True" in inspect.getsource(RequestHandler.close)
