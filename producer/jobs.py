@@ -7,7 +7,8 @@ one job per partition per pass, pipelined a window at a time (a cluster pipeline
 share at once).
 
 An idle producer waits for the next job with one blocking XREADGROUP over every partition on a
-standalone Redis (it wakes with the first job posted). A cluster has no blocking read across slots:
+standalone Redis (it wakes with the first job posted); with room for a job from every partition,
+that one command is its every read. A cluster has no blocking read across slots:
 there an idle producer passes over the partitions every ``POLL_SECONDS`` instead (128 cheap
 commands, a round trip per shard).
 
@@ -65,6 +66,19 @@ class PartitionedJobs:
             scanned += window
             found += await self._read_window(streams)
         return found
+
+    async def next(self, count: int, *, room: int) -> list[QueuedJob]:
+        """New jobs, waiting for the first if none is queued: at most ``count``, or, when the
+        producer has ``room`` for a job from every partition, at most one per partition.
+
+        With that room (a producer's usual state) the read is the wait itself: one blocking
+        XREADGROUP over every partition returns at once with the jobs queued, or at the first one
+        posted. Without it the partitions are read in windows of ``count``, so a producer near its
+        concurrency claims no job it has no slot for, and waits only after a whole empty pass.
+        """
+        if room >= len(self._streams) and not isinstance(self._redis, RedisCluster):
+            return await self._read_streams(self._streams, block_ms=BLOCK_MS)
+        return await self.read(count) or await self.wait()
 
     async def wait(self) -> list[QueuedJob]:
         """Wait for new jobs: up to one per partition that has one, often exactly one."""

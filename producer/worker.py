@@ -25,6 +25,7 @@ from producer.publisher import Publisher
 from producer.settings import ProducerSettings
 from support.backoff import Backoff
 from wire.events import FinishReason, Job, parse_event_id
+from wire.keys import PARTITIONS
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +98,15 @@ class Worker:
                 await asyncio.sleep(delay)
 
     async def _read_jobs(self) -> None:
-        """Take as many new jobs as there are free slots (at least one, at most ``_MAX_READ``);
-        when there are none, wait for the next ones."""
+        """Take new jobs, each into a free slot (with room for one from every partition, one read;
+        else at most ``_MAX_READ``); when there are none, wait for the next ones."""
         await self._slots.acquire()
-        free = 1 + await self._take_free_slots(_MAX_READ - 1)
+        # The room left after this slot and the most a recovery pass takes at once: with room
+        # for a job from every partition, one read (``PartitionedJobs.next``) needs no slots taken.
+        room = self._settings.concurrency - len(self._in_flight) - 1 - _MAX_READ
+        free = 1 if room >= PARTITIONS else 1 + await self._take_free_slots(_MAX_READ - 1)
         try:
-            jobs = await self._jobs.read(free) or await self._jobs.wait()
+            jobs = await self._jobs.next(free, room=room)
         except BaseException:
             self._release_slots(free, used=0)
             raise
