@@ -35,6 +35,24 @@ async def post(client: Any, cid: str, auth: dict[str, str], content: str, **extr
     return dict(await resp.json())
 
 
+async def raw_stream(client: Any, cid: str, auth: dict[str, str]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A conversation's event stream on a bare socket: its request sent, nothing read yet."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        f"GET /api/conversations/{cid}/events HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: {auth['Authorization']}\r\n\r\n".encode()
+    )
+    return reader, writer
+
+
+async def read_until_done(reader: asyncio.StreamReader) -> bytes:
+    body = b""
+    async with asyncio.timeout(10):
+        while b"event: done" not in body:
+            body += await reader.read(65536)
+    return body
+
+
 async def test_create_returns_id_token_and_a_scoped_httponly_cookie(client_factory: Any) -> None:
     client = await client_factory()
     resp = await client.post("/api/conversations")
@@ -90,19 +108,12 @@ async def test_a_delta_is_its_text_on_the_wire_without_chunk_framing(client_fact
     text; the done event counts the deltas."""
     client = await client_factory()
     cid, auth = await create(client)
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(
-        f"GET /api/conversations/{cid}/events HTTP/1.1\r\nHost: x\r\n"
-        f"Authorization: {auth['Authorization']}\r\n\r\n".encode()
-    )
+    reader, writer = await raw_stream(client, cid, auth)
     head = (await reader.readuntil(b"\r\n\r\n")).lower()
     assert b"transfer-encoding" not in head and b"\r\nconnection: close\r\n" in head
     assert await reader.readexactly(len(b"retry: 1000\n\n")) == b"retry: 1000\n\n"
     await post(client, cid, auth, "two\nlines")
-    body = b""
-    async with asyncio.timeout(10):
-        while b"event: done" not in body:
-            body += await reader.read(65536)
+    body = await read_until_done(reader)
     writer.close()
     frames = body.split(b"\n\n")
     deltas = [f for f in frames if b"\nevent: delta\n" in f]
@@ -142,19 +153,12 @@ async def test_bytes_a_client_sends_after_its_stream_request_are_ignored(client_
     its answer's end (the connection closes with the stream, so nothing behind it is answered)."""
     client = await client_factory()
     cid, auth = await create(client)
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(
-        f"GET /api/conversations/{cid}/events HTTP/1.1\r\nHost: x\r\n"
-        f"Authorization: {auth['Authorization']}\r\n\r\n".encode()
-    )
+    reader, writer = await raw_stream(client, cid, auth)
     await reader.readuntil(b"retry: 1000\n\n")
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\x00\xffnot http at all\r\n\r\n")
     await writer.drain()
     await post(client, cid, auth, "still streaming")
-    body = b""
-    async with asyncio.timeout(10):
-        while b"event: done" not in body:
-            body += await reader.read(65536)
+    body = await read_until_done(reader)
     writer.close()
     assert b"HTTP/1.1" not in body
     assert "".join(e.data for e in SSEParser().feed(body) if e.type == "delta") == "still streaming"
