@@ -67,16 +67,16 @@ class PartitionedJobs:
             found += await self._read_window(streams)
         return found
 
-    async def next(self, count: int, *, room: int) -> list[QueuedJob]:
-        """New jobs, waiting for the first if none is queued: at most ``count``, or, when the
-        producer has ``room`` for a job from every partition, at most one per partition.
+    async def next(self, count: int) -> list[QueuedJob]:
+        """At most ``count`` new jobs, waiting for the first if none is queued.
 
-        With that room (a producer's usual state) the read is the wait itself: one blocking
-        XREADGROUP over every partition returns at once with the jobs queued, or at the first one
-        posted. Without it the partitions are read in windows of ``count``, so a producer near its
-        concurrency claims no job it has no slot for, and waits only after a whole empty pass.
+        With room for a job from every partition (a producer's usual state) the read is the wait
+        itself: one blocking XREADGROUP over every partition returns at once with the jobs queued
+        (one per partition at most), or at the first one posted. With less, the partitions are read
+        in windows of ``count``, so a producer near its concurrency claims no job it has no slot
+        for, and waits only after a whole empty pass.
         """
-        if room >= len(self._streams) and not isinstance(self._redis, RedisCluster):
+        if count >= len(self._streams) and not isinstance(self._redis, RedisCluster):
             return await self._read_streams(self._streams, block_ms=BLOCK_MS)
         return await self.read(count) or await self.wait()
 

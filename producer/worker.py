@@ -25,7 +25,6 @@ from producer.publisher import Publisher
 from producer.settings import ProducerSettings
 from support.backoff import Backoff
 from wire.events import FinishReason, Job, parse_event_id
-from wire.keys import PARTITIONS
 
 log = logging.getLogger(__name__)
 
@@ -98,21 +97,21 @@ class Worker:
                 await asyncio.sleep(delay)
 
     async def _read_jobs(self) -> None:
-        """Take new jobs, each into a free slot (with room for one from every partition, one read;
-        else at most ``_MAX_READ``); when there are none, wait for the next ones."""
+        """Take new jobs, each into a free slot, at most as many as there is room for; when there
+        are none, wait for the next ones."""
         await self._slots.acquire()
-        # The room left after this slot and the most a recovery pass takes at once: with room
-        # for a job from every partition, one read (``PartitionedJobs.next``) needs no slots taken.
-        room = self._settings.concurrency - len(self._in_flight) - 1 - _MAX_READ
-        free = 1 if room >= PARTITIONS else 1 + await self._take_free_slots(_MAX_READ - 1)
+        # The slots this read may fill (the one just taken included), leaving a recovery pass the
+        # most it takes at once: so each job's slot below is free, never waited for.
+        room = max(1, self._settings.concurrency - len(self._in_flight) - _MAX_READ)
         try:
-            jobs = await self._jobs.next(free, room=room)
+            jobs = await self._jobs.next(room)
         except BaseException:
-            self._release_slots(free, used=0)
+            self._slots.release()
             raise
-        self._release_slots(free, used=len(jobs))
+        if not jobs:
+            self._slots.release()
         for i, job in enumerate(jobs):
-            if i >= free:  # a wait can bring one per partition: each still runs in a slot of its own
+            if i:  # the first runs in the slot taken above
                 await self._slots.acquire()
             self._launch(job, recovered=False)
 

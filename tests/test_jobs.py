@@ -32,11 +32,11 @@ async def test_a_producer_with_room_for_every_partition_reads_each_job_with_one_
         taken = []
         for partition in (3, 77, 3, 127):
             await _post(redis, partition)
-            taken += await jobs.next(1, room=1000)
+            taken += await jobs.next(1000)
         assert [job.fields for job in taken] == [{b"job": str(p).encode()} for p in (3, 77, 3, 127)]
         assert await _xreadgroups(redis) - before == 4
         # and with nothing queued it waits for the next job
-        waiting = asyncio.ensure_future(jobs.next(1, room=1000))
+        waiting = asyncio.ensure_future(jobs.next(1000))
         await asyncio.sleep(0.05)
         assert not waiting.done()
         await _post(redis, 9)
@@ -54,8 +54,8 @@ async def test_a_producer_short_of_room_takes_no_more_jobs_than_asked(redis_proc
         assert await jobs.read(PARTITIONS) == []
         for partition in range(10):
             await _post(redis, partition)
-        first = await jobs.next(2, room=2)
-        second = await jobs.next(3, room=3)
+        first = await jobs.next(2)
+        second = await jobs.next(3)
         assert len(first) == 2 and len(second) == 3
         pending = await redis.xpending(jobs_stream(0), JOBS_GROUP)
         assert pending["pending"] == 1
