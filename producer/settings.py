@@ -25,10 +25,13 @@ class ProducerSettings:
     """A half-written answer whose producer stopped: 'continue' it (if the generator can) or 'fail' it."""
     publish_retry_seconds: float = setting(30.0, "STREAMFAN_PUBLISH_RETRY_SECONDS", low=0.1, high=86_400)
     """How long a chunk is retried while Redis is unreachable."""
-    publish_interval_ms: float = setting(2.0, "STREAMFAN_PUBLISH_INTERVAL_MS", low=0, high=1000)
+    publish_interval_ms: float = setting(5.0, "STREAMFAN_PUBLISH_INTERVAL_MS", low=0, high=1000)
     """The shortest time between two sends of chunks to Redis: chunks that come sooner join the
-    next call (at most this much later). A call per loop turn cost the producer a third more CPU
-    per chunk at 6,000 chunks/s; 0 sends every loop turn."""
+    next call (at most this much later; a chunk after a quiet spell goes at once). Much of what a
+    chunk costs is its call's, shared by the call's chunks: at 6,000 chunks/s one call per 5 ms
+    (the side-by-side harness's own tick) instead of per 2 ms halves the calls (~30 chunks each,
+    not ~12) and cuts the producer's Python calls per chunk by a tenth; timed CPU differences were
+    within this box's noise (docs/measurements.md, deltas-interval). 0 sends every loop turn."""
     drain_seconds: float = setting(20.0, "STREAMFAN_PRODUCER_DRAIN_SECONDS", low=0, high=3600)
     """On SIGTERM, how long answers in flight may finish."""
     redis_max_connections: int = setting(64, "STREAMFAN_REDIS_MAX_CONNECTIONS", low=2, high=100_000)

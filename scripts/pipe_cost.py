@@ -26,7 +26,8 @@ from launch.processes import RedisServer, pin_apart
 from redisio.pipe import CommandPipe, Script, pack
 
 CHUNKS = 13
-"""A tick's chunks at S2's rate with the producer's 2 ms send interval."""
+"""A tick's chunks at S2's rate with the producer's send interval of sessions 14-17 (2 ms; its
+default is 5 ms since session 18: ~30 chunks a call)."""
 TICK = Script("local r = {} for i = 1, #KEYS / 2 do r[i] = {1} end return r")
 KEYS = [key for i in range(CHUNKS) for key in (f"fence{i}", f"events{i}")]
 ARGS: list[str | int] = [1000, "", "", *range(CHUNKS), *(f"token {i} of the answer" for i in range(CHUNKS))]

@@ -425,11 +425,14 @@ async def test_chat_page_and_its_assets_are_served_under_a_strict_csp(client_fac
 async def test_history_beyond_retention_gets_reset_never_a_silent_gap(client_factory: Any) -> None:
     from wire.env import Retention
 
-    # A bound well under each answer's deltas: tokens that come while a delta is in flight share
-    # the next one, so an answer has fewer deltas than tokens (the model is paced so most go alone).
+    # A bound well under each answer's deltas: tokens that come while a delta is in flight, or
+    # within the producer's send interval, share the next one, so an answer has fewer deltas than
+    # tokens (no interval here, and the model paced so that most go alone).
     settings = node_settings(retention=Retention(max_events=20))
     producer = fast_producer(
-        pacing=Pacing(ttft_seconds=0.0, tokens_per_second=1000, jitter=0), retention=Retention(max_events=20)
+        pacing=Pacing(ttft_seconds=0.0, tokens_per_second=1000, jitter=0),
+        retention=Retention(max_events=20),
+        publish_interval_ms=0,
     )
     client = await client_factory(settings=settings, producer=producer)
     cid, auth = await create(client)

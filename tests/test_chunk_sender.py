@@ -12,6 +12,7 @@ from fakeredis.aioredis import FakeRedis
 
 from producer import chunk_sender
 from producer.publisher import Publisher
+from producer.settings import ProducerSettings
 from tests.fakes import start_answer
 from wire import deltas
 from wire.env import Retention
@@ -91,6 +92,47 @@ async def test_chunks_that_come_within_the_send_interval_share_one_call(fake_red
     assert [(await reply)[0] for reply in later] == [1, 1]
     assert sent == [1, 2]  # the two that came within the interval went out together
     await publisher.aclose()
+
+
+class _AnsweringCalls:
+    """``ScriptCalls`` that record each call's chunk count and answer every chunk appended, a loop
+    turn later (what a Redis round trip costs the sender is not what is tested here)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[int] = []
+
+    def script(self, script: Any, keys: list[str], args: list[str | int]) -> "asyncio.Future[Any]":
+        count = len(keys) // 2  # one group per answer here, one chunk each
+        self.chunks.append(count)
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(reply.set_result, [1] if count == 1 else [[1]] * count)
+        return reply
+
+
+async def test_at_s2s_rate_the_default_settings_send_a_call_per_five_ms_not_per_two() -> None:
+    """Issue 26 (session 18): much of a chunk's cost is its call's, shared by the call's chunks.
+    At S2's rate, 6,000 chunks/s over 300 answers, one call per 2 ms carried ~12 chunks (3,435
+    EVALSHA calls for the 300 answers; cProfile: 30.0 Python calls per chunk in the producer) where
+    one per 5 ms, the side-by-side harness's own tick, carries ~30 (1,771; 26.9). Chunks are queued
+    by the clock here, so a slow machine queues as many per second."""
+    interval = ProducerSettings.from_env({}).publish_interval_ms / 1000
+    calls = _AnsweringCalls()
+    sender = chunk_sender.ChunkSender(calls, Retention(), by_slot=False, send_interval=interval)  # type: ignore[arg-type]
+    answers = [ConversationKeys(f"conversation-{n:016d}") for n in range(300)]
+    fences = [keys.fence("r", "p") for keys in answers]
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    queued, replies = 0, []
+    while (elapsed := loop.time() - began) < 0.3:
+        while queued < elapsed * 6000:
+            n = queued % len(answers)
+            replies.append(sender.queue(answers[n], fences[n], queued // len(answers), "token", 1))
+            queued += 1
+        await asyncio.sleep(0.0005)
+    await asyncio.gather(*replies)
+    assert sum(calls.chunks) == queued
+    assert len(calls.chunks) <= elapsed / 0.005 + 2  # a call per 5 ms at most, and the last one's
+    assert queued / len(calls.chunks) >= 20  # ~30 chunks a call (~12 at one per 2 ms)
 
 
 async def test_queuing_chunks_looks_the_loop_up_once_not_per_chunk(
