@@ -62,25 +62,29 @@ class ChannelFeed:
         "_fill",
         "_generation",
         "_held",
+        "_mux_prefix",
         "_services",
-        "conversation_id",
         "followers",
         "forwarded",
-        "mux_prefix",
         "name",
     )
 
     def __init__(self, name: bytes, services: FeedServices) -> None:
         self.name = name
-        self.conversation_id = conversation_id_from_channel(name)
         self._services = services
         self.followers: set[Follower] = set()
-        self.mux_prefix = mux_prefix(self.conversation_id)
+        self._mux_prefix: bytes | None = None
+        """Made when a multiplexed follower first needs it: a node holds a feed per conversation
+        with tabs on it, and most have none (what the name already says is not kept twice)."""
         self.forwarded: EventId | None = None
         self._held: list[bytes] | None = None
         """Live frames held back while the gap after a reconnect is filled."""
         self._generation = 0
         self._fill: asyncio.Task[None] | None = None
+
+    @property
+    def conversation_id(self) -> str:
+        return conversation_id_from_channel(self.name)
 
     # -- from the pub/sub connection ----------------------------------------------------------
 
@@ -156,7 +160,8 @@ class ChannelFeed:
         for follower in followers:
             if follower.muxed:
                 if muxed is None:
-                    muxed = b"".join([mux_frame(self.mux_prefix, frame) for _, frame in events])
+                    prefix = self._mux_prefix or self._make_mux_prefix()
+                    muxed = b"".join([mux_frame(prefix, frame) for _, frame in events])
                     muxed_chunk = http_chunk(muxed)
                 follower.deliver_run(events, muxed, muxed_chunk)
             else:
@@ -167,6 +172,10 @@ class ChannelFeed:
         now = time.time()
         for event_id, _ in events:
             metrics.publish_to_write.observe(max(0.0, now - event_id[0] / 1000))
+
+    def _make_mux_prefix(self) -> bytes:
+        self._mux_prefix = prefix = mux_prefix(self.conversation_id)
+        return prefix
 
     # -- the gap fill -------------------------------------------------------------------------
 

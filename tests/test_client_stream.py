@@ -1,6 +1,7 @@
 """The one write path per client: order across replay, live, heartbeat and reset; its bounds."""
 
 import asyncio
+import tracemalloc
 from typing import cast
 
 from server.client_stream import http_chunk
@@ -166,3 +167,26 @@ def _services() -> FeedServices:
         metrics=NodeMetrics(),
         spawn=cast(Spawn, None),
     )
+
+
+def test_a_channel_with_a_native_tab_costs_its_feed_and_follower_set_alone() -> None:
+    """Issue 26, S1 (10,000 tabs over 5,000 conversations, two workers): a conversation whose tabs
+    the kernel spread over both workers has a feed in each, and every feed kept two copies of what
+    its channel's name already says: the conversation's id (81 B) and the multiplexed id line's
+    prefix (70 B), which only a multiplexed follower uses. Traced per feed with one native tab:
+    the feed's own object and its follower set (320 B), not those two as well (473)."""
+    names = [ConversationKeys(f"conversation-{n:016d}").channel.encode() for n in range(2000)]
+    services = _services()
+    follower = make_follower(FakeTransport())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        feeds = [ChannelFeed(name, services) for name in names]
+        for feed in feeds:
+            feed.followers.add(follower)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    per_feed = sum(stat.size_diff for stat in after.compare_to(before, "filename")) / len(feeds)
+    assert per_feed < 400, per_feed
+    assert feeds[7].conversation_id == "conversation-0000000000000007"  # still known, from the name
