@@ -13,6 +13,7 @@ from fakeredis.aioredis import FakeRedis
 from producer import chunk_sender
 from producer.publisher import Publisher
 from producer.settings import ProducerSettings
+from redisio.pipe import Script
 from tests.fakes import start_answer
 from wire import deltas
 from wire.env import Retention
@@ -101,12 +102,15 @@ class _AnsweringCalls:
     def __init__(self) -> None:
         self.chunks: list[int] = []
 
-    def script(self, script: Any, keys: list[str], args: list[str | int]) -> "asyncio.Future[Any]":
+    def script(self, script: Script, keys: list[str], args: list[str | int]) -> "asyncio.Future[Any]":
         count = len(keys) // 2  # one group per answer here, one chunk each
         self.chunks.append(count)
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().call_soon(reply.set_result, [1] if count == 1 else [[1]] * count)
         return reply
+
+    async def aclose(self) -> None:
+        pass
 
 
 async def test_at_s2s_rate_the_default_settings_send_a_call_per_five_ms_not_per_two() -> None:
@@ -117,7 +121,7 @@ async def test_at_s2s_rate_the_default_settings_send_a_call_per_five_ms_not_per_
     by the clock here, so a slow machine queues as many per second."""
     interval = ProducerSettings.from_env({}).publish_interval_ms / 1000
     calls = _AnsweringCalls()
-    sender = chunk_sender.ChunkSender(calls, Retention(), by_slot=False, send_interval=interval)  # type: ignore[arg-type]
+    sender = chunk_sender.ChunkSender(calls, Retention(), by_slot=False, send_interval=interval)
     answers = [ConversationKeys(f"conversation-{n:016d}") for n in range(300)]
     fences = [keys.fence("r", "p") for keys in answers]
     loop = asyncio.get_running_loop()
